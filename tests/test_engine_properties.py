@@ -1,0 +1,316 @@
+"""Property tests of ``worker.engine.decide`` over generated events, histories and clocks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+import pendulum
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.helpers import at, make_event
+from worker.engine import Decision, PendingRecall, PhoneHistory, decide
+from worker.events import CallResult
+from worker.rules import Plan, Rules, load_rules
+
+ZONES = (
+    "Europe/London",
+    "America/New_York",
+    "America/Los_Angeles",
+    "Australia/Sydney",
+    "Asia/Kolkata",
+    "Pacific/Chatham",
+)
+RULES = load_rules()
+PLAN_IDS = sorted(RULES.plans)
+KNOWN_OUTCOMES = sorted(RULES.outcomes)
+UNKNOWN_OUTCOMES = ("BOGUS", "sysbusy", "X-1")
+# The codes dialers see most, so that plenty of examples recall; the full range is drawn too.
+COMMON_SIP_CODES = (486, 480, 487, 408, 503, 404, 603)
+ACTIONS = {"recall", "suppress", "stale", "duplicate", "reject"}
+FIRST = datetime(2026, 1, 1)  # noqa: DTZ001 - hypothesis bounds are naive; made UTC below
+LAST = datetime(2027, 12, 31, 23, 59, 59)  # noqa: DTZ001
+
+SETTINGS = settings(max_examples=200, deadline=None)
+
+
+def _transition_days(zone: str) -> list[datetime]:
+    """Noon UTC of each day in 2026-2027 on which ``zone``'s UTC offset changes."""
+    tz = ZoneInfo(zone)
+    days = []
+    day = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    offset = day.astimezone(tz).utcoffset()
+    while day.year < 2028:
+        day += timedelta(days=1)
+        current = day.astimezone(tz).utcoffset()
+        if current != offset:
+            days.append(day)
+            offset = current
+    return days
+
+
+TRANSITIONS = sorted({moment for zone in ZONES for moment in _transition_days(zone)})
+
+
+def instants() -> st.SearchStrategy[datetime]:
+    """UTC instants in 2026-2027, half of them in the 8 days before a DST change."""
+    uniform = st.datetimes(FIRST, LAST).map(lambda moment: moment.replace(tzinfo=UTC))
+    near_dst = st.builds(
+        lambda change, seconds: change - timedelta(seconds=seconds),
+        st.sampled_from(TRANSITIONS),
+        st.integers(0, 8 * 86400),
+    )
+    return st.one_of(uniform, near_dst)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    event: CallResult
+    history: PhoneHistory
+    now: datetime
+
+    @property
+    def plan(self) -> Plan:
+        return RULES.plans[self.event.plan_id]
+
+    @property
+    def zone(self) -> str:
+        return self.event.timezone or self.plan.timezone or RULES.default_timezone
+
+
+@st.composite
+def scenarios(draw: st.DrawFn) -> Scenario:
+    instant = draw(instants())
+    written_in = ZoneInfo(draw(st.sampled_from(ZONES)))
+    event = make_event(
+        plan_id=draw(st.sampled_from(PLAN_IDS)),
+        sip_code=draw(st.integers(100, 699) | st.sampled_from(COMMON_SIP_CODES)),
+        occurred_at=instant.astimezone(written_in).isoformat(),
+        outcome_code=draw(st.none() | st.sampled_from(KNOWN_OUTCOMES + list(UNKNOWN_OUTCOMES))),
+        timezone=draw(st.none() | st.sampled_from(ZONES)),
+        retry_after_s=draw(st.none() | st.integers(0, 3 * 86400)),
+    )
+    earlier = draw(st.lists(st.integers(1, 10 * 86400), max_size=10))
+    last_applied = draw(st.none() | st.integers(-2 * 86400, 3600))
+    pending = draw(st.none() | st.integers(-86400, 2 * 86400))
+    history = PhoneHistory(
+        attempts=tuple(instant - timedelta(seconds=seconds) for seconds in earlier),
+        last_applied_at=None if last_applied is None else instant + timedelta(seconds=last_applied),
+        system_recalls=draw(st.integers(0, 12)),
+        pending=None
+        if pending is None
+        else PendingRecall(instant + timedelta(seconds=pending), "sip_code", "sip:486"),
+        seen_event_ids=frozenset({"e1"}) if draw(st.integers(0, 19)) == 7 else frozenset({"e0"}),
+    )
+    now = instant + timedelta(seconds=draw(st.integers(0, 3 * 86400)))
+    return Scenario(event, history, now)
+
+
+def _decide(scenario: Scenario) -> Decision:
+    return decide(scenario.event, RULES, scenario.history, scenario.now)
+
+
+@SETTINGS
+@given(scenarios())
+def test_action_and_due_at_agree(scenario: Scenario) -> None:
+    decision = _decide(scenario)
+    event, history = scenario.event, scenario.history
+    assert decision.action in ACTIONS
+    assert (decision.due_at is not None) == (decision.action == "recall")
+    assert (decision.to_json()["due_at"] is not None) == (decision.action == "recall")
+    if decision.due_at is not None:
+        assert decision.to_json()["due_at"].endswith("+00:00")
+    if "e1" in history.seen_event_ids:
+        assert decision.action == "duplicate"
+    elif history.last_applied_at is not None and event.occurred_at < history.last_applied_at:
+        assert decision.action == "stale"
+    else:
+        assert decision.action in ("recall", "suppress")
+        assert decision.supersedes == history.pending
+        unknown = event.outcome_code is not None and event.outcome_code not in RULES.outcomes
+        expected = (f"unknown_outcome:{event.outcome_code}",) if unknown else ()
+        assert decision.warnings == expected
+
+
+@SETTINGS
+@given(scenarios())
+def test_recall_never_before_occurred_at_or_now(scenario: Scenario) -> None:
+    decision = _decide(scenario)
+    if decision.action == "recall":
+        assert decision.due_at is not None
+        assert decision.due_at >= scenario.event.occurred_at
+        assert decision.due_at >= scenario.now
+
+
+@SETTINGS
+@given(scenarios())
+def test_recall_inside_calling_hours(scenario: Scenario) -> None:
+    decision = _decide(scenario)
+    hours = scenario.plan.calling_hours
+    if decision.action != "recall" or hours is None:
+        return
+    assert decision.due_at is not None
+    local = pendulum.instance(decision.due_at).in_timezone(scenario.zone)
+    minutes = local.hour * 60 + local.minute
+    ranges = hours.days[local.weekday()]
+    assert any(start <= minutes < end for start, end in ranges), (local, ranges)
+
+
+def _check_caps(plan: Plan, zone: str, times: list[datetime], due: datetime) -> None:
+    for cap in plan.max_attempts:
+        inside = [
+            a for a in times if cap.within.add_to(pendulum.instance(a).in_timezone(zone)) > due
+        ]
+        assert len(inside) <= cap.count - 1, (str(cap), [str(a) for a in inside], str(due))
+
+
+@SETTINGS
+@given(scenarios())
+def test_recall_never_breaks_a_cap(scenario: Scenario) -> None:
+    decision = _decide(scenario)
+    if decision.action != "recall":
+        return
+    assert decision.due_at is not None
+    times = [*scenario.history.attempts, scenario.event.occurred_at]
+    _check_caps(scenario.plan, scenario.zone, times, decision.due_at)
+
+
+@SETTINGS
+@given(scenarios())
+def test_same_inputs_same_decision(scenario: Scenario) -> None:
+    first = _decide(scenario)
+    again = decide(make_event(**scenario.event.to_json()), RULES, scenario.history, scenario.now)
+    assert first == again
+    assert first.to_json() == again.to_json()
+
+
+@SETTINGS
+@given(scenarios())
+def test_system_recalls_respect_the_plan(scenario: Scenario) -> None:
+    decision = _decide(scenario)
+    if not decision.is_system_recall:
+        return
+    plan = scenario.plan
+    assert plan.can_recall
+    assert plan.max_recalls is None or scenario.history.system_recalls < plan.max_recalls
+    assert decision.source in ("system_outcome", "sip_code")
+
+
+# --- calendar days and elapsed hours across DST --------------------------------------------------
+
+DST_RULES = """
+[[outcomes]]
+code = "DAY1"
+kind = "user"
+description = "one day"
+recall = "after"
+recall_after = { days = 1 }
+
+[[outcomes]]
+code = "DAY2"
+kind = "user"
+description = "two days"
+recall = "after"
+recall_after = { days = 2 }
+
+[[outcomes]]
+code = "DAY7"
+kind = "user"
+description = "a week"
+recall = "after"
+recall_after = { days = 7 }
+
+[[outcomes]]
+code = "H25M30"
+kind = "user"
+description = "25 and a half hours"
+recall = "after"
+recall_after = { hours = 25, minutes = 30 }
+
+[[plans]]
+id = "open"
+timezone = "Europe/London"
+"""
+
+
+@pytest.fixture(scope="module")
+def dst_rules(tmp_path_factory: pytest.TempPathFactory) -> Rules:
+    path: Path = tmp_path_factory.mktemp("dst") / "rules.toml"
+    path.write_text(DST_RULES, encoding="utf-8")
+    return load_rules(path)
+
+
+def _single_wall_time(naive: datetime, zone: str) -> bool:
+    """True if the local wall-clock time happens exactly once in ``zone`` (no gap, no fold)."""
+    tz = ZoneInfo(zone)
+    first, second = naive.replace(tzinfo=tz, fold=0), naive.replace(tzinfo=tz, fold=1)
+    if first.utcoffset() != second.utcoffset():
+        return False
+    return first.astimezone(UTC).astimezone(tz).replace(tzinfo=None) == naive
+
+
+@SETTINGS
+@given(
+    instant=instants(),
+    zone=st.sampled_from(ZONES),
+    days=st.sampled_from([1, 2, 7]),
+    via_event=st.booleans(),
+)
+def test_calendar_days_keep_wall_clock(
+    dst_rules: Rules, instant: datetime, zone: str, days: int, via_event: bool
+) -> None:
+    local = instant.astimezone(ZoneInfo(zone)).replace(tzinfo=None)
+    target = local + timedelta(days=days)  # naive: same wall-clock time, `days` dates later
+    if not _single_wall_time(target, zone):
+        return  # a target inside a gap or a fold has no single answer
+    event = make_event(
+        plan_id="open",
+        outcome_code=f"DAY{days}",
+        occurred_at=instant.isoformat(),
+        timezone=zone if via_event or zone != "Europe/London" else None,
+    )
+    decision = decide(event, dst_rules, PhoneHistory(), event.occurred_at)
+    assert decision.due_at is not None
+    due = decision.due_at.astimezone(ZoneInfo(zone)).replace(tzinfo=None)
+    assert due == target
+
+
+@SETTINGS
+@given(instant=instants(), zone=st.sampled_from(ZONES))
+def test_hours_and_minutes_are_elapsed_time(dst_rules: Rules, instant: datetime, zone: str) -> None:
+    event = make_event(
+        plan_id="open", outcome_code="H25M30", occurred_at=instant.isoformat(), timezone=zone
+    )
+    decision = decide(event, dst_rules, PhoneHistory(), event.occurred_at)
+    assert decision.due_at is not None
+    elapsed = decision.due_at.astimezone(UTC) - instant.astimezone(UTC)
+    assert elapsed == timedelta(hours=25, minutes=30)
+
+
+def test_cap_with_attempts_in_the_repeated_hour(tmp_path: Path) -> None:
+    # New York falls back on 2026-11-01: 01:00-02:00 local happens twice. Attempt A at
+    # 01:30 EDT (05:30 UTC) is earlier than attempt B at 01:10 EST (06:10 UTC), but A + 1 day
+    # (2026-11-02 01:30 EST) is later than B + 1 day (01:10 EST). With a cap of 2 in 1 day, the
+    # recall must wait until only one attempt's window is still open.
+    path = tmp_path / "rules.toml"
+    path.write_text(
+        '[[plans]]\nid = "cap"\ntimezone = "America/New_York"\n'
+        "max_attempts = [ { count = 2, within = { days = 1 } } ]\n",
+        encoding="utf-8",
+    )
+    rules = load_rules(path)
+    event = make_event(plan_id="cap", occurred_at="2026-11-01T06:20:00+00:00")
+    history = PhoneHistory(
+        attempts=(at("2026-11-01T05:30:00+00:00"), at("2026-11-01T06:10:00+00:00"))
+    )
+    decision = decide(event, rules, history, event.occurred_at)
+    assert decision.due_at is not None
+    times = [*history.attempts, event.occurred_at]
+    _check_caps(rules.plans["cap"], "America/New_York", times, decision.due_at)
+    # Windows end at A: 01:30 EST, the event: 01:20 EST, B: 01:10 EST (2026-11-02). The earliest
+    # recall leaving only one window open is the second-latest end, 01:20 EST.
+    assert decision.to_json()["due_at"] == "2026-11-02T06:20:00+00:00"

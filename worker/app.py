@@ -1,0 +1,91 @@
+"""The Celery app ``worker.app:app``, built from the settings with every option explicit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_init, worker_process_init
+from kombu.entity import Queue
+
+from config.settings import Settings, get_settings
+
+__all__ = ["CALL_RESULTS_QUEUE", "RECALLS_QUEUE", "app", "celery_config"]
+
+CALL_RESULTS_QUEUE = "call_results"
+RECALLS_QUEUE = "recalls"
+
+
+def broker_url(settings: Settings) -> str:
+    if settings.broker_url is not None:
+        return settings.broker_url
+    from worker.embedded import embedded_broker_url
+
+    return embedded_broker_url(settings)
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """The whole Celery configuration; read lazily, so importing the app starts nothing."""
+    return {
+        "broker_url": broker_url(settings),
+        "broker_connection_retry_on_startup": True,
+        # Unacknowledged messages return to the queue after this long. It must exceed the
+        # dispatch horizon, or ETA'd firings would be delivered twice (harmless, but wasteful).
+        "broker_transport_options": {"visibility_timeout": 3600},
+        # JSON only: a pickled message is refused before anything runs (security).
+        "accept_content": ["json"],
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "result_backend": None,
+        "task_ignore_result": True,
+        # A task is acknowledged after it ran, and given back if its worker process dies.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # One message at a time per process: batches are large, and ordering stays fair.
+        "worker_prefetch_multiplier": 1,
+        # Flower sees every task, with its name and arguments.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_queues": (Queue(CALL_RESULTS_QUEUE), Queue(RECALLS_QUEUE)),
+        "task_default_queue": CALL_RESULTS_QUEUE,
+        "task_routes": {
+            "recall.process_call_result": {"queue": CALL_RESULTS_QUEUE},
+            "recall.process_call_results": {"queue": CALL_RESULTS_QUEUE},
+            "recall.dispatch_due": {"queue": RECALLS_QUEUE},
+            "recall.mark_eligible": {"queue": RECALLS_QUEUE},
+        },
+        "beat_schedule": {
+            "dispatch-due-recalls": {
+                "task": "recall.dispatch_due",
+                "schedule": settings.dispatch_interval_s,
+                # A tick nobody ran in time is dropped: the next one does its work.
+                "options": {"expires": max(settings.dispatch_interval_s * 5, 5.0)},
+            }
+        },
+        "timezone": "UTC",
+        "enable_utc": True,
+        "worker_hijack_root_logger": False,
+    }
+
+
+app = Celery("recall", include=["tasks.ingest", "tasks.recalls"])
+app.add_defaults(lambda: celery_config(get_settings()))
+
+
+@worker_process_init.connect
+def _after_fork(**_: Any) -> None:
+    # A forked pool process must not reuse the parent's database connections.
+    from worker.db import get_engine
+
+    get_engine().dispose(close=False)
+
+
+@worker_init.connect
+def _check_database(**_: Any) -> None:
+    # Refuse to start on an unmigrated database; the embedded default migrates itself.
+    from worker.db import database_url, ensure_migrated, get_engine, upgrade
+
+    settings = get_settings()
+    if settings.embedded:
+        upgrade(database_url(settings))
+    ensure_migrated(get_engine())

@@ -1,0 +1,103 @@
+"""Shared pieces of the command line: the group, the ``--rules``/``--json`` options, output."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import orjson
+
+from worker.events import MAX_YEAR, MIN_YEAR
+from worker.rules import Rules, RulesError, load_rules
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class CommandError(click.ClickException):
+    """A one-line error on stderr and exit status 1; never a traceback."""
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+class RecallGroup(click.Group):
+    """The top-level group: every error, usage errors included, is one line on stderr."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            result = super().main(*args, **kwargs)
+        except click.UsageError as error:
+            where = error.ctx.command_path if error.ctx is not None else "recall"
+            click.echo(f"error: {error.format_message()} (see '{where} --help')", err=True)
+            sys.exit(error.exit_code)
+        except click.ClickException as error:
+            error.show()
+            sys.exit(error.exit_code)
+        except click.Abort:
+            click.echo("error: aborted", err=True)
+            sys.exit(1)
+        sys.exit(result if isinstance(result, int) else 0)
+
+
+@click.group(
+    cls=RecallGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.version_option(package_name="recall-scheduler", prog_name="recall")
+def main() -> None:
+    """Recall scheduler for outbound dialers: decides when each lead phone may be dialled again.
+
+    Rules come from --rules FILE, else $RECALL_RULES, else the shipped defaults. The broker and
+    database come from $RECALL_BROKER_URL and $RECALL_DATABASE_URL; unset, an embedded Redis and
+    SQLite under $RECALL_HOME (default ./.recall) are used.
+    """
+
+
+def rules_option(command: F) -> F:
+    """``--rules FILE`` (env ``RECALL_RULES``): the operator's rules merged over the defaults."""
+    return click.option(
+        "--rules",
+        "rules_path",
+        type=click.Path(dir_okay=False, path_type=Path),
+        envvar="RECALL_RULES",
+        show_envvar=True,
+        help="Rules file merged over the shipped defaults.",
+    )(command)
+
+
+def json_option(command: F) -> F:
+    return click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")(
+        command
+    )
+
+
+def read_rules(path: Path | None) -> Rules:
+    try:
+        return load_rules(path)
+    except RulesError as error:
+        raise CommandError(str(error)) from None
+
+
+def parse_now(text: str | None) -> datetime:
+    """``--now``: an ISO-8601 instant with offset; the real time when not given."""
+    if text is None:
+        return datetime.now(UTC)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise CommandError(f"--now: not an ISO-8601 date and time: {text!r}") from None
+    if moment.tzinfo is None:
+        raise CommandError(f"--now: no UTC offset in {text!r}")
+    if not MIN_YEAR <= moment.year <= MAX_YEAR:
+        raise CommandError(f"--now: year must be {MIN_YEAR}-{MAX_YEAR}, got {text!r}")
+    return moment
+
+
+def echo_json(data: Any) -> None:
+    sys.stdout.buffer.write(orjson.dumps(data) + b"\n")
+    sys.stdout.flush()

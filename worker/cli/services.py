@@ -1,0 +1,205 @@
+"""Commands that use the broker and the database: worker, publish, phones, dead-letters, db."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import click
+
+from config.settings import get_settings, mask_url
+from worker.cli.common import CommandError, echo_json, json_option, read_rules, rules_option
+from worker.db import (
+    DatabaseNotReady,
+    database_url,
+    ensure_migrated,
+    get_engine,
+    session_scope,
+    upgrade,
+)
+from worker.sources import SourceError, iter_records
+
+WORKER_QUEUES = "call_results,recalls"
+
+
+def ready_database(*, migrate: bool) -> None:
+    """Migrate (embedded default) or check (production) the database, with a one-line error."""
+    settings = get_settings()
+    try:
+        if migrate:
+            upgrade(database_url(settings))
+        ensure_migrated(get_engine())
+    except DatabaseNotReady as error:
+        raise CommandError(str(error)) from None
+
+
+@click.command(
+    context_settings={"ignore_unknown_options": True, "allow_extra_args": True},
+    add_help_option=True,
+)
+@click.option("--no-beat", is_flag=True, help="Do not run the periodic dispatcher in this worker.")
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def worker(no_beat: bool, celery_args: tuple[str, ...]) -> None:
+    """Run the worker (ingestion and recall firing) with the periodic dispatcher.
+
+    Any further options go to `celery worker` (e.g. --concurrency 4, --loglevel DEBUG). With no
+    RECALL_BROKER_URL and RECALL_DATABASE_URL, an embedded Redis and SQLite under RECALL_HOME are
+    started and migrated; otherwise the database must already be at the latest migration.
+    """
+    settings = get_settings()
+    read_rules(settings.rules_path)
+    ready_database(migrate=settings.embedded)
+    from worker.app import app
+
+    broker = app.conf.broker_url
+    click.echo(
+        f"recall worker: broker {mask_url(broker)}, database {mask_url(database_url(settings))},"
+        f" rules {settings.rules_path or 'shipped defaults'}",
+        err=True,
+    )
+    argv = ["worker", "--loglevel", "INFO", "-Q", WORKER_QUEUES]
+    if not no_beat:
+        settings.home.mkdir(parents=True, exist_ok=True)
+        argv += ["--beat", "--schedule", str(settings.home / "celerybeat-schedule")]
+    app.worker_main([*argv, *celery_args])
+
+
+@click.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--batch",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Send lists of N events to recall.process_call_results (default: one per message).",
+)
+def publish(files: tuple[Path, ...], batch: int | None) -> None:
+    """Publish call results from JSON Lines or CSV files (.gz too), as the dialer would.
+
+    Each record is sent as it is; the worker validates it, so a bad one ends in the dead letters.
+    """
+    from worker.app import app
+    from worker.client import RecallClient
+
+    client = RecallClient(app=app)
+    sent = messages = 0
+    try:
+        for path in files:
+            records = (record for _, record in iter_records(path))
+            if batch is None:
+                for record in records:
+                    client.publish(record)
+                    sent += 1
+                    messages += 1
+            else:
+                events, batches = client.publish_many(records, batch=batch)
+                sent += events
+                messages += batches
+    except SourceError as error:
+        raise CommandError(str(error)) from None
+    click.echo(f"published {sent} events in {messages} messages to {mask_url(app.conf.broker_url)}")
+
+
+@click.group("db")
+def db() -> None:
+    """Database schema management."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Bring the database to the latest migration (safe to run again)."""
+    url = database_url(get_settings())
+    revision = upgrade(url)
+    click.echo(f"database {mask_url(url)} is at migration {revision}")
+
+
+@click.group()
+def phones() -> None:
+    """Show lead phones: eligibility, pending recall and last decision."""
+
+
+@phones.command("show")
+@click.argument("phone_id")
+@json_option
+def phones_show(phone_id: str, as_json: bool) -> None:
+    """Show one phone."""
+    from worker.queries import phone
+
+    ready_database(migrate=False)
+    with session_scope() as session:
+        found = phone(session, phone_id)
+    if found is None:
+        raise CommandError(f"no phone {phone_id!r}")
+    if as_json:
+        echo_json(found)
+        return
+    for key, value in found.items():
+        if key == "last_decision" and value:
+            value = f"{value['action']} ({value['reason']}): {value['explanation']}"
+        elif key == "pending_recall" and value:
+            value = f"due {value['due_at']} by {value['rule']} ({value['source']})"
+        click.echo(f"{key:<15} {value if value is not None else '-'}")
+
+
+@phones.command("list")
+@click.option("--eligible", "which", flag_value="eligible", help="Only dial-eligible phones.")
+@click.option("--waiting", "which", flag_value="waiting", help="Only phones with a pending recall.")
+@click.option("--limit", type=click.IntRange(min=1), default=1000, show_default=True)
+@json_option
+def phones_list(which: str | None, limit: int, as_json: bool) -> None:
+    """List phones (all, --eligible or --waiting), in id order."""
+    from worker.queries import phones as list_phones
+
+    ready_database(migrate=False)
+    with session_scope() as session:
+        rows = list_phones(session, which or "all", limit)  # type: ignore[arg-type]
+    if as_json:
+        echo_json(rows)
+        return
+    for row in rows:
+        pending = row["pending_recall"]
+        state = "eligible" if row["eligible"] else ("waiting" if pending else "-")
+        due = pending["due_at"] if pending else (row["eligible_at"] or "")
+        click.echo(f"{row['phone_id']:<24} {row['plan_id']:<12} {state:<9} {due}")
+
+
+@click.group("dead-letters")
+def dead_letters() -> None:
+    """Rejected events kept with their reason: list them, replay them after a fix."""
+
+
+@dead_letters.command("list")
+@click.option("--all", "include_replayed", is_flag=True, help="Include replayed letters.")
+@click.option("--limit", type=click.IntRange(min=1), default=1000, show_default=True)
+@json_option
+def dead_letters_list(include_replayed: bool, limit: int, as_json: bool) -> None:
+    """List dead letters, oldest first."""
+    from worker.queries import dead_letters as query
+
+    ready_database(migrate=False)
+    with session_scope() as session:
+        rows = query(session, include_replayed=include_replayed, limit=limit)
+    if as_json:
+        echo_json(rows)
+        return
+    for row in rows:
+        click.echo(f"{row['id']:>6} {row['received_at']} {row['reason']:<14} {row['detail']}")
+    click.echo(f"{len(rows)} dead letters", err=True)
+
+
+@dead_letters.command("replay")
+@click.option("--id", "ids", type=int, multiple=True, help="Replay only this letter (repeatable).")
+@rules_option
+@json_option
+def dead_letters_replay(ids: tuple[int, ...], rules_path: Path | None, as_json: bool) -> None:
+    """Run the dead letters through validation and the rules again (e.g. after a rules fix)."""
+    from worker.pipeline import replay_dead_letters
+
+    rules = read_rules(rules_path)
+    ready_database(migrate=False)
+    with session_scope() as session:
+        report, refused = replay_dead_letters(session, rules, datetime.now(UTC), ids or None)
+    taken = len(report.decisions)
+    if as_json:
+        echo_json({"taken": taken, "still_refused": refused, "actions": report.counts()})
+        return
+    click.echo(f"{taken} dead letters taken, {refused} still refused")

@@ -1,0 +1,305 @@
+"""The decision: what one call result means for its phone's next dial (DESIGN.md section 2).
+
+``decide`` is a pure function of (event, rules, the phone's history, now): it reads no clock, no
+database and no broker, so the worker, the replay command and the tests all run the same code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Container
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+import pendulum
+
+from worker.events import CallResult
+from worker.rules import CallingHours, Duration, Plan, Rules
+
+__all__ = ["Decision", "PendingRecall", "PhoneHistory", "decide", "next_opening"]
+
+Action = Literal["recall", "suppress", "duplicate", "stale", "reject"]
+Source = Literal["user_outcome", "system_outcome", "sip_code"]
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRecall:
+    """The recall a phone is waiting for."""
+
+    due_at: datetime
+    source: str
+    rule: str
+
+
+@dataclass(frozen=True, slots=True)
+class PhoneHistory:
+    """What the engine needs to know about a phone before this event.
+
+    ``attempts`` are the times of earlier call results (any order); ``system_recalls`` counts the
+    system recalls scheduled for the phone so far; ``seen_event_ids`` answers whether this event
+    was already processed (the worker passes the id it found, replay a per-phone set).
+    """
+
+    attempts: tuple[datetime, ...] = ()
+    last_applied_at: datetime | None = None
+    system_recalls: int = 0
+    pending: PendingRecall | None = None
+    seen_event_ids: Container[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome for one event, with everything needed to explain it."""
+
+    event_id: str
+    phone_id: str
+    action: Action
+    due_at: datetime | None
+    source: Source | None
+    rule: str | None
+    reason: str
+    adjustments: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    explanation: str = ""
+    #: The pending recall this decision replaces (never fires); not part of the JSON form.
+    supersedes: PendingRecall | None = None
+
+    @property
+    def is_system_recall(self) -> bool:
+        """A scheduled recall that counts against the plan's ``max_recalls``."""
+        return self.action == "recall" and self.source != "user_outcome"
+
+    @property
+    def applies(self) -> bool:
+        """Whether the decision changes the phone (recall or suppress); the others do not."""
+        return self.action in ("recall", "suppress")
+
+    def to_json(self) -> dict[str, Any]:
+        """The contract's JSON shape (DESIGN.md section 7)."""
+        return {
+            "event_id": self.event_id,
+            "phone_id": self.phone_id,
+            "action": self.action,
+            "due_at": _utc_iso(self.due_at) if self.due_at is not None else None,
+            "source": self.source,
+            "rule": self.rule,
+            "reason": self.reason,
+            "adjustments": list(self.adjustments),
+            "warnings": list(self.warnings),
+            "explanation": self.explanation,
+        }
+
+
+def _utc_iso(moment: datetime) -> str:
+    return pendulum.instance(moment).in_timezone("UTC").isoformat()
+
+
+@dataclass(frozen=True, slots=True)
+class _Verdict:
+    """What the precedence rules (steps 3-6) said, before adjustments."""
+
+    source: Source | None
+    rule: str
+    reason: str
+    text: str
+    after: Duration | None = None  # None: suppress
+
+
+def _rule_verdict(event: CallResult, rules: Rules, plan: Plan) -> tuple[_Verdict, tuple[str, ...]]:
+    outcome = rules.outcomes.get(event.outcome_code) if event.outcome_code else None
+    warnings = (
+        (f"unknown_outcome:{event.outcome_code}",) if event.outcome_code and not outcome else ()
+    )
+
+    # 3. A user outcome (agent disposition) decides, whatever the plan's Can Recall says.
+    if outcome is not None and outcome.kind == "user" and outcome.recall != "inherit":
+        name = f"user outcome {outcome.code} ({outcome.description})"
+        rule = f"outcome:{outcome.code}"
+        if outcome.recall == "never":
+            return _Verdict("user_outcome", rule, "user_final", f"{name} is final"), warnings
+        return _Verdict(
+            "user_outcome",
+            rule,
+            "user_recall",
+            f"{name} recalls after {outcome.recall_after}",
+            outcome.recall_after,
+        ), warnings
+
+    # 4. Can Recall off: no system recall of any kind on this plan.
+    if not plan.can_recall:
+        return _Verdict(
+            None, plan.rule, "plan_can_recall_off", f"plan {plan.id} has Can Recall off"
+        ), warnings
+
+    # 5. A system outcome: the plan's own timing, else the outcome table.
+    if outcome is not None and outcome.kind == "system":
+        name = f"system outcome {outcome.code} ({outcome.description})"
+        planned = plan.system_recalls.get(outcome.code)
+        if planned is not None:
+            text = f"plan {plan.id} recalls {name} after {planned}"
+            return _Verdict(
+                "system_outcome", plan.rule, "system_outcome_recall", text, planned
+            ), warnings
+        rule = f"outcome:{outcome.code}"
+        if outcome.recall == "never":
+            return _Verdict(
+                "system_outcome", rule, "system_outcome_final", f"{name} is final"
+            ), warnings
+        if outcome.recall == "after":
+            text = f"{name} recalls after {outcome.recall_after}"
+            return _Verdict(
+                "system_outcome", rule, "system_outcome_recall", text, outcome.recall_after
+            ), warnings
+
+    # 6. The SIP code: its active row, else its class fallback.
+    code = event.sip_code
+    if code < 400:
+        return _Verdict(
+            "sip_code", f"sip:{code}", "no_failure", f"SIP {code} is not a failure"
+        ), warnings
+    row = rules.sip_rule_for(code)
+    if row is None:
+        text = f"SIP {code} has no active row and no class fallback"
+        return _Verdict("sip_code", f"sip:{code}", "unknown_sip_code", text), warnings
+    name = f"SIP {code} {row.description}" if row.code == code else f"SIP {code} (by {row.rule})"
+    if not row.recall:
+        return _Verdict("sip_code", row.rule, "sip_no_recall", f"{name} does not recall"), warnings
+    text = f"{name} recalls after {row.recall_after}"
+    return _Verdict("sip_code", row.rule, "sip_recall", text, row.recall_after), warnings
+
+
+def next_opening(moment: pendulum.DateTime, hours: CallingHours) -> pendulum.DateTime:
+    """The first instant at or after ``moment`` inside the calling hours, in moment's zone."""
+    zone = moment.timezone
+    day = moment.date()
+    for offset in range(8):
+        current = day.add(days=offset)
+        for start, end in hours.days[current.weekday()]:
+            closes = _wall_clock(current, end, zone)
+            if moment < closes:
+                opens = _wall_clock(current, start, zone)
+                return moment if moment >= opens else opens
+    raise ValueError("calling hours have no open day")  # validated away when rules load
+
+
+def _wall_clock(day: pendulum.Date, minutes: int, zone: Any) -> pendulum.DateTime:
+    """The first instant at or after local wall-clock ``minutes`` past midnight on ``day``."""
+    if minutes == 24 * 60:
+        day, minutes = day.add(days=1), 0
+    moment = pendulum.datetime(day.year, day.month, day.day, minutes // 60, minutes % 60, tz=zone)
+    wanted = pendulum.naive(day.year, day.month, day.day, minutes // 60, minutes % 60)
+    if moment.naive() == wanted:
+        return moment
+    # The time falls in a DST gap: clocks jump over it, so the first instant at or after it is the
+    # jump itself. Find it by bisection over the (at most three) hours before.
+    low, high = int(moment.timestamp()) - 3 * 3600, int(moment.timestamp())
+    while high - low > 1:
+        middle = (low + high) // 2
+        if pendulum.from_timestamp(middle, tz=zone).naive() >= wanted:
+            high = middle
+        else:
+            low = middle
+    return pendulum.from_timestamp(high, tz=zone)
+
+
+def _local(moment: pendulum.DateTime) -> str:
+    return moment.format("ddd YYYY-MM-DD HH:mm zz")
+
+
+def decide(event: CallResult, rules: Rules, history: PhoneHistory, now: datetime) -> Decision:
+    """Decide what ``event`` means for its phone, given the rules, its history and ``now``."""
+
+    def plain(action: Action, reason: str, text: str) -> Decision:
+        return Decision(
+            event.event_id, event.phone_id, action, None, None, None, reason, (), (), text
+        )
+
+    # 1. Already processed: nothing changes.
+    if event.event_id in history.seen_event_ids:
+        return plain("duplicate", "duplicate", f"event {event.event_id} was already processed")
+    plan = rules.plans.get(event.plan_id)
+    if plan is None:
+        return plain("reject", "unknown_plan", f"plan {event.plan_id!r} is not in the rules")
+    # 2. Older than what the phone already reflects: an attempt, but no schedule change.
+    if history.last_applied_at is not None and event.occurred_at < history.last_applied_at:
+        last = _utc_iso(history.last_applied_at)
+        return plain("stale", "stale", f"older than the last applied result ({last})")
+
+    verdict, warnings = _rule_verdict(event, rules, plan)
+    supersedes = history.pending
+    replaced = (
+        f"; replaces the pending recall due {_utc_iso(supersedes.due_at)}" if supersedes else ""
+    )
+
+    def suppress(source: Source | None, rule: str, reason: str, text: str) -> Decision:
+        return Decision(
+            event.event_id, event.phone_id, "suppress", None, source, rule, reason,
+            (), warnings, f"{text}: no recall{replaced}", supersedes,
+        )  # fmt: skip
+
+    if verdict.after is None:
+        return suppress(verdict.source, verdict.rule, verdict.reason, verdict.text)
+
+    # 7. Adjustments, in the contract's order.
+    zone = event.timezone or plan.timezone or rules.default_timezone
+    occurred = pendulum.instance(event.occurred_at).in_timezone(zone)
+    due = verdict.after.add_to(occurred)
+    adjustments: list[str] = []
+    notes = [verdict.text]
+
+    if event.retry_after_s is not None:
+        floor = occurred.add(seconds=event.retry_after_s)
+        if floor > due:
+            due = floor
+            adjustments.append("retry_after")
+            notes.append(f"held back by Retry-After {event.retry_after_s}s")
+
+    limit = plan.max_recalls
+    if verdict.source != "user_outcome" and limit is not None and history.system_recalls >= limit:
+        text = (
+            f"{verdict.text}, but plan {plan.id} allows {limit} system recalls"
+            f" and the phone has had {history.system_recalls}"
+        )
+        return suppress(verdict.source, plan.rule, "max_recalls", text)
+
+    current = pendulum.instance(now).in_timezone(zone)
+    if due < current:
+        due = current
+        notes.append("already due when decided, so due now")
+
+    if plan.max_attempts:
+        attempts = [pendulum.instance(a).in_timezone(zone) for a in (*history.attempts, occurred)]
+        for cap in plan.max_attempts:
+            if len(attempts) < cap.count:
+                continue
+            # An attempt holds a place in the window until its end; count-1 may stay, so wait
+            # for the count-th latest end. Ends, not attempts, are sorted: adding calendar days
+            # need not keep the order of times inside a repeated DST hour.
+            ends = sorted((cap.within.add_to(attempt) for attempt in attempts), reverse=True)
+            allowed = ends[cap.count - 1]
+            if allowed > due:
+                due = allowed
+                if "max_attempts" not in adjustments:
+                    adjustments.append("max_attempts")
+                notes.append(f"moved to {_local(due)} by the cap of {cap}")
+
+    if plan.calling_hours is not None:
+        opening = next_opening(due, plan.calling_hours)
+        if opening != due:
+            due = opening
+            adjustments.append("calling_hours")
+            notes.append(f"moved to the next calling hours, {_local(due)}")
+
+    return Decision(
+        event.event_id,
+        event.phone_id,
+        "recall",
+        due,
+        verdict.source,
+        verdict.rule,
+        verdict.reason,
+        tuple(adjustments),
+        warnings,
+        "; ".join(notes) + replaced,
+        supersedes,
+    )

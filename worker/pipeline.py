@@ -1,0 +1,138 @@
+"""Ingestion: validate raw call results, decide the good ones, dead-letter the bad ones.
+
+This is the domain action behind both ingestion tasks and ``recall dead-letters replay``: the
+caller opens the transaction, this does the work in bulk inside it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from worker.engine import Decision
+from worker.events import MAX_EVENT_BYTES, CallResult, InvalidEvent, parse_event, parse_event_json
+from worker.models import DeadLetter
+from worker.rules import Rules
+from worker.store import apply_events, record_dead_letters
+
+__all__ = ["IngestReport", "Rejected", "accept", "ingest", "raw_text", "replay_dead_letters"]
+
+
+@dataclass
+class IngestReport:
+    """What one ingestion did: decisions for the good events, the count of dead letters."""
+
+    decisions: list[Decision] = field(default_factory=list)
+    dead_letters: int = 0
+
+    def counts(self) -> dict[str, int]:
+        counts: Counter[str] = Counter(decision.action for decision in self.decisions)
+        counts["reject"] += self.dead_letters
+        return dict(counts)
+
+
+def raw_text(raw: object) -> str:
+    """The payload as text for the dead-letter store, whatever it was."""
+    if isinstance(raw, bytes):
+        return raw.decode("utf-8", errors="replace")
+    if isinstance(raw, str):
+        return raw
+    try:
+        return orjson.dumps(raw, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:
+        return repr(raw)
+
+
+def _event_id_of(raw: object) -> str | None:
+    value = raw.get("event_id") if isinstance(raw, dict) else None
+    return value[:255] if isinstance(value, str) else None
+
+
+class Rejected(ValueError):
+    """An input that cannot be taken: ``reason`` is the contract's, ``detail`` names the field."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def accept(raw: object, rules: Rules) -> CallResult:
+    """Validate one raw input (a decoded event or its JSON text) against the schema and rules."""
+    try:
+        # Senders in other languages may put the event on the wire as JSON text.
+        if isinstance(raw, str | bytes):
+            event = parse_event_json(raw)
+        elif len(raw_text(raw).encode()) > MAX_EVENT_BYTES:
+            raise InvalidEvent("event", f"payload is over the {MAX_EVENT_BYTES}-byte limit")
+        else:
+            event = parse_event(raw)
+    except InvalidEvent as error:
+        raise Rejected("invalid_event", str(error)) from None
+    if event.plan_id not in rules.plans:
+        raise Rejected("unknown_plan", f"plan_id: plan {event.plan_id!r} is not in the rules")
+    return event
+
+
+def ingest(
+    session: Session, payloads: Sequence[object], rules: Rules, now: datetime, *, task: str
+) -> IngestReport:
+    """Validate, decide and store ``payloads`` (decoded events or JSON texts) in one go."""
+    good: list[CallResult] = []
+    letters: list[dict[str, Any]] = []
+
+    def reject(raw: object, reason: str, detail: str, event_id: str | None) -> None:
+        letters.append(
+            {
+                "task": task,
+                "event_id": event_id,
+                "reason": reason,
+                "detail": detail,
+                "payload": raw_text(raw),
+                "received_at": now,
+            }
+        )
+
+    for raw in payloads:
+        try:
+            good.append(accept(raw, rules))
+        except Rejected as error:
+            reject(raw, error.reason, error.detail, _event_id_of(raw))
+
+    report = IngestReport(apply_events(session, good, rules, now))
+    report.dead_letters = record_dead_letters(session, letters)
+    return report
+
+
+def replay_dead_letters(
+    session: Session, rules: Rules, now: datetime, ids: Sequence[int] | None = None
+) -> tuple[IngestReport, int]:
+    """Take the dead letters that pass now (e.g. after a rules fix); the rest stay, updated.
+
+    Returns the report for the letters taken and the number still refused.
+    """
+    query = select(DeadLetter).where(DeadLetter.status == "new").order_by(DeadLetter.id)
+    if ids:
+        query = query.where(DeadLetter.id.in_(list(ids)))
+    taken: list[CallResult] = []
+    refused = 0
+    for letter in session.scalars(query.with_for_update()):
+        try:
+            raw: object = orjson.loads(letter.payload)
+        except orjson.JSONDecodeError:
+            raw = letter.payload
+        try:
+            taken.append(accept(raw, rules))
+        except Rejected as error:
+            letter.reason, letter.detail = error.reason, error.detail
+            refused += 1
+            continue
+        letter.status, letter.replayed_at = "replayed", now
+    return IngestReport(apply_events(session, taken, rules, now)), refused

@@ -1,0 +1,100 @@
+"""Read-side queries for the command line: phones, dead letters, counts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, Literal
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from worker.models import DeadLetter, Phone, ProcessedEvent, Recall
+
+__all__ = ["dead_letters", "phone", "phones", "summary"]
+
+PhoneFilter = Literal["all", "eligible", "waiting"]
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
+
+
+def _phone_json(row: Phone, recall: Recall | None) -> dict[str, Any]:
+    return {
+        "phone_id": row.phone_id,
+        "lead_id": row.lead_id,
+        "plan_id": row.plan_id,
+        "eligible": row.eligible,
+        "eligible_at": _iso(row.eligible_at),
+        "pending_recall": (
+            {"due_at": _iso(recall.due_at), "source": recall.source, "rule": recall.rule}
+            if recall is not None
+            else None
+        ),
+        "last_result_at": _iso(row.last_result_at),
+        "last_decision": row.last_decision,
+    }
+
+
+def _with_recalls(session: Session, rows: Sequence[Phone]) -> list[dict[str, Any]]:
+    ids = [row.pending_recall_id for row in rows if row.pending_recall_id]
+    recalls = {
+        recall.recall_id: recall
+        for recall in session.scalars(select(Recall).where(Recall.recall_id.in_(ids)))
+    }
+    return [_phone_json(row, recalls.get(row.pending_recall_id or "")) for row in rows]
+
+
+def phone(session: Session, phone_id: str) -> dict[str, Any] | None:
+    """The contract's JSON form of one phone, or None if it was never seen."""
+    row = session.get(Phone, phone_id)
+    return None if row is None else _with_recalls(session, [row])[0]
+
+
+def phones(session: Session, which: PhoneFilter, limit: int) -> list[dict[str, Any]]:
+    """Phones in id order: all, the dial-eligible ones, or those waiting for a recall."""
+    query = select(Phone).order_by(Phone.phone_id).limit(limit)
+    if which == "eligible":
+        query = query.where(Phone.eligible.is_(True))
+    elif which == "waiting":
+        query = query.where(Phone.pending_recall_id.is_not(None))
+    return _with_recalls(session, session.scalars(query).all())
+
+
+def dead_letters(session: Session, *, include_replayed: bool, limit: int) -> list[dict[str, Any]]:
+    query = select(DeadLetter).order_by(DeadLetter.id).limit(limit)
+    if not include_replayed:
+        query = query.where(DeadLetter.status == "new")
+    return [
+        {
+            "id": letter.id,
+            "received_at": _iso(letter.received_at),
+            "task": letter.task,
+            "event_id": letter.event_id,
+            "reason": letter.reason,
+            "detail": letter.detail,
+            "status": letter.status,
+            "payload": letter.payload,
+        }
+        for letter in session.scalars(query)
+    ]
+
+
+def summary(session: Session) -> dict[str, Any]:
+    """Counts for a one-screen overview."""
+
+    def grouped(column: Any) -> dict[str, int]:
+        rows = session.execute(select(column, func.count()).group_by(column)).tuples()
+        return {str(key): count for key, count in rows}
+
+    return {
+        "events": grouped(ProcessedEvent.action),
+        "recalls": grouped(Recall.state),
+        "phones": session.scalar(select(func.count()).select_from(Phone)) or 0,
+        "eligible": session.scalar(
+            select(func.count()).select_from(Phone).where(Phone.eligible.is_(True))
+        )
+        or 0,
+        "dead_letters": grouped(DeadLetter.status),
+    }

@@ -1,0 +1,397 @@
+"""Persistence of decisions and recalls: the SQL behind ingestion, dispatch and firing.
+
+Every function takes an open session (the caller owns the transaction) and works in bulk: a batch
+of events costs a fixed handful of statements, not a few per event. Concurrency is handled by
+locking phone rows (``SELECT ... FOR UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite) in
+phone-id order, always phones before recalls, so two workers on the same phone serialise and never
+deadlock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from sqlalchemy import and_, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from worker.engine import Decision, PendingRecall, PhoneHistory, decide
+from worker.events import CallResult
+from worker.models import Attempt, DeadLetter, Phone, ProcessedEvent, Recall
+from worker.rules import Rules
+
+__all__ = [
+    "Fired",
+    "PhoneState",
+    "apply_events",
+    "claim_due",
+    "fire_recalls",
+    "record_dead_letters",
+]
+
+T = TypeVar("T")
+# Bind-parameter lists stay well under PostgreSQL's 65,535 and SQLite's 32,766 limits.
+CHUNK = 2000
+
+
+def chunks(items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _insert_ignoring_conflicts(
+    session: Session, model: type[Any], rows: list[dict[str, Any]]
+) -> None:
+    if not rows:
+        return
+    dialect = session.get_bind().dialect.name
+    builder = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    session.execute(builder(model).on_conflict_do_nothing(), rows)
+
+
+def _attempt_lookback(rules: Rules) -> timedelta:
+    """How far back attempt caps can look: the longest window of any plan, plus a DST day."""
+    longest = timedelta(0)
+    for plan in rules.plans.values():
+        for cap in plan.max_attempts:
+            window = cap.within
+            longest = max(
+                longest, timedelta(days=window.days + 1, hours=window.hours, minutes=window.minutes)
+            )
+    return longest
+
+
+@dataclass
+class PhoneState:
+    """A phone's row as the batch sees and changes it."""
+
+    row: dict[str, Any]
+    attempts: list[datetime] = field(default_factory=list)
+    pending: PendingRecall | None = None
+    seen: set[str] = field(default_factory=set)
+    changed: bool = False
+
+
+def _load_phones(
+    session: Session, events: Sequence[CallResult], rules: Rules, now: datetime
+) -> dict[str, PhoneState]:
+    firsts: dict[str, CallResult] = {}
+    for event in events:
+        firsts.setdefault(event.phone_id, event)
+    phone_ids = sorted(firsts)
+    for part in chunks(phone_ids):
+        _insert_ignoring_conflicts(
+            session,
+            Phone,
+            [
+                {
+                    "phone_id": pid,
+                    "lead_id": firsts[pid].lead_id,
+                    "plan_id": firsts[pid].plan_id,
+                    "eligible": False,
+                    "generation": 0,
+                    "system_recalls": 0,
+                    "updated_at": now,
+                }
+                for pid in part
+            ],
+        )
+    states: dict[str, PhoneState] = {}
+    columns = list(Phone.__table__.columns)
+    for part in chunks(phone_ids):
+        query = select(*columns).where(Phone.phone_id.in_(part)).order_by(Phone.phone_id)
+        for row in session.execute(query.with_for_update()).mappings():
+            states[row["phone_id"]] = PhoneState(row=dict(row))
+
+    pending_ids = [
+        s.row["pending_recall_id"] for s in states.values() if s.row["pending_recall_id"]
+    ]
+    for part in chunks(pending_ids):
+        query = select(Recall.phone_id, Recall.due_at, Recall.source, Recall.rule).where(
+            Recall.recall_id.in_(part), Recall.state == "pending"
+        )
+        for phone_id, due_at, source, rule in session.execute(query):
+            states[phone_id].pending = PendingRecall(due_at, source, rule)
+
+    lookback = _attempt_lookback(rules)
+    if lookback:
+        since = min(event.occurred_at for event in events) - lookback
+        for part in chunks(phone_ids):
+            query = select(Attempt.phone_id, Attempt.occurred_at).where(
+                Attempt.phone_id.in_(part), Attempt.occurred_at >= since
+            )
+            for phone_id, occurred_at in session.execute(query):
+                states[phone_id].attempts.append(occurred_at)
+
+    event_ids = sorted({event.event_id for event in events})
+    for part in chunks(event_ids):
+        query = select(ProcessedEvent.event_id, ProcessedEvent.phone_id).where(
+            ProcessedEvent.event_id.in_(part)
+        )
+        known = dict(session.execute(query).tuples().all())
+        for event in events:
+            if event.event_id in known:
+                states[event.phone_id].seen.add(event.event_id)
+    return states
+
+
+def apply_events(
+    session: Session, events: Sequence[CallResult], rules: Rules, now: datetime
+) -> list[Decision]:
+    """Decide ``events`` against their phones' history and write everything in this transaction.
+
+    Events of one phone are taken in event-time order (ties in the given order). Returns one
+    decision per event, in the order given.
+    """
+    if not events:
+        return []
+    states = _load_phones(session, events, rules, now)
+    order = sorted(range(len(events)), key=lambda i: (events[i].phone_id, events[i].occurred_at))
+    decisions: list[Decision | None] = [None] * len(events)
+    event_rows: list[dict[str, Any]] = []
+    attempt_rows: list[dict[str, Any]] = []
+    recall_rows: dict[str, dict[str, Any]] = {}
+    superseded: list[str] = []
+
+    for index in order:
+        event = events[index]
+        state = states[event.phone_id]
+        row = state.row
+        history = PhoneHistory(
+            attempts=tuple(state.attempts),
+            last_applied_at=row["last_result_at"],
+            system_recalls=row["system_recalls"],
+            pending=state.pending,
+            seen_event_ids=state.seen,
+        )
+        decision = decide(event, rules, history, now)
+        decisions[index] = decision
+        if decision.action == "duplicate":
+            continue
+        state.seen.add(event.event_id)
+        state.attempts.append(event.occurred_at)
+        payload = decision.to_json()
+        event_rows.append(
+            {
+                "event_id": event.event_id,
+                "phone_id": event.phone_id,
+                "plan_id": event.plan_id,
+                "lead_id": event.lead_id,
+                "occurred_at": event.occurred_at,
+                "processed_at": now,
+                "action": decision.action,
+                "reason": decision.reason,
+                "payload": event.to_json(),
+                "decision": payload,
+            }
+        )
+        attempt_rows.append(
+            {
+                "event_id": event.event_id,
+                "phone_id": event.phone_id,
+                "occurred_at": event.occurred_at,
+            }
+        )
+        if not decision.applies:
+            continue
+        previous = row["pending_recall_id"]
+        if previous is not None:
+            if previous in recall_rows:
+                recall_rows[previous]["state"] = "superseded"
+            else:
+                superseded.append(previous)
+        row["generation"] += 1
+        row.update(
+            lead_id=event.lead_id,
+            plan_id=event.plan_id,
+            eligible=False,
+            eligible_at=None,
+            pending_recall_id=None,
+            last_result_at=event.occurred_at,
+            last_event_id=event.event_id,
+            last_decision=payload,
+            updated_at=now,
+        )
+        state.pending = None
+        state.changed = True
+        if decision.action == "recall":
+            assert decision.due_at is not None
+            assert decision.source is not None
+            recall_rows[event.event_id] = {
+                "recall_id": event.event_id,
+                "phone_id": event.phone_id,
+                "lead_id": event.lead_id,
+                "plan_id": event.plan_id,
+                "generation": row["generation"],
+                "due_at": decision.due_at,
+                "source": decision.source,
+                "rule": decision.rule,
+                "reason": decision.reason,
+                "state": "pending",
+                "created_at": now,
+            }
+            row["pending_recall_id"] = event.event_id
+            state.pending = PendingRecall(decision.due_at, decision.source, decision.rule or "")
+            if decision.is_system_recall:
+                row["system_recalls"] += 1
+
+    if event_rows:
+        session.execute(insert(ProcessedEvent), event_rows)
+        session.execute(insert(Attempt), attempt_rows)
+    if recall_rows:
+        session.execute(insert(Recall), list(recall_rows.values()))
+    for part in chunks(superseded):
+        session.execute(
+            update(Recall)
+            .where(Recall.recall_id.in_(part), Recall.state == "pending")
+            .values(state="superseded")
+        )
+    changed = [state.row for state in states.values() if state.changed]
+    if changed:
+        session.execute(update(Phone), changed)
+    return [decision for decision in decisions if decision is not None]
+
+
+def record_dead_letters(session: Session, letters: Iterable[dict[str, Any]]) -> int:
+    """Keep rejected inputs (keys: task, event_id, reason, detail, payload, received_at)."""
+    rows = [{**letter, "status": "new"} for letter in letters]
+    if rows:
+        session.execute(insert(DeadLetter), rows)
+    return len(rows)
+
+
+def claim_due(
+    session: Session,
+    now: datetime,
+    *,
+    horizon: timedelta,
+    redispatch_after: timedelta,
+    limit: int,
+) -> list[tuple[str, datetime]]:
+    """Claim pending recalls due before ``now + horizon`` that no dispatcher holds.
+
+    A recall dispatched earlier but still pending well past its due time was lost in the broker
+    and is claimed again. Rows other dispatchers are claiming are skipped, not waited for.
+    """
+    cutoff = now + horizon
+    lost_before = now - redispatch_after
+    query = (
+        select(Recall.recall_id, Recall.due_at)
+        .where(
+            Recall.state == "pending",
+            Recall.due_at <= cutoff,
+            or_(
+                Recall.dispatched_at.is_(None),
+                and_(Recall.due_at < lost_before, Recall.dispatched_at < lost_before),
+            ),
+        )
+        .order_by(Recall.due_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    claimed = [(recall_id, due_at) for recall_id, due_at in session.execute(query)]
+    for part in chunks([recall_id for recall_id, _ in claimed]):
+        session.execute(update(Recall).where(Recall.recall_id.in_(part)).values(dispatched_at=now))
+    return claimed
+
+
+@dataclass(frozen=True, slots=True)
+class Fired:
+    """A recall that made its phone eligible: the body of the dialer notification."""
+
+    recall_id: str
+    phone_id: str
+    lead_id: str
+    plan_id: str
+    due_at: datetime
+    fired_at: datetime
+    source: str
+    rule: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": "phone_eligible",
+            "version": 1,
+            "phone_id": self.phone_id,
+            "lead_id": self.lead_id,
+            "plan_id": self.plan_id,
+            "recall_id": self.recall_id,
+            "due_at": self.due_at.isoformat(),
+            "fired_at": self.fired_at.isoformat(),
+            "source": self.source,
+            "rule": self.rule,
+        }
+
+
+def fire_recalls(
+    session: Session, recall_ids: Sequence[str], now: datetime, *, early_tolerance: timedelta
+) -> list[Fired]:
+    """Mark the phones of the still-current, due recalls among ``recall_ids`` eligible.
+
+    Superseded or already fired recalls are skipped, so firing twice is harmless. A recall
+    delivered before its time (clock skew) is handed back to the dispatcher.
+    """
+    recalls: dict[str, Any] = {}
+    for part in chunks(sorted(set(recall_ids))):
+        query = select(Recall).where(Recall.recall_id.in_(part), Recall.state == "pending")
+        recalls.update((recall.recall_id, recall) for recall in session.scalars(query))
+    if not recalls:
+        return []
+    # Lock the phones first, as ingestion does, then change the recalls.
+    phone_ids = sorted({recall.phone_id for recall in recalls.values()})
+    current: dict[str, str | None] = {}
+    for part in chunks(phone_ids):
+        lock = (
+            select(Phone.phone_id, Phone.pending_recall_id)
+            .where(Phone.phone_id.in_(part))
+            .order_by(Phone.phone_id)
+            .with_for_update()
+        )
+        current.update(session.execute(lock).tuples().all())
+
+    fired: list[Fired] = []
+    early: list[str] = []
+    for recall in recalls.values():
+        if current.get(recall.phone_id) != recall.recall_id:
+            continue  # superseded while we waited for the lock: its replacement is in charge
+        if recall.due_at > now + early_tolerance:
+            early.append(recall.recall_id)
+            continue
+        fired.append(
+            Fired(
+                recall.recall_id,
+                recall.phone_id,
+                recall.lead_id,
+                recall.plan_id,
+                recall.due_at,
+                now,
+                recall.source,
+                recall.rule,
+            )
+        )
+    for part in chunks([f.recall_id for f in fired]):
+        session.execute(
+            update(Recall)
+            .where(Recall.recall_id.in_(part), Recall.state == "pending")
+            .values(state="fired", fired_at=now)
+        )
+    if fired:
+        session.execute(
+            update(Phone),
+            [
+                {
+                    "phone_id": f.phone_id,
+                    "eligible": True,
+                    "eligible_at": now,
+                    "pending_recall_id": None,
+                    "updated_at": now,
+                }
+                for f in fired
+            ],
+        )
+    for part in chunks(early):
+        session.execute(update(Recall).where(Recall.recall_id.in_(part)).values(dispatched_at=None))
+    return fired
