@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Container
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from typing import Any, Literal
 
 import pendulum
@@ -90,8 +91,17 @@ class Decision:
         }
 
 
+UTC = pendulum.UTC
+
+
+@cache
+def timezone(name: str) -> pendulum.Timezone:
+    """The zone object for ``name``, loaded once (pendulum reads the zone file on every call)."""
+    return pendulum.timezone(name)
+
+
 def _utc_iso(moment: datetime) -> str:
-    return pendulum.instance(moment).in_timezone("UTC").isoformat()
+    return pendulum.instance(moment).in_timezone(UTC).isoformat()
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,7 +251,7 @@ def decide(event: CallResult, rules: Rules, history: PhoneHistory, now: datetime
         return suppress(verdict.source, verdict.rule, verdict.reason, verdict.text)
 
     # 7. Adjustments, in the contract's order.
-    zone = event.timezone or plan.timezone or rules.default_timezone
+    zone = timezone(event.timezone or plan.timezone or rules.default_timezone)
     occurred = pendulum.instance(event.occurred_at).in_timezone(zone)
     due = verdict.after.add_to(occurred)
     adjustments: list[str] = []
