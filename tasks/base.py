@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 
 from celery import Task
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from worker.db import DatabaseNotReady, session_scope
@@ -23,7 +23,8 @@ class RecallTask(Task):  # type: ignore[misc]  # celery ships no type hints
     """
 
     abstract = True
-    autoretry_for = (OperationalError, DBAPIError, DatabaseNotReady, ConnectionError)
+    # Only what a database or network outage raises: a query error would fail again on retry.
+    autoretry_for = (OperationalError, InterfaceError, DatabaseNotReady, ConnectionError)
     max_retries = None
     retry_backoff = 1
     retry_backoff_max = 30

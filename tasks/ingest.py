@@ -3,26 +3,63 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from typing import Any
 
 from config.settings import get_settings
 from tasks.base import RecallTask
 from worker.app import app
-from worker.pipeline import IngestReport, ingest, raw_text
+from worker.pipeline import ingest, raw_text
 from worker.runtime import current_rules
 from worker.store import record_dead_letters
 
 log = logging.getLogger(__name__)
 
 
-def _ingest(task: RecallTask, payloads: list[Any]) -> dict[str, int]:
-    rules = current_rules()
-    now = task.now()
+def _refuse(task: RecallTask, detail: str, payload: object, event_id: str | None = None) -> None:
     with task.transaction() as session:
-        report: IngestReport = ingest(session, payloads, rules, now, task=task.name)
+        record_dead_letters(
+            session,
+            [
+                {
+                    "task": task.name,
+                    "event_id": event_id,
+                    "reason": "invalid_event",
+                    "detail": detail,
+                    "payload": raw_text(payload),
+                    "received_at": task.now(),
+                }
+            ],
+        )
+    log.warning("refused by %s: %s", task.name, detail)
+
+
+def _ingest(task: RecallTask, payloads: list[Any]) -> dict[str, int]:
+    try:
+        with task.transaction() as session:
+            report = ingest(session, payloads, current_rules(), task.now(), task=task.name)
+    except task.autoretry_for:
+        raise  # the database is away: retry the whole message later
+    except Exception as error:
+        # A bug or a value the database refuses must not take the good events down with it:
+        # split the batch, and keep the one event that still fails as a dead letter.
+        if len(payloads) > 1:
+            log.exception("batch of %d failed; taking its events one by one", len(payloads))
+            counts: Counter[str] = Counter()
+            for payload in payloads:
+                counts.update(_ingest(task, [payload]))
+            return dict(counts)
+        log.exception("event failed")
+        payload = payloads[0]
+        event_id = payload.get("event_id") if isinstance(payload, dict) else None
+        detail = f"event: could not be processed ({type(error).__name__}: {error})"
+        _refuse(
+            task, detail.splitlines()[0], payload, event_id if isinstance(event_id, str) else None
+        )
+        return {"reject": 1}
     for decision in report.decisions:
         log.info(
-            "event %s phone %s: %s %s",
+            "event %s phone %s: %s (%s)",
             decision.event_id,
             decision.phone_id,
             decision.action,
@@ -33,35 +70,28 @@ def _ingest(task: RecallTask, payloads: list[Any]) -> dict[str, int]:
 
 
 @app.task(name="recall.process_call_result", base=RecallTask, bind=True)
-def process_call_result(self: RecallTask, event: Any) -> dict[str, int]:
-    """Take one call-result event (a JSON object, or its JSON text)."""
-    return _ingest(self, [event])
+def process_call_result(self: RecallTask, *args: Any, **kwargs: Any) -> dict[str, int]:
+    """Take one call-result event (a JSON object, or its JSON text) as the only argument."""
+    if len(args) != 1 or kwargs:
+        detail = (
+            f"arguments: expected one event, got {len(args)} positional"
+            f" and {len(kwargs)} keyword arguments"
+        )
+        _refuse(self, detail, {"args": list(args), "kwargs": kwargs})
+        return {"reject": 1}
+    return _ingest(self, [args[0]])
 
 
 @app.task(name="recall.process_call_results", base=RecallTask, bind=True)
-def process_call_results(self: RecallTask, events: Any) -> dict[str, int]:
+def process_call_results(self: RecallTask, *args: Any, **kwargs: Any) -> dict[str, int]:
     """Take a list of call-result events in one transaction; bad ones go to the dead letters."""
     limit = get_settings().max_batch
-    if not isinstance(events, list) or len(events) > limit:
-        detail = (
-            f"events: batch of {len(events)} is over the limit of {limit}"
-            if isinstance(events, list)
-            else f"events: must be a list of events, got {type(events).__name__}"
-        )
-        with self.transaction() as session:
-            record_dead_letters(
-                session,
-                [
-                    {
-                        "task": self.name,
-                        "event_id": None,
-                        "reason": "invalid_event",
-                        "detail": detail,
-                        "payload": raw_text(events),
-                        "received_at": self.now(),
-                    }
-                ],
-            )
-        log.warning("batch refused: %s", detail)
+    events = args[0] if len(args) == 1 and not kwargs else None
+    if not isinstance(events, list):
+        detail = "arguments: expected one list of events"
+        _refuse(self, detail, {"args": list(args), "kwargs": kwargs})
+        return {"reject": 1}
+    if len(events) > limit:
+        _refuse(self, f"events: batch of {len(events)} is over the limit of {limit}", events)
         return {"reject": 1}
     return _ingest(self, events)

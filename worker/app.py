@@ -65,6 +65,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "timezone": "UTC",
         "enable_utc": True,
         "worker_hijack_root_logger": False,
+        # Celery's consumer, plus a dead letter for each message it refuses (worker/consumer.py).
+        "worker_consumer": "worker.consumer:RecallConsumer",
     }
 
 

@@ -255,9 +255,32 @@ def apply_events(
     return [decision for decision in decisions if decision is not None]
 
 
+# A dead letter keeps the payload for diagnosis and replay; past this it keeps the start.
+MAX_DEAD_LETTER_CHARS = 1_000_000
+
+
+def _storable(text: str | None) -> str | None:
+    # PostgreSQL text cannot hold NUL; a huge payload keeps its start and says how big it was.
+    if text is None:
+        return None
+    text = text.replace("\x00", "\\u0000")
+    if len(text) > MAX_DEAD_LETTER_CHARS:
+        text = f"{text[:MAX_DEAD_LETTER_CHARS]}...[truncated from {len(text)} characters]"
+    return text
+
+
 def record_dead_letters(session: Session, letters: Iterable[dict[str, Any]]) -> int:
     """Keep rejected inputs (keys: task, event_id, reason, detail, payload, received_at)."""
-    rows = [{**letter, "status": "new"} for letter in letters]
+    rows = [
+        {
+            **letter,
+            "event_id": _storable(letter["event_id"]),
+            "detail": _storable(letter["detail"]),
+            "payload": _storable(letter["payload"]),
+            "status": "new",
+        }
+        for letter in letters
+    ]
     if rows:
         session.execute(insert(DeadLetter), rows)
     return len(rows)

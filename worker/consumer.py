@@ -1,0 +1,66 @@
+"""The worker's message consumer: Celery's own, plus a dead letter for every message it refuses.
+
+Celery drops a message it cannot decode (not JSON: pickle is refused by design) or that names an
+unknown task, with only a log line. Operators need those too, with the raw payload, so that a
+misconfigured sender is found and nothing the dialer sent is silently lost.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from celery.worker.consumer import Consumer
+
+log = logging.getLogger(__name__)
+
+__all__ = ["RecallConsumer", "keep_refused_message"]
+
+
+def keep_refused_message(task: str, detail: str, body: object) -> None:
+    """Store a refused broker message as a dead letter; never raises (the consumer must live)."""
+    from worker.db import session_scope
+    from worker.pipeline import raw_text
+    from worker.store import record_dead_letters
+
+    letter = {
+        "task": task[:64],
+        "event_id": None,
+        "reason": "invalid_event",
+        "detail": detail,
+        "payload": raw_text(body),
+        "received_at": datetime.now(UTC),
+    }
+    try:
+        with session_scope() as session:
+            record_dead_letters(session, [letter])
+    except Exception:
+        log.exception("could not keep a refused message as a dead letter: %s", detail)
+
+
+def _task_name(message: Any) -> str:
+    headers = getattr(message, "headers", None) or {}
+    name = headers.get("task") if isinstance(headers, dict) else None
+    return str(name) if name else "unknown"
+
+
+class RecallConsumer(Consumer):  # type: ignore[misc]  # celery ships no type hints
+    def on_decode_error(self, message: Any, exc: Exception) -> None:
+        content_type = getattr(message, "content_type", None)
+        detail = f"message: cannot decode a {content_type} body ({type(exc).__name__}: {exc})"
+        keep_refused_message(_task_name(message), detail, message.body)
+        super().on_decode_error(message, exc)
+
+    def on_unknown_message(self, body: Any, message: Any) -> None:
+        keep_refused_message("unknown", "message: not a Celery task message", body)
+        super().on_unknown_message(body, message)
+
+    def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
+        name = _task_name(message)
+        keep_refused_message(name, f"message: unknown task {name!r}", body)
+        super().on_unknown_task(body, message, exc)
+
+    def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
+        keep_refused_message(_task_name(message), f"message: invalid task message: {exc}", body)
+        super().on_invalid_task(body, message, exc)
