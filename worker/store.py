@@ -10,7 +10,7 @@ deadlock.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -18,14 +18,14 @@ from sqlalchemy import and_, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from worker.engine import Decision, PendingRecall, PhoneHistory, decide
+from worker.engine import Decision, PendingRecall, decide
 from worker.events import CallResult
 from worker.models import Attempt, DeadLetter, Phone, ProcessedEvent, Recall
 from worker.rules import Rules
+from worker.state import PhoneState, attempt_lookback
 
 __all__ = [
     "Fired",
-    "PhoneState",
     "apply_events",
     "claim_due",
     "fire_recalls",
@@ -52,63 +52,51 @@ def _insert_ignoring_conflicts(
     session.execute(builder(model).on_conflict_do_nothing(), rows)
 
 
-def _attempt_lookback(rules: Rules) -> timedelta:
-    """How far back attempt caps can look: the longest window of any plan, plus a DST day."""
-    longest = timedelta(0)
-    for plan in rules.plans.values():
-        for cap in plan.max_attempts:
-            window = cap.within
-            longest = max(
-                longest, timedelta(days=window.days + 1, hours=window.hours, minutes=window.minutes)
-            )
-    return longest
-
-
-@dataclass
-class PhoneState:
-    """A phone's row as the batch sees and changes it."""
-
-    row: dict[str, Any]
-    attempts: list[datetime] = field(default_factory=list)
-    pending: PendingRecall | None = None
-    seen: set[str] = field(default_factory=set)
-    changed: bool = False
+_PHONE_COLUMNS = (
+    "phone_id",
+    "lead_id",
+    "plan_id",
+    "eligible",
+    "eligible_at",
+    "generation",
+    "pending_recall_id",
+    "last_result_at",
+    "last_event_id",
+    "last_decision",
+    "system_recalls",
+)
 
 
 def _load_phones(
     session: Session, events: Sequence[CallResult], rules: Rules, now: datetime
 ) -> dict[str, PhoneState]:
+    """Lock (creating if new) the phones of ``events`` and load their state in bulk."""
     firsts: dict[str, CallResult] = {}
     for event in events:
         firsts.setdefault(event.phone_id, event)
     phone_ids = sorted(firsts)
     for part in chunks(phone_ids):
-        _insert_ignoring_conflicts(
-            session,
-            Phone,
-            [
-                {
-                    "phone_id": pid,
-                    "lead_id": firsts[pid].lead_id,
-                    "plan_id": firsts[pid].plan_id,
-                    "eligible": False,
-                    "generation": 0,
-                    "system_recalls": 0,
-                    "updated_at": now,
-                }
-                for pid in part
-            ],
-        )
+        rows = [
+            {
+                "phone_id": pid,
+                "lead_id": firsts[pid].lead_id,
+                "plan_id": firsts[pid].plan_id,
+                "eligible": False,
+                "generation": 0,
+                "system_recalls": 0,
+                "updated_at": now,
+            }
+            for pid in part
+        ]
+        _insert_ignoring_conflicts(session, Phone, rows)
     states: dict[str, PhoneState] = {}
-    columns = list(Phone.__table__.columns)
+    columns = [getattr(Phone, name) for name in _PHONE_COLUMNS]
     for part in chunks(phone_ids):
         query = select(*columns).where(Phone.phone_id.in_(part)).order_by(Phone.phone_id)
         for row in session.execute(query.with_for_update()).mappings():
-            states[row["phone_id"]] = PhoneState(row=dict(row))
+            states[row["phone_id"]] = PhoneState(**row)
 
-    pending_ids = [
-        s.row["pending_recall_id"] for s in states.values() if s.row["pending_recall_id"]
-    ]
+    pending_ids = [s.pending_recall_id for s in states.values() if s.pending_recall_id]
     for part in chunks(pending_ids):
         query = select(Recall.phone_id, Recall.due_at, Recall.source, Recall.rule).where(
             Recall.recall_id.in_(part), Recall.state == "pending"
@@ -116,7 +104,7 @@ def _load_phones(
         for phone_id, due_at, source, rule in session.execute(query):
             states[phone_id].pending = PendingRecall(due_at, source, rule)
 
-    lookback = _attempt_lookback(rules)
+    lookback = attempt_lookback(rules)
     if lookback:
         since = min(event.occurred_at for event in events) - lookback
         for part in chunks(phone_ids):
@@ -128,52 +116,51 @@ def _load_phones(
 
     event_ids = sorted({event.event_id for event in events})
     for part in chunks(event_ids):
-        query = select(ProcessedEvent.event_id, ProcessedEvent.phone_id).where(
+        query = select(ProcessedEvent.event_id, ProcessedEvent.occurred_at).where(
             ProcessedEvent.event_id.in_(part)
         )
         known = dict(session.execute(query).tuples().all())
         for event in events:
             if event.event_id in known:
-                states[event.phone_id].seen.add(event.event_id)
+                states[event.phone_id].seen[event.event_id] = known[event.event_id]
     return states
 
 
 def apply_events(
-    session: Session, events: Sequence[CallResult], rules: Rules, now: datetime
+    session: Session, events: Sequence[CallResult], rules: Rules, now: datetime | None
 ) -> list[Decision]:
     """Decide ``events`` against their phones' history and write everything in this transaction.
 
-    Events of one phone are taken in event-time order (ties in the given order). Returns one
-    decision per event, in the order given.
+    Events of one phone are taken in event-time order (ties in the given order). With ``now``
+    None, the clock is simulated (replay): each event is decided as of its own time, and a
+    pending recall that fell due before it fires first, at its due time. Returns one decision
+    per event, in the order given.
     """
     if not events:
         return []
-    states = _load_phones(session, events, rules, now)
+    wall = now or max(event.occurred_at for event in events)
+    states = _load_phones(session, events, rules, wall)
     order = sorted(range(len(events)), key=lambda i: (events[i].phone_id, events[i].occurred_at))
     decisions: list[Decision | None] = [None] * len(events)
     event_rows: list[dict[str, Any]] = []
-    attempt_rows: list[dict[str, Any]] = []
     recall_rows: dict[str, dict[str, Any]] = {}
     superseded: list[str] = []
+    fired: dict[str, datetime] = {}
+    changed: set[str] = set()
 
     for index in order:
         event = events[index]
         state = states[event.phone_id]
-        row = state.row
-        history = PhoneHistory(
-            attempts=tuple(state.attempts),
-            last_applied_at=row["last_result_at"],
-            system_recalls=row["system_recalls"],
-            pending=state.pending,
-            seen_event_ids=state.seen,
-        )
-        decision = decide(event, rules, history, now)
+        if now is None and state.pending is not None and state.pending.due_at <= event.occurred_at:
+            fired_id = state.fire(state.pending.due_at)
+            if fired_id is not None:
+                fired[fired_id] = state.eligible_at or event.occurred_at
+                changed.add(event.phone_id)
+        decision = decide(event, rules, state.history(), now or event.occurred_at)
         decisions[index] = decision
+        transition = state.take(event, decision)
         if decision.action == "duplicate":
             continue
-        state.seen.add(event.event_id)
-        state.attempts.append(event.occurred_at)
-        payload = decision.to_json()
         event_rows.append(
             {
                 "event_id": event.event_id,
@@ -181,77 +168,65 @@ def apply_events(
                 "plan_id": event.plan_id,
                 "lead_id": event.lead_id,
                 "occurred_at": event.occurred_at,
-                "processed_at": now,
+                "processed_at": wall,
                 "action": decision.action,
                 "reason": decision.reason,
                 "payload": event.to_json(),
-                "decision": payload,
-            }
-        )
-        attempt_rows.append(
-            {
-                "event_id": event.event_id,
-                "phone_id": event.phone_id,
-                "occurred_at": event.occurred_at,
+                "decision": decision.to_json(),
             }
         )
         if not decision.applies:
             continue
-        previous = row["pending_recall_id"]
-        if previous is not None:
-            if previous in recall_rows:
-                recall_rows[previous]["state"] = "superseded"
+        changed.add(event.phone_id)
+        if transition.superseded is not None:
+            if transition.superseded in recall_rows:
+                recall_rows[transition.superseded]["state"] = "superseded"
             else:
-                superseded.append(previous)
-        row["generation"] += 1
-        row.update(
-            lead_id=event.lead_id,
-            plan_id=event.plan_id,
-            eligible=False,
-            eligible_at=None,
-            pending_recall_id=None,
-            last_result_at=event.occurred_at,
-            last_event_id=event.event_id,
-            last_decision=payload,
-            updated_at=now,
-        )
-        state.pending = None
-        state.changed = True
-        if decision.action == "recall":
-            assert decision.due_at is not None
-            assert decision.source is not None
-            recall_rows[event.event_id] = {
-                "recall_id": event.event_id,
-                "phone_id": event.phone_id,
-                "lead_id": event.lead_id,
-                "plan_id": event.plan_id,
-                "generation": row["generation"],
-                "due_at": decision.due_at,
-                "source": decision.source,
-                "rule": decision.rule,
-                "reason": decision.reason,
+                superseded.append(transition.superseded)
+        if transition.scheduled is not None:
+            recall_rows[transition.scheduled.recall_id] = {
+                **asdict(transition.scheduled),
                 "state": "pending",
-                "created_at": now,
+                "created_at": wall,
             }
-            row["pending_recall_id"] = event.event_id
-            state.pending = PendingRecall(decision.due_at, decision.source, decision.rule or "")
-            if decision.is_system_recall:
-                row["system_recalls"] += 1
 
     if event_rows:
         session.execute(insert(ProcessedEvent), event_rows)
-        session.execute(insert(Attempt), attempt_rows)
+        session.execute(
+            insert(Attempt),
+            [
+                {key: row[key] for key in ("event_id", "phone_id", "occurred_at")}
+                for row in event_rows
+            ],
+        )
+    for recall_id, fired_at in fired.items():
+        if recall_id in recall_rows:
+            recall_rows[recall_id].update(state="fired", fired_at=fired_at)
     if recall_rows:
         session.execute(insert(Recall), list(recall_rows.values()))
+    stored_fired = [(rid, at) for rid, at in fired.items() if rid not in recall_rows]
+    if stored_fired:
+        session.execute(
+            update(Recall),
+            [{"recall_id": rid, "state": "fired", "fired_at": at} for rid, at in stored_fired],
+        )
     for part in chunks(superseded):
         session.execute(
             update(Recall)
             .where(Recall.recall_id.in_(part), Recall.state == "pending")
             .values(state="superseded")
         )
-    changed = [state.row for state in states.values() if state.changed]
     if changed:
-        session.execute(update(Phone), changed)
+        session.execute(
+            update(Phone),
+            [
+                {
+                    **{name: getattr(states[pid], name) for name in _PHONE_COLUMNS},
+                    "updated_at": wall,
+                }
+                for pid in sorted(changed)
+            ],
+        )
     return [decision for decision in decisions if decision is not None]
 
 
