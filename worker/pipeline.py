@@ -106,7 +106,7 @@ def ingest(
         except Rejected as error:
             reject(raw, error.reason, error.detail, _event_id_of(raw))
 
-    report = IngestReport(apply_events(session, good, rules, now))
+    report = IngestReport(apply_events(session, good, rules, now).decisions)
     report.dead_letters = record_dead_letters(session, letters)
     return report
 
@@ -135,4 +135,4 @@ def replay_dead_letters(
             refused += 1
             continue
         letter.status, letter.replayed_at = "replayed", now
-    return IngestReport(apply_events(session, taken, rules, now)), refused
+    return IngestReport(apply_events(session, taken, rules, now).decisions), refused

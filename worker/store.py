@@ -25,9 +25,11 @@ from worker.rules import Rules
 from worker.state import PhoneState, attempt_lookback
 
 __all__ = [
+    "Applied",
     "Fired",
     "apply_events",
     "claim_due",
+    "fire_due",
     "fire_recalls",
     "record_dead_letters",
 ]
@@ -126,9 +128,17 @@ def _load_phones(
     return states
 
 
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What ``apply_events`` did: one decision per event (in the order given), recalls fired."""
+
+    decisions: list[Decision]
+    fired: int = 0
+
+
 def apply_events(
     session: Session, events: Sequence[CallResult], rules: Rules, now: datetime | None
-) -> list[Decision]:
+) -> Applied:
     """Decide ``events`` against their phones' history and write everything in this transaction.
 
     Events of one phone are taken in event-time order (ties in the given order). With ``now``
@@ -137,7 +147,7 @@ def apply_events(
     per event, in the order given.
     """
     if not events:
-        return []
+        return Applied([])
     wall = now or max(event.occurred_at for event in events)
     states = _load_phones(session, events, rules, wall)
     order = sorted(range(len(events)), key=lambda i: (events[i].phone_id, events[i].occurred_at))
@@ -227,7 +237,7 @@ def apply_events(
                 for pid in sorted(changed)
             ],
         )
-    return [decision for decision in decisions if decision is not None]
+    return Applied([decision for decision in decisions if decision is not None], len(fired))
 
 
 # A dead letter keeps the payload for diagnosis and replay; past this it keeps the start.
@@ -325,20 +335,26 @@ class Fired:
 
 
 def fire_recalls(
-    session: Session, recall_ids: Sequence[str], now: datetime, *, early_tolerance: timedelta
+    session: Session,
+    recall_ids: Sequence[str],
+    now: datetime,
+    *,
+    early_tolerance: timedelta,
+    at_due_time: bool = False,
 ) -> list[Fired]:
     """Mark the phones of the still-current, due recalls among ``recall_ids`` eligible.
 
     Superseded or already fired recalls are skipped, so firing twice is harmless. A recall
-    delivered before its time (clock skew) is handed back to the dispatcher.
+    delivered before its time (clock skew) is handed back to the dispatcher. With
+    ``at_due_time`` (replay's simulated clock) a recall fires at its due time, not at ``now``.
     """
-    recalls: dict[str, Any] = {}
+    recalls: dict[str, Recall] = {}
     for part in chunks(sorted(set(recall_ids))):
         query = select(Recall).where(Recall.recall_id.in_(part), Recall.state == "pending")
         recalls.update((recall.recall_id, recall) for recall in session.scalars(query))
     if not recalls:
         return []
-    # Lock the phones first, as ingestion does, then change the recalls.
+    # Lock the phones first, as ingestion does; the phone's pending recall is the real guard.
     phone_ids = sorted({recall.phone_id for recall in recalls.values()})
     current: dict[str, str | None] = {}
     for part in chunks(phone_ids):
@@ -354,10 +370,11 @@ def fire_recalls(
     early: list[str] = []
     for recall in recalls.values():
         if current.get(recall.phone_id) != recall.recall_id:
-            continue  # superseded while we waited for the lock: its replacement is in charge
+            continue  # superseded or fired while we waited for the lock
         if recall.due_at > now + early_tolerance:
             early.append(recall.recall_id)
             continue
+        at = recall.due_at if at_due_time else now
         fired.append(
             Fired(
                 recall.recall_id,
@@ -365,25 +382,23 @@ def fire_recalls(
                 recall.lead_id,
                 recall.plan_id,
                 recall.due_at,
-                now,
+                at,
                 recall.source,
                 recall.rule,
             )
         )
-    for part in chunks([f.recall_id for f in fired]):
-        session.execute(
-            update(Recall)
-            .where(Recall.recall_id.in_(part), Recall.state == "pending")
-            .values(state="fired", fired_at=now)
-        )
     if fired:
+        session.execute(
+            update(Recall),
+            [{"recall_id": f.recall_id, "state": "fired", "fired_at": f.fired_at} for f in fired],
+        )
         session.execute(
             update(Phone),
             [
                 {
                     "phone_id": f.phone_id,
                     "eligible": True,
-                    "eligible_at": now,
+                    "eligible_at": f.fired_at,
                     "pending_recall_id": None,
                     "updated_at": now,
                 }
@@ -393,3 +408,20 @@ def fire_recalls(
     for part in chunks(early):
         session.execute(update(Recall).where(Recall.recall_id.in_(part)).values(dispatched_at=None))
     return fired
+
+
+def fire_due(session: Session, until: datetime, *, limit: int = CHUNK) -> int:
+    """Fire, at their due times, all pending recalls due at or before ``until`` (replay's end)."""
+    total = 0
+    while True:
+        query = (
+            select(Recall.recall_id)
+            .where(Recall.state == "pending", Recall.due_at <= until)
+            .order_by(Recall.due_at)
+            .limit(limit)
+        )
+        ids = list(session.scalars(query))
+        fired = fire_recalls(session, ids, until, early_tolerance=timedelta(0), at_due_time=True)
+        total += len(fired)
+        if len(ids) < limit or not fired:
+            return total

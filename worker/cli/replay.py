@@ -1,0 +1,350 @@
+"""``recall replay``: historical call results through the rules, dry, applied, or compared."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import click
+
+from config.settings import get_settings
+from worker.cli.common import (
+    CommandError,
+    echo_json,
+    json_option,
+    parse_now,
+    read_rules,
+    rules_option,
+)
+from worker.events import CallResult
+from worker.replay import (
+    Comparison,
+    JsonLinesWriter,
+    Rejection,
+    Simulation,
+    Summary,
+    finish,
+    phone_zone,
+    sorted_events,
+)
+from worker.rules import Rules
+from worker.sources import SourceError
+
+# Events per transaction when applying: big enough for bulk statements to pay, small enough
+# that a transaction never holds locks for long while a live worker runs beside it.
+APPLY_BATCH = 5000
+FILE = click.Path(dir_okay=False, path_type=Path)
+FILE = click.Path(dir_okay=False, path_type=Path)
+# Rejections listed in the summary (all of them go to --dead-letters FILE).
+SHOWN_REJECTIONS = 5
+
+
+class Progress:
+    """Events done, rate and time left, on one refreshed line, only when stderr is a terminal."""
+
+    def __init__(self, total: int, enabled: bool) -> None:
+        self.total, self.enabled = total, enabled
+        self.started = self.shown = time.monotonic()
+        self.done = 0
+
+    def tick(self, count: int = 1) -> None:
+        self.done += count
+        now = time.monotonic()
+        if self.enabled and now - self.shown >= 0.5:
+            self.shown = now
+            rate = self.done / max(now - self.started, 1e-9)
+            left = (self.total - self.done) / rate if rate else 0
+            percent = 100 * self.done / max(self.total, 1)
+            click.echo(
+                f"\rreplayed {self.done:,}/{self.total:,} ({percent:.0f}%)"
+                f"  {rate:,.0f} events/s  {left:,.0f}s left   ",
+                nl=False,
+                err=True,
+            )
+
+    def close(self) -> float:
+        if self.enabled:
+            click.echo("\r" + " " * 72 + "\r", nl=False, err=True)
+        return time.monotonic() - self.started
+
+
+@click.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--dry-run", is_flag=True, help="Decide in memory; write nothing to the database.")
+@click.option("--output", type=FILE, help="Write every decision to FILE.jsonl.")
+@click.option(
+    "--compare",
+    "compare_path",
+    type=FILE,
+    help="What-if: replay under these rules too and show what differs (a dry run).",
+)
+@click.option("--report", type=FILE, help="Write a self-contained HTML report to FILE.html.")
+@click.option(
+    "--dead-letters",
+    "rejects_path",
+    type=FILE,
+    help="Write rejected rows, with file, line and reason, to FILE.jsonl.",
+)
+@click.option(
+    "--now",
+    "now_text",
+    metavar="ISO",
+    help="End of the simulation (default: now): recalls due later stay pending.",
+)
+@rules_option
+@json_option
+def replay(
+    files: tuple[Path, ...],
+    dry_run: bool,
+    output: Path | None,
+    compare_path: Path | None,
+    report: Path | None,
+    rejects_path: Path | None,
+    now_text: str | None,
+    rules_path: Path | None,
+    as_json: bool,
+) -> None:
+    """Replay call results from FILES (JSON Lines or CSV, .gz too) in event-time order.
+
+    Recalls fire as the simulated clock passes them. Without --dry-run the results are written to
+    the database through the worker's own code (idempotent on event_id: a second replay changes
+    nothing). Memory grows with the number of phones; large inputs are sorted on disk.
+    """
+    rules = read_rules(rules_path)
+    compare_rules = read_rules(compare_path) if compare_path is not None else None
+    until = parse_now(now_text)
+    dry_run = dry_run or compare_rules is not None
+    interactive = sys.stderr.isatty() and not as_json
+    summary_rejections: list[Rejection] = []
+    with ExitStack() as stack:
+        rejects = JsonLinesWriter(stack, rejects_path)
+        decisions_out = JsonLinesWriter(stack, output)
+        rejected: list[Rejection] = []
+        rejection_count = 0
+
+        def on_reject(rejection: Rejection) -> None:
+            nonlocal rejection_count
+            rejection_count += 1
+            rejects.write(rejection.to_json())
+            if len(summary_rejections) < SHOWN_REJECTIONS:
+                summary_rejections.append(rejection)
+            if not dry_run:
+                rejected.append(rejection)
+
+        def on_read(count: int) -> None:
+            if interactive:
+                click.echo(f"\rreading {count:,} events", nl=False, err=True)
+
+        try:
+            total, events = sorted_events(files, rules, on_reject, on_read=on_read)
+        except SourceError as error:
+            raise CommandError(str(error)) from None
+        progress = Progress(total, interactive)
+        if dry_run:
+            summary, pending, comparison = _dry(
+                events, rules, compare_rules, until, progress, decisions_out
+            )
+        else:
+            summary, pending = _applied(events, rules, until, progress, decisions_out, rejected)
+            comparison = None
+        summary.dead_letters = rejection_count
+        elapsed = progress.close()
+
+    result = _result(summary, pending, elapsed, dry_run, summary_rejections, comparison, rules)
+    if report is not None:
+        from worker.report import render_report
+
+        report.write_text(render_report(result, files), encoding="utf-8")
+    if as_json:
+        echo_json(result)
+    else:
+        click.echo(_text(result))
+
+
+def _dry(
+    events: Iterator[CallResult],
+    rules: Rules,
+    compare_rules: Rules | None,
+    until: Any,
+    progress: Progress,
+    out: JsonLinesWriter,
+) -> tuple[Summary, int, Comparison | None]:
+    simulation = Simulation(rules)
+    comparison = Comparison(Simulation(compare_rules)) if compare_rules is not None else None
+    for event in events:
+        decision = simulation.take(event)
+        out.write(decision.to_json())
+        if comparison is not None:
+            comparison.add(event, decision)
+        progress.tick()
+    pending = finish(simulation, until)
+    if comparison is not None:
+        finish(comparison.simulation, until)
+    return simulation.summary, pending, comparison
+
+
+def _applied(
+    events: Iterator[CallResult],
+    rules: Rules,
+    until: Any,
+    progress: Progress,
+    out: JsonLinesWriter,
+    rejected: list[Rejection],
+) -> tuple[Summary, int]:
+    from sqlalchemy import func, select
+
+    from worker.cli.services import ready_database
+    from worker.db import session_scope
+    from worker.models import DeadLetter, Recall
+    from worker.store import apply_events, fire_due, record_dead_letters
+
+    ready_database(migrate=get_settings().embedded)
+    summary = Summary()
+    batch: list[CallResult] = []
+
+    def flush() -> None:
+        with session_scope() as session:
+            applied = apply_events(session, batch, rules, None)
+        for event, decision in zip(batch, applied.decisions, strict=True):
+            summary.add(event, decision, phone_zone(rules, event))
+            out.write(decision.to_json())
+        summary.fired += applied.fired
+        progress.tick(len(batch))
+        batch.clear()
+
+    for event in events:
+        batch.append(event)
+        if len(batch) >= APPLY_BATCH:
+            flush()
+    if batch:
+        flush()
+    with session_scope() as session:
+        summary.fired += fire_due(session, until)
+        letters = {
+            f"{rejection.file}:{rejection.line}: {rejection.detail}": rejection
+            for rejection in rejected
+        }
+        # Replaying the same files again must not file the same bad rows twice.
+        known = set(
+            session.scalars(
+                select(DeadLetter.detail).where(
+                    DeadLetter.task == "replay", DeadLetter.detail.in_(list(letters))
+                )
+            )
+        )
+        record_dead_letters(
+            session,
+            (
+                {
+                    "task": "replay",
+                    "event_id": None,
+                    "reason": rejection.reason,
+                    "detail": detail,
+                    "payload": rejection.payload,
+                    "received_at": until,
+                }
+                for detail, rejection in letters.items()
+                if detail not in known
+            ),
+        )
+        pending = session.scalar(
+            select(func.count()).select_from(Recall).where(Recall.state == "pending")
+        )
+    return summary, pending or 0
+
+
+def _result(
+    summary: Summary,
+    pending: int,
+    elapsed: float,
+    dry_run: bool,
+    rejections: list[Rejection],
+    comparison: Comparison | None,
+    rules: Rules,
+) -> dict[str, Any]:
+    base = {
+        **summary.to_json(),
+        "recalls_pending": pending,
+        "recalls_by_local_hour": {str(h): summary.recalls_by_local_hour[h] for h in range(24)},
+        "delay_minutes_histogram": {str(k): v for k, v in sorted(summary.delay_minutes.items())},
+    }
+    result: dict[str, Any] = {
+        "mode": "dry-run" if dry_run else "applied",
+        "rules": " + ".join(rules.sources),
+        "elapsed_s": round(elapsed, 3),
+        "events_per_s": round(summary.events / elapsed) if elapsed > 0 else None,
+        "summary": base,
+        "rejections_sample": [rejection.to_json() for rejection in rejections],
+    }
+    if comparison is not None:
+        other = comparison.simulation
+        result["compare"] = {
+            "rules": " + ".join(other.rules.sources),
+            "summary": {
+                **other.summary.to_json(),
+                "recalls_pending": sum(
+                    1 for s in other.phones.values() if s.pending_recall_id is not None
+                ),
+                "recalls_by_local_hour": {
+                    str(h): other.summary.recalls_by_local_hour[h] for h in range(24)
+                },
+                "delay_minutes_histogram": {
+                    str(k): v for k, v in sorted(other.summary.delay_minutes.items())
+                },
+            },
+            "differing_decisions": comparison.differing,
+            "sample": [difference.to_json() for difference in comparison.sample],
+        }
+    return result
+
+
+def _text(result: dict[str, Any]) -> str:
+    """The summary as aligned text, two columns with --compare."""
+    summaries = [("rules", result["summary"])]
+    if "compare" in result:
+        summaries.append(("compare", result["compare"]["summary"]))
+    rows: list[tuple[str, list[str]]] = []
+
+    def row(label: str, pick: Any) -> None:
+        rows.append((label, [str(pick(s)) for _, s in summaries]))
+
+    def minutes(seconds: float | None) -> str:
+        return "-" if seconds is None else f"{seconds / 60:.0f} min"
+
+    row("events", lambda s: s["events"])
+    keys: dict[str, list[str]] = {}
+    for section in ("actions", "reasons", "sources", "recalls_by_sip_class"):
+        keys[section] = sorted({key for _, s in summaries for key in s[section]})
+        for key in keys[section]:
+            row(f"{section.replace('_', ' ')}: {key}", lambda s, a=section, k=key: s[a].get(k, 0))
+    row("recall delay median", lambda s: minutes(s["recall_delay_s"]["median"]))
+    row("recall delay p95", lambda s: minutes(s["recall_delay_s"]["p95"]))
+    row("recalls fired", lambda s: s["recalls_fired"])
+    row("recalls pending at end", lambda s: s["recalls_pending"])
+    row("dead letters", lambda s: s["dead_letters"])
+    width = max(len(label) for label, _ in rows) + 2
+    lines = [f"replay ({result['mode']}): {result['rules']}"]
+    if "compare" in result:
+        lines.append(f"compare with: {result['compare']['rules']}")
+        lines.append(f"{'':<{width}}{'rules':>12}{'compare':>12}")
+    lines += [f"{label:<{width}}" + "".join(f"{v:>12}" for v in values) for label, values in rows]
+    lines.append(f"{result['elapsed_s']:.1f}s, {result['events_per_s'] or 0:,} events/s")
+    for rejection in result["rejections_sample"]:
+        lines.append(
+            f"rejected {rejection['file']}:{rejection['line']}: {rejection['reason']}:"
+            f" {rejection['detail']}"
+        )
+    if "compare" in result:
+        lines.append(f"decisions that differ: {result['compare']['differing_decisions']}")
+        for item in result["compare"]["sample"][:10]:
+            first, second = item["rules"], item["compare"]
+            lines.append(
+                f"  {item['event_id']} ({item['phone_id']}): {first['action']} {first['reason']}"
+                f" {first['due_at'] or ''} -> {second['action']} {second['reason']}"
+                f" {second['due_at'] or ''}"
+            )
+    return "\n".join(lines)

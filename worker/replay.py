@@ -1,0 +1,304 @@
+"""Replay: historical call results through the same rules, in event-time order, simulated clock.
+
+Input is read and validated as it streams, sorted on disk when it is larger than one chunk (an
+external merge sort), and fed in ``occurred_at`` order (ties by file, then line) either to an
+in-memory simulation (``--dry-run``, ``--compare``) or to the same persistence code the worker
+uses. Memory grows with the number of distinct phones, not with the number of events.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+import pendulum
+
+from worker.engine import Decision, decide, timezone
+from worker.events import CallResult, parse_event
+from worker.pipeline import Rejected, accept, raw_text
+from worker.rules import Rules
+from worker.sources import iter_records
+from worker.state import PhoneState, attempt_lookback
+
+__all__ = [
+    "CHUNK_EVENTS",
+    "Rejection",
+    "Simulation",
+    "Summary",
+    "sorted_events",
+]
+
+# Events sorted in memory before a run is spilled to disk: ~100 MB of Python objects at most.
+CHUNK_EVENTS = 200_000
+# Delay histogram resolution: one bucket per minute up to a day, then per hour (bounded memory).
+_DAY_MINUTES = 24 * 60
+
+
+def phone_zone(rules: Rules, event: CallResult) -> str:
+    """The phone's zone: the event's, else its plan's, else the default."""
+    plan = rules.plans.get(event.plan_id)
+    return event.timezone or (plan.timezone if plan else None) or rules.default_timezone
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A row that could not be replayed: where it was, why, and what it said."""
+
+    file: str
+    line: int
+    reason: str
+    detail: str
+    payload: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "line": self.line,
+            "reason": self.reason,
+            "detail": self.detail,
+            "payload": self.payload,
+        }
+
+
+def _sort_key(event: CallResult) -> int:
+    # Microseconds since the epoch: exact, and cheap to compare and to store.
+    return round(event.occurred_at.timestamp() * 1_000_000)
+
+
+def _spill(run: list[tuple[int, int, int, dict[str, Any]]], directory: str) -> str:
+    run.sort(key=lambda item: item[:3])
+    handle, path = tempfile.mkstemp(prefix="recall-replay-", suffix=".jsonl", dir=directory)
+    with os.fdopen(handle, "wb") as out:
+        for item in run:
+            out.write(orjson.dumps(item) + b"\n")
+    run.clear()
+    return path
+
+
+def _read_run(path: str) -> Iterator[tuple[int, int, int, dict[str, Any]]]:
+    with open(path, "rb") as handle:
+        for line in handle:
+            key, file_index, number, data = orjson.loads(line)
+            yield key, file_index, number, data
+
+
+def sorted_events(
+    files: Iterable[Path],
+    rules: Rules,
+    on_reject: Callable[[Rejection], None],
+    *,
+    chunk: int = CHUNK_EVENTS,
+    on_read: Callable[[int], None] | None = None,
+) -> tuple[int, Iterator[CallResult]]:
+    """Validate every record of ``files`` and return (count, events in event-time order).
+
+    Rejected records go to ``on_reject`` as they are read. Runs of ``chunk`` events are sorted in
+    memory and spilled to temporary files, which the returned iterator merges and then removes.
+    """
+    run: list[tuple[int, int, int, dict[str, Any]]] = []
+    spilled: list[str] = []
+    directory = tempfile.mkdtemp(prefix="recall-replay-")
+    count = 0
+    for file_index, path in enumerate(files):
+        for number, raw in iter_records(path):
+            try:
+                event = accept(raw, rules)
+            except Rejected as error:
+                on_reject(Rejection(str(path), number, error.reason, error.detail, raw_text(raw)))
+                continue
+            run.append((_sort_key(event), file_index, number, event.to_json()))
+            count += 1
+            if on_read is not None and count % 10_000 == 0:
+                on_read(count)
+            if len(run) >= chunk:
+                spilled.append(_spill(run, directory))
+
+    def merged() -> Iterator[CallResult]:
+        try:
+            if not spilled:
+                run.sort(key=lambda item: item[:3])
+                for item in run:
+                    yield parse_event(item[3])
+                return
+            if run:
+                spilled.append(_spill(run, directory))
+            streams = [_read_run(path) for path in spilled]
+            for item in heapq.merge(*streams, key=lambda item: item[:3]):
+                yield parse_event(item[3])
+        finally:
+            for path in spilled:
+                Path(path).unlink(missing_ok=True)
+            Path(directory).rmdir()
+
+    return count, merged()
+
+
+@dataclass
+class Summary:
+    """Running counts over a replay, kept in bounded memory."""
+
+    events: int = 0
+    actions: Counter[str] = field(default_factory=Counter)
+    reasons: Counter[str] = field(default_factory=Counter)
+    sources: Counter[str] = field(default_factory=Counter)
+    recalls_by_sip_class: Counter[str] = field(default_factory=Counter)
+    recalls_by_local_hour: Counter[int] = field(default_factory=Counter)
+    delay_minutes: Counter[int] = field(default_factory=Counter)
+    fired: int = 0
+    dead_letters: int = 0
+
+    def add(self, event: CallResult, decision: Decision, zone: str) -> None:
+        self.events += 1
+        self.actions[decision.action] += 1
+        self.reasons[decision.reason] += 1
+        if decision.source is not None:
+            self.sources[decision.source] += 1
+        if decision.action != "recall" or decision.due_at is None:
+            return
+        self.recalls_by_sip_class[f"{event.sip_code // 100}xx"] += 1
+        delay = (decision.due_at - event.occurred_at).total_seconds() / 60
+        minutes = int(delay) if delay < _DAY_MINUTES else _DAY_MINUTES + int(delay // 60) * 60
+        self.delay_minutes[minutes] += 1
+        local = pendulum.instance(decision.due_at).in_timezone(timezone(zone))
+        self.recalls_by_local_hour[local.hour] += 1
+
+    def delay_percentile(self, fraction: float) -> float | None:
+        """The recall delay at ``fraction`` (0.5 = median), in seconds, to a minute's accuracy."""
+        total = sum(self.delay_minutes.values())
+        if not total:
+            return None
+        target = fraction * (total - 1)
+        seen = 0
+        for minutes in sorted(self.delay_minutes):
+            seen += self.delay_minutes[minutes]
+            if seen > target:
+                return float(minutes * 60)
+        return float(max(self.delay_minutes) * 60)
+
+    def to_json(self) -> dict[str, Any]:
+        median, p95 = self.delay_percentile(0.5), self.delay_percentile(0.95)
+        return {
+            "events": self.events,
+            "actions": dict(self.actions.most_common()),
+            "reasons": dict(self.reasons.most_common()),
+            "sources": dict(self.sources.most_common()),
+            "recalls_by_sip_class": dict(sorted(self.recalls_by_sip_class.items())),
+            "recall_delay_s": {"median": median, "p95": p95},
+            "recalls_fired": self.fired,
+            "dead_letters": self.dead_letters,
+        }
+
+
+class Simulation:
+    """Phones in memory, a simulated clock, and recalls that fire as the clock passes them."""
+
+    def __init__(self, rules: Rules) -> None:
+        self.rules = rules
+        self.phones: dict[str, PhoneState] = {}
+        self.due: list[tuple[datetime, str, str]] = []  # (due_at, recall_id, phone_id)
+        self.summary = Summary()
+        self.lookback = attempt_lookback(rules) or timedelta(days=1)
+        self._taken = 0
+
+    def advance(self, until: datetime) -> None:
+        """Fire every recall due at or before ``until``, at its due time."""
+        while self.due and self.due[0][0] <= until:
+            due_at, recall_id, phone_id = heapq.heappop(self.due)
+            state = self.phones[phone_id]
+            if state.pending_recall_id == recall_id:  # not superseded since
+                state.fire(due_at)
+                self.summary.fired += 1
+
+    def take(self, event: CallResult) -> Decision:
+        self.advance(event.occurred_at)
+        state = self.phones.get(event.phone_id)
+        if state is None:
+            state = self.phones[event.phone_id] = PhoneState(
+                event.phone_id, event.lead_id, event.plan_id
+            )
+        decision = decide(event, self.rules, state.history(), event.occurred_at)
+        transition = state.take(event, decision)
+        if transition.scheduled is not None:
+            scheduled = transition.scheduled
+            heapq.heappush(self.due, (scheduled.due_at, scheduled.recall_id, scheduled.phone_id))
+        self.summary.add(event, decision, phone_zone(self.rules, event))
+        self._taken += 1
+        if self._taken % 50_000 == 0:
+            self._compact(event.occurred_at)
+        return decision
+
+    def _compact(self, now: datetime) -> None:
+        # Keep memory proportional to phones: forget what no rule can look at any more, and drop
+        # heap entries of superseded recalls.
+        horizon = now - self.lookback
+        for state in self.phones.values():
+            state.forget_before(horizon)
+        if len(self.due) > 2 * len(self.phones):
+            self.due = [
+                item for item in self.due if self.phones[item[2]].pending_recall_id == item[1]
+            ]
+            heapq.heapify(self.due)
+
+
+class JsonLinesWriter:
+    """Decisions (or rejections) to a JSON Lines file; nothing when no path is given."""
+
+    def __init__(self, stack: ExitStack, path: Path | None) -> None:
+        self.handle: IO[bytes] | None = stack.enter_context(path.open("wb")) if path else None
+
+    def write(self, data: dict[str, Any]) -> None:
+        if self.handle is not None:
+            self.handle.write(orjson.dumps(data) + b"\n")
+
+
+@dataclass
+class Difference:
+    """One event decided differently under the two rule sets (what-if)."""
+
+    event_id: str
+    phone_id: str
+    base: dict[str, Any]
+    other: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        keys = ("action", "due_at", "reason", "rule", "adjustments")
+        return {
+            "event_id": self.event_id,
+            "phone_id": self.phone_id,
+            "rules": {key: self.base[key] for key in keys},
+            "compare": {key: self.other[key] for key in keys},
+        }
+
+
+@dataclass
+class Comparison:
+    """The second rule set's run beside the first, and how their decisions differ."""
+
+    simulation: Simulation
+    differing: int = 0
+    sample: list[Difference] = field(default_factory=list)
+    sample_size: int = 20
+
+    def add(self, event: CallResult, base: Decision) -> None:
+        other = self.simulation.take(event)
+        first, second = base.to_json(), other.to_json()
+        if all(first[key] == second[key] for key in ("action", "due_at", "reason", "rule")):
+            return
+        self.differing += 1
+        if len(self.sample) < self.sample_size:
+            self.sample.append(Difference(event.event_id, event.phone_id, first, second))
+
+
+def finish(simulation: Simulation, until: datetime) -> int:
+    """End of the simulation: fire what is due by ``until``; return the recalls still pending."""
+    simulation.advance(until)
+    return sum(1 for state in simulation.phones.values() if state.pending_recall_id is not None)
