@@ -11,6 +11,7 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from functools import cache
 from pathlib import Path
 from types import MappingProxyType
@@ -65,6 +66,12 @@ class Duration:
         if self.hours or self.minutes:
             moment = moment.add(hours=self.hours, minutes=self.minutes)
         return moment
+
+    @property
+    def longest(self) -> timedelta:
+        """The most elapsed time this duration can span (a calendar day may last 25 hours)."""
+        slack = timedelta(hours=1) if self.days else timedelta(0)
+        return timedelta(days=self.days, hours=self.hours, minutes=self.minutes) + slack
 
     def to_table(self) -> dict[str, int]:
         return {
