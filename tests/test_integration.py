@@ -527,8 +527,8 @@ def test_supersede_duplicate_stale_and_dead_letters(
     assert (stale.action, stale.reason) == ("stale", "stale")
     wait_until(
         lambda: (
-            f"event sup-2 phone {phone}: duplicate duplicate" in worker.text()
-            and f"event sup-1 phone {phone}: duplicate duplicate" in worker.text()
+            f"event sup-2 phone {phone}: duplicate" in worker.text()
+            and f"event sup-1 phone {phone}: duplicate" in worker.text()
         ),
         what="both duplicates to be processed",
         workers=(worker,),

@@ -117,6 +117,11 @@ def _text(data: Mapping[str, Any], name: str, limit: int, *, required: bool) -> 
         raise InvalidEvent(name, f"longer than {limit} characters ({len(value)})")
     if "\x00" in value:
         raise InvalidEvent(name, "contains a NUL character")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidEvent(name, "is not valid Unicode (a lone surrogate)") from None
     return value
 
 

@@ -34,7 +34,8 @@ class IngestReport:
 
     def counts(self) -> dict[str, int]:
         counts: Counter[str] = Counter(decision.action for decision in self.decisions)
-        counts["reject"] += self.dead_letters
+        if self.dead_letters:
+            counts["reject"] += self.dead_letters
         return dict(counts)
 
 
@@ -55,6 +56,17 @@ def _event_id_of(raw: object) -> str | None:
     return value[:255] if isinstance(value, str) else None
 
 
+def _unencodable_field(raw: object) -> str:
+    """The first field of ``raw`` that cannot be written as JSON (UTF-8), for the reason line."""
+    if isinstance(raw, dict):
+        for key, value in raw.items():
+            try:
+                orjson.dumps({key: value})
+            except TypeError:
+                return key if isinstance(key, str) and key.isprintable() else "event"
+    return "event"
+
+
 class Rejected(ValueError):
     """An input that cannot be taken: ``reason`` is the contract's, ``detail`` names the field."""
 
@@ -70,9 +82,13 @@ def accept(raw: object, rules: Rules) -> CallResult:
         # Senders in other languages may put the event on the wire as JSON text.
         if isinstance(raw, str | bytes):
             event = parse_event_json(raw)
-        elif len(raw_text(raw).encode()) > MAX_EVENT_BYTES:
-            raise InvalidEvent("event", f"payload is over the {MAX_EVENT_BYTES}-byte limit")
         else:
+            try:
+                size = len(orjson.dumps(raw))
+            except TypeError:  # orjson refuses lone surrogates (and non-JSON values)
+                raise InvalidEvent(_unencodable_field(raw), "is not valid Unicode") from None
+            if size > MAX_EVENT_BYTES:
+                raise InvalidEvent("event", f"payload is over the {MAX_EVENT_BYTES}-byte limit")
             event = parse_event(raw)
     except InvalidEvent as error:
         raise Rejected("invalid_event", str(error)) from None
@@ -125,11 +141,8 @@ def replay_dead_letters(
     refused = 0
     for letter in session.scalars(query.with_for_update()):
         try:
-            raw: object = orjson.loads(letter.payload)
-        except orjson.JSONDecodeError:
-            raw = letter.payload
-        try:
-            taken.append(accept(raw, rules))
+            # The stored text is the payload as sent (or its JSON form): it parses as it did.
+            taken.append(accept(letter.payload, rules))
         except Rejected as error:
             letter.reason, letter.detail = error.reason, error.detail
             refused += 1

@@ -85,7 +85,7 @@ def summary(session: Session) -> dict[str, Any]:
     """Counts for a one-screen overview."""
 
     def grouped(column: Any) -> dict[str, int]:
-        rows = session.execute(select(column, func.count()).group_by(column)).tuples()
+        rows = session.execute(select(column, func.count()).group_by(column))
         return {str(key): count for key, count in rows}
 
     return {

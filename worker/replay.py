@@ -36,8 +36,8 @@ __all__ = [
     "sorted_events",
 ]
 
-# Events sorted in memory before a run is spilled to disk: ~100 MB of Python objects at most.
-CHUNK_EVENTS = 200_000
+# Events sorted in memory before a run is spilled to disk: about 120 MB of Python objects.
+CHUNK_EVENTS = 100_000
 # Delay histogram resolution: one bucket per minute up to a day, then per hour (bounded memory).
 _DAY_MINUTES = 24 * 60
 

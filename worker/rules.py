@@ -38,6 +38,9 @@ __all__ = [
 DEFAULT_RULES_PATH = Path(__file__).resolve().parent.parent / "config" / "default_rules.toml"
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 SIP_CLASSES = {"4xx": 4, "5xx": 5, "6xx": 6}
+# Outcome codes and plan ids end up in a decision's rule ("outcome:CODE", "plan:ID"), stored in a
+# column of 80 characters.
+MAX_NAME_LENGTH = 64
 
 OutcomeKind = Literal["system", "user"]
 RecallPolicy = Literal["after", "never", "inherit"]
@@ -435,8 +438,10 @@ def _merge_file(draft: _Draft, path: Path, *, builtin: bool) -> None:
         if not entry.has("code"):
             raise entry.error("code", "required")
         code = entry.string("code")
-        if not code or code != code.strip():
-            raise entry.error("code", f"must be a non-empty code without spaces, got {code!r}")
+        if not code or code != code.strip() or len(code) > MAX_NAME_LENGTH:
+            raise entry.error(
+                "code", f"must be non-empty, at most {MAX_NAME_LENGTH} characters, got {code!r}"
+            )
         entry.where = f"outcomes[{index}] (code {code})"
         entry.check_keys()
         if code in seen_outcomes:
@@ -463,8 +468,10 @@ def _merge_file(draft: _Draft, path: Path, *, builtin: bool) -> None:
         if not entry.has("id"):
             raise entry.error("id", "required")
         plan_id = entry.string("id")
-        if not plan_id or plan_id != plan_id.strip():
-            raise entry.error("id", f"must be a non-empty id without spaces, got {plan_id!r}")
+        if not plan_id or plan_id != plan_id.strip() or len(plan_id) > MAX_NAME_LENGTH:
+            raise entry.error(
+                "id", f"must be non-empty, at most {MAX_NAME_LENGTH} characters, got {plan_id!r}"
+            )
         entry.where = f"plans[{index}] (id {plan_id})"
         entry.check_keys()
         if plan_id in seen_plans:

@@ -121,7 +121,7 @@ def _load_phones(
         query = select(ProcessedEvent.event_id, ProcessedEvent.occurred_at).where(
             ProcessedEvent.event_id.in_(part)
         )
-        known = dict(session.execute(query).tuples().all())
+        known = dict(session.execute(query).all())
         for event in events:
             if event.event_id in known:
                 states[event.phone_id].seen[event.event_id] = known[event.event_id]
@@ -158,9 +158,13 @@ def apply_events(
     fired: dict[str, datetime] = {}
     changed: set[str] = set()
 
+    taken: set[str] = set()  # event ids of this batch, across phones
     for index in order:
         event = events[index]
         state = states[event.phone_id]
+        if event.event_id in taken:  # the same id sent again, even for another phone
+            state.seen.setdefault(event.event_id, event.occurred_at)
+        taken.add(event.event_id)
         if now is None and state.pending is not None and state.pending.due_at <= event.occurred_at:
             fired_id = state.fire(state.pending.due_at)
             if fired_id is not None:
@@ -248,7 +252,7 @@ def _storable(text: str | None) -> str | None:
     # PostgreSQL text cannot hold NUL; a huge payload keeps its start and says how big it was.
     if text is None:
         return None
-    text = text.replace("\x00", "\\u0000")
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\u0000")
     if len(text) > MAX_DEAD_LETTER_CHARS:
         text = f"{text[:MAX_DEAD_LETTER_CHARS]}...[truncated from {len(text)} characters]"
     return text
@@ -364,7 +368,7 @@ def fire_recalls(
             .order_by(Phone.phone_id)
             .with_for_update()
         )
-        current.update(session.execute(lock).tuples().all())
+        current.update(session.execute(lock).all())
 
     fired: list[Fired] = []
     early: list[str] = []

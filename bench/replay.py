@@ -1,0 +1,105 @@
+"""Replay throughput and peak memory on a generated history (``make bench-replay``).
+
+Generates (once, cached under bench/data/) about EVENTS call results, then runs
+``recall replay --dry-run`` and an applied replay into a throwaway PostgreSQL database, each in its
+own process, and prints events/s and peak RSS for each. Figures go to bench/results-replay.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.servers import PostgresServer  # noqa: E402  (path set just above)
+from worker.db import upgrade  # noqa: E402
+from worker.sample import iter_generate, write_jsonl  # noqa: E402
+
+NOW = "2026-06-01T00:00:00+00:00"
+
+
+def history(events: int) -> Path:
+    """A cached generated file of at least ``events`` events (about 4.2 events per lead)."""
+    path = ROOT / "bench" / "data" / f"history-{events}.jsonl"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        leads = max(1, int(events / 4.2))
+        start = datetime(2026, 3, 2, tzinfo=UTC)
+        count = write_jsonl(iter_generate(seed=7, leads=leads, start=start, days=28), path)
+        print(f"generated {count:,} events in {path}", file=sys.stderr)
+    return path
+
+
+# The child reports its own peak RSS (ru_maxrss of itself, KiB on Linux) on its last stderr line.
+CHILD = (
+    "import resource, runpy, sys\n"
+    "sys.argv = ['recall', *sys.argv[1:]]\n"
+    "try:\n"
+    "    runpy.run_module('worker', run_name='__main__')\n"
+    "finally:\n"
+    "    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+)
+
+
+def run(args: list[str], env: dict[str, str]) -> tuple[dict[str, Any], float, float]:
+    """Run ``recall replay`` in a child; return its JSON result, wall seconds, peak RSS MiB."""
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, "replay", *args, "--now", NOW, "--json"],
+        cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True,
+    )  # fmt: skip
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"replay failed ({done.returncode}):\n{done.stderr}")
+    peak_kib = int(done.stderr.strip().splitlines()[-1])
+    return json.loads(done.stdout), wall, peak_kib / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--skip-apply", action="store_true")
+    args = parser.parse_args()
+    path = history(args.events)
+    results: dict[str, Any] = {"events_file": str(path)}
+
+    dry, wall, rss = run([str(path), "--dry-run"], {})
+    events = dry["summary"]["events"]
+    results.update(
+        replay_events=events,
+        replay_dry_per_s=round(events / wall),
+        replay_dry_peak_rss_mb=round(rss),
+    )
+    print(f"dry-run  {events:,} events in {wall:.1f}s: {events / wall:,.0f} events/s, "
+          f"peak RSS {rss:.0f} MiB")  # fmt: skip
+
+    if not args.skip_apply:
+        server = PostgresServer()
+        url = server.create_database()
+        try:
+            upgrade(url)
+            env = {"RECALL_DATABASE_URL": url, "RECALL_BROKER_URL": "redis://127.0.0.1:1/0"}
+            applied, wall, rss = run([str(path)], env)
+        finally:
+            server.drop_database(url)
+            server.stop()
+        events = applied["summary"]["events"]
+        results.update(replay_apply_per_s=round(events / wall), replay_apply_peak_rss_mb=round(rss))
+        print(f"applied  {events:,} events in {wall:.1f}s: {events / wall:,.0f} events/s, "
+              f"peak RSS {rss:.0f} MiB")  # fmt: skip
+    out = ROOT / "bench" / "results-replay.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
