@@ -10,17 +10,18 @@ deadlock.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
-from sqlalchemy import and_, insert, or_, select, update
+import orjson
+from sqlalchemy import JSON, and_, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from worker.engine import Decision, PendingRecall, decide
 from worker.events import CallResult
-from worker.models import Attempt, DeadLetter, Phone, ProcessedEvent, Recall
+from worker.models import Attempt, DeadLetter, Phone, ProcessedEvent, Recall, UTCDateTime
 from worker.rules import Rules
 from worker.state import PhoneState, attempt_lookback
 
@@ -44,14 +45,39 @@ def chunks(items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
         yield items[start : start + size]
 
 
-def _insert_ignoring_conflicts(
-    session: Session, model: type[Any], rows: list[dict[str, Any]]
-) -> None:
+def _insert_rows(session: Session, model: type[Any], rows: list[dict[str, Any]]) -> None:
+    """Insert ``rows`` (all with the same keys) in bulk.
+
+    PostgreSQL gets one COPY per table, inside the transaction: an order of magnitude faster than
+    executemany, which handles parameters row by row. SQLite's executemany is already fast.
+    """
     if not rows:
         return
-    dialect = session.get_bind().dialect.name
-    builder = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    session.execute(builder(model).on_conflict_do_nothing(), rows)
+    if session.get_bind().dialect.name != "postgresql":
+        session.execute(insert(model), rows)
+        return
+    table = model.__table__
+    columns = list(rows[0])
+    json_columns = {name for name in columns if isinstance(table.c[name].type, JSON)}
+    utc_columns = {name for name in columns if isinstance(table.c[name].type, UTCDateTime)}
+    names = ", ".join(f'"{name}"' for name in columns)
+    connection: Any = session.connection().connection.dbapi_connection
+    with connection.cursor() as cursor, cursor.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(
+                [
+                    orjson.dumps(row[name]).decode()
+                    if name in json_columns and row[name] is not None
+                    else _utc(row[name])
+                    if name in utc_columns
+                    else row[name]
+                    for name in columns
+                ]
+            )
+
+
+def _utc(moment: datetime | None) -> datetime | None:
+    return None if moment is None else moment.astimezone(UTC)
 
 
 _PHONE_COLUMNS = (
@@ -90,7 +116,9 @@ def _load_phones(
             }
             for pid in part
         ]
-        _insert_ignoring_conflicts(session, Phone, rows)
+        dialect = session.get_bind().dialect.name
+        builder = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        session.execute(builder(Phone).on_conflict_do_nothing(), rows)
     states: dict[str, PhoneState] = {}
     columns = [getattr(Phone, name) for name in _PHONE_COLUMNS]
     for part in chunks(phone_ids):
@@ -198,16 +226,28 @@ def apply_events(
             else:
                 superseded.append(transition.superseded)
         if transition.scheduled is not None:
-            recall_rows[transition.scheduled.recall_id] = {
-                **asdict(transition.scheduled),
+            scheduled = transition.scheduled
+            recall_rows[scheduled.recall_id] = {
+                "recall_id": scheduled.recall_id,
+                "phone_id": scheduled.phone_id,
+                "lead_id": scheduled.lead_id,
+                "plan_id": scheduled.plan_id,
+                "generation": scheduled.generation,
+                "due_at": scheduled.due_at,
+                "source": scheduled.source,
+                "rule": scheduled.rule,
+                "reason": scheduled.reason,
                 "state": "pending",
                 "created_at": wall,
+                "dispatched_at": None,
+                "fired_at": None,
             }
 
     if event_rows:
-        session.execute(insert(ProcessedEvent), event_rows)
-        session.execute(
-            insert(Attempt),
+        _insert_rows(session, ProcessedEvent, event_rows)
+        _insert_rows(
+            session,
+            Attempt,
             [
                 {key: row[key] for key in ("event_id", "phone_id", "occurred_at")}
                 for row in event_rows
@@ -216,8 +256,7 @@ def apply_events(
     for recall_id, fired_at in fired.items():
         if recall_id in recall_rows:
             recall_rows[recall_id].update(state="fired", fired_at=fired_at)
-    if recall_rows:
-        session.execute(insert(Recall), list(recall_rows.values()))
+    _insert_rows(session, Recall, list(recall_rows.values()))
     stored_fired = [(rid, at) for rid, at in fired.items() if rid not in recall_rows]
     if stored_fired:
         session.execute(

@@ -1,0 +1,1000 @@
+"""``recall replay`` (DESIGN.md sections 2, 4 and 7): history through the rules, simulated clock.
+
+Most tests run the command in-process through click's ``CliRunner`` on small generated histories
+(``worker.sample``) and hand-written events with exact expectations; the sort and the simulation
+are also driven directly through ``worker.replay``. Every run passes ``--now`` so that nothing
+depends on the clock. Applied replays run against fresh SQLite and PostgreSQL databases.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from click.testing import CliRunner, Result
+from sqlalchemy import func, select
+
+import worker.db
+from config.settings import get_settings
+from worker.cli import main
+from worker.db import make_engine, upgrade
+from worker.events import parse_event
+from worker.models import Base, Recall
+from worker.replay import Simulation, finish, sorted_events
+from worker.rules import Rules, load_rules
+from worker.sample import generate, iter_generate, write_csv, write_jsonl
+
+# worker.store calls ``Result.tuples()``, deprecated since SQLAlchemy 2.1: with warnings as errors
+# every applied replay would fail on it. ``tests/test_store.py`` keeps a failing test for that;
+# ignored here so that replay itself is tested.
+pytestmark = pytest.mark.filterwarnings("ignore:The Result.tuples:DeprecationWarning")
+
+REPO = Path(__file__).resolve().parent.parent
+# Nothing listens there: replay must never need the broker.
+BROKER = "redis://127.0.0.1:1/0"
+# Plans whose due times are plain arithmetic: UTC, no calling hours; one with caps.
+RULES = """
+[[plans]]
+id = "flat"
+timezone = "UTC"
+
+[[plans]]
+id = "capped"
+timezone = "UTC"
+max_attempts = [ { count = 2, within = { hours = 24 } } ]
+max_recalls = 2
+"""
+# What-if: busy lines recalled after 30 minutes instead of 15.
+SLOWER_BUSY = '[[sip_codes]]\ncode = 486\nrecall_after = { minutes = 30 }\n'
+# Generated histories start on a Monday and run for three days.
+START = datetime(2026, 1, 12, tzinfo=UTC)
+NOW = "2026-01-20T00:00:00+00:00"
+SUMMARY_KEYS = {
+    "events",
+    "actions",
+    "reasons",
+    "sources",
+    "recalls_by_sip_class",
+    "recall_delay_s",
+    "recalls_fired",
+    "recalls_pending",
+    "dead_letters",
+}
+
+
+def _reset_process_state() -> None:
+    """Forget the cached settings, engine and session factory (each is built once per process)."""
+    get_settings.cache_clear()
+    if worker.db.get_engine.cache_info().currsize:
+        worker.db.get_engine().dispose()
+    worker.db.get_engine.cache_clear()
+    worker.db._session_factory.cache_clear()
+
+
+@pytest.fixture(autouse=True)
+def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """No database, broker or rules from the environment; temporary files under ``tmp_path``."""
+    for name in ("RECALL_RULES", "RECALL_DATABASE_URL", "RECALL_BROKER_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RECALL_HOME", str(tmp_path / "home"))
+    # Replay's on-disk sort goes to tempfile.gettempdir(): a private one, so that the checks for
+    # left-over files see only this test's (other processes may replay beside us).
+    private = tmp_path / "tmp"
+    private.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private))
+    _reset_process_state()
+    yield
+    _reset_process_state()
+
+
+@pytest.fixture
+def rules_file(tmp_path: Path) -> Path:
+    path = tmp_path / "base.toml"
+    path.write_text(RULES, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def rules(rules_file: Path) -> Rules:
+    return load_rules(rules_file)
+
+
+def recall(*args: str | Path) -> Result:
+    """``recall ARGS`` in-process, with settings read afresh from the environment."""
+    _reset_process_state()
+    return CliRunner().invoke(main, [str(arg) for arg in args], prog_name="recall")
+
+
+def json_of(result: Result) -> Any:
+    assert result.exit_code == 0, (result.output, result.stderr, result.exception)
+    assert result.stderr == ""
+    return orjson.loads(result.stdout)
+
+
+def replay_json(*args: str | Path) -> dict[str, Any]:
+    return json_of(recall("replay", *args, "--json"))  # type: ignore[no-any-return]
+
+
+def one_line_error(result: Result) -> str:
+    assert result.exit_code == 1, (result.output, result.exception)
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def ev(event_id: str, phone_id: str, occurred_at: str, **fields: Any) -> dict[str, Any]:
+    """A hand-written event on the ``flat`` plan: a busy line (486) unless told otherwise."""
+    return {
+        "event_id": event_id,
+        "plan_id": "flat",
+        "lead_id": f"L-{phone_id}",
+        "phone_id": phone_id,
+        "sip_code": 486,
+        "occurred_at": occurred_at,
+        **fields,
+    }
+
+
+def t(clock: str, day: int = 14) -> str:
+    """``HH:MM`` on 2026-01-``day`` (a Wednesday by default), UTC, as the events carry it."""
+    return f"2026-01-{day:02d}T{clock}:00+00:00"
+
+
+def write_lines(path: Path, lines: Iterable[object]) -> Path:
+    """JSON Lines; a ``str`` item is written as it is (for broken lines)."""
+    with path.open("wb") as out:
+        for line in lines:
+            out.write((line if isinstance(line, str) else orjson.dumps(line).decode()).encode())
+            out.write(b"\n")
+    return path
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+
+
+def history(seed: int, leads: int, days: int = 3) -> list[dict[str, object]]:
+    return generate(seed=seed, leads=leads, start=START, days=days)
+
+
+def unique_times(events: list[dict[str, object]]) -> list[dict[str, object]]:
+    """Drop every event whose ``occurred_at`` an earlier one already has (no ties to break)."""
+    seen: set[object] = set()
+    kept = []
+    for event in events:
+        if event["occurred_at"] not in seen:
+            seen.add(event["occurred_at"])
+            kept.append(event)
+    return kept
+
+
+def leftovers() -> list[str]:
+    return sorted(path.name for path in Path(tempfile.gettempdir()).glob("recall-replay-*"))
+
+
+def table_rows(url: str) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table, for before/after comparisons."""
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            return {
+                table.name: sorted(
+                    (tuple(row) for row in connection.execute(select(table))), key=repr
+                )
+                for table in Base.metadata.sorted_tables
+            }
+    finally:
+        engine.dispose()
+
+
+def recall_rows(url: str) -> dict[str, tuple[str, datetime, datetime | None]]:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            query = select(Recall.recall_id, Recall.state, Recall.due_at, Recall.fired_at)
+            return {rid: (state, due, fired) for rid, state, due, fired in connection.execute(query)}
+    finally:
+        engine.dispose()
+
+
+def use_database(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("RECALL_DATABASE_URL", url)
+    monkeypatch.setenv("RECALL_BROKER_URL", BROKER)
+
+
+# --- 1. event-time order, whatever the files -----------------------------------------------------
+
+
+def test_file_order_and_line_order_do_not_change_the_decisions(
+    tmp_path: Path, rules_file: Path
+) -> None:
+    events = unique_times(history(seed=11, leads=150))
+    assert len(events) > 300
+    leads = sorted({str(e["lead_id"]) for e in events})
+    odd = {lead for index, lead in enumerate(leads) if index % 2}
+    first = write_lines(tmp_path / "first.jsonl", [e for e in events if e["lead_id"] in odd])
+    second = write_lines(tmp_path / "second.jsonl", [e for e in events if e["lead_id"] not in odd])
+    shuffled = events[:]
+    random.Random(3).shuffle(shuffled)
+    one = write_lines(tmp_path / "shuffled.jsonl", shuffled)
+
+    outputs = []
+    for name, files in [("ab", [first, second]), ("ba", [second, first]), ("one", [one])]:
+        out = tmp_path / f"out-{name}.jsonl"
+        replay_json(*files, "--dry-run", "--now", NOW, "--rules", rules_file, "--output", out)
+        outputs.append(out.read_bytes())
+
+    assert outputs[0] == outputs[1] == outputs[2]
+    decided = read_jsonl(tmp_path / "out-one.jsonl")
+    # In event-time order, each event once.
+    by_id = {str(e["event_id"]): e for e in events}
+    assert [d["event_id"] for d in decided] == [e["event_id"] for e in events]
+    times = [str(by_id[d["event_id"]]["occurred_at"]) for d in decided]
+    assert times == sorted(times)
+
+
+# --- 2. formats ----------------------------------------------------------------------------------
+
+
+def test_csv_and_json_lines_plain_or_gzip_give_the_same_decisions(
+    tmp_path: Path, rules_file: Path
+) -> None:
+    events = history(seed=12, leads=120)
+    # Absent optional fields are empty CSV cells; present ones must come back as they were.
+    assert {"timezone", "outcome_code", "retry_after_s"} <= set().union(*events)
+    assert any("timezone" not in e for e in events)
+    files = [tmp_path / name for name in ("h.jsonl", "h.jsonl.gz", "h.csv", "h.csv.gz")]
+    for path in files:
+        (write_csv if ".csv" in path.suffixes else write_jsonl)(events, path)
+
+    outputs = {}
+    summaries = {}
+    for path in files:
+        out = tmp_path / f"{path.name}.out"
+        result = replay_json(path, "--dry-run", "--now", NOW, "--output", out)
+        summaries[path.name] = result["summary"]
+        outputs[path.name] = out.read_bytes()
+
+    assert len(set(outputs.values())) == 1
+    assert len(read_jsonl(tmp_path / "h.csv.gz.out")) == len(events)
+    assert all(summary == summaries["h.jsonl"] for summary in summaries.values())
+    assert summaries["h.csv"]["dead_letters"] == 0
+
+
+# --- 3. duplicates -------------------------------------------------------------------------------
+
+
+def test_repeated_events_are_duplicates_and_change_nothing(tmp_path: Path) -> None:
+    events = history(seed=13, leads=100)
+    repeated = events[::7]
+    plain = write_jsonl(events, tmp_path / "plain.jsonl")
+    assert plain == len(events)
+    # The copies later in the same file, and again in a second file.
+    write_jsonl([*events, *repeated], tmp_path / "with-copies.jsonl")
+    write_jsonl(repeated, tmp_path / "again.jsonl")
+
+    replay_json(tmp_path / "plain.jsonl", "--dry-run", "--now", NOW, "--output", tmp_path / "a")
+    result = replay_json(
+        tmp_path / "with-copies.jsonl",
+        tmp_path / "again.jsonl",
+        "--dry-run",
+        "--now",
+        NOW,
+        "--output",
+        tmp_path / "b",
+    )
+
+    decided = read_jsonl(tmp_path / "b")
+    duplicates = [d for d in decided if d["action"] == "duplicate"]
+    assert Counter(d["event_id"] for d in duplicates) == Counter(
+        {str(e["event_id"]): 2 for e in repeated}
+    )
+    assert all(
+        (d["reason"], d["due_at"], d["source"], d["rule"]) == ("duplicate", None, None, None)
+        for d in duplicates
+    )
+    # The first copy of each event is decided exactly as without the copies.
+    assert [d for d in decided if d["action"] != "duplicate"] == read_jsonl(tmp_path / "a")
+    assert result["summary"]["actions"]["duplicate"] == 2 * len(repeated)
+    assert result["summary"]["events"] == len(events) + 2 * len(repeated)
+
+
+def test_an_event_id_sent_again_for_another_phone_is_a_duplicate(
+    tmp_path: Path, rules_file: Path
+) -> None:
+    """The event_id is the idempotency key (DESIGN.md sections 2 and 5), whatever the phone.
+
+    The copy for phone A comes later in event time than the first one (for phone B), but A sorts
+    first by phone id: the first in event time must be the one taken.
+    """
+    first = ev("x1", "B", t("10:00"))
+    again = ev("x1", "A", t("10:01"), sip_code=480)
+    path = write_lines(tmp_path / "x.jsonl", [first, again])
+    out = tmp_path / "out.jsonl"
+
+    replay_json(path, "--dry-run", "--now", NOW, "--rules", rules_file, "--output", out)
+
+    assert [(d["phone_id"], d["action"]) for d in read_jsonl(out)] == [
+        ("B", "recall"),
+        ("A", "duplicate"),
+    ]
+
+
+def test_an_event_id_sent_again_for_another_phone_is_a_duplicate_when_applied(
+    tmp_path: Path, rules_file: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_database(monkeypatch, database_url)
+    path = write_lines(
+        tmp_path / "x.jsonl",
+        [ev("x1", "B", t("10:00")), ev("x1", "A", t("10:01"), sip_code=480)],
+    )
+    out = tmp_path / "out.jsonl"
+
+    replay_json(path, "--now", NOW, "--rules", rules_file, "--output", out)
+
+    assert [(d["phone_id"], d["action"]) for d in read_jsonl(out)] == [
+        ("B", "recall"),
+        ("A", "duplicate"),
+    ]
+    phone = json_of(recall("phones", "show", "B", "--json"))
+    assert phone["last_decision"]["event_id"] == "x1"
+
+
+# --- 4. caps over a history ----------------------------------------------------------------------
+
+
+def test_attempt_cap_and_recall_limit_over_a_phones_history(
+    tmp_path: Path, rules_file: Path
+) -> None:
+    events = [
+        ev("c1", "C", t("10:00"), plan_id="capped"),
+        ev("c2", "C", t("10:30"), plan_id="capped"),
+        ev("c3", "C", t("11:00", day=15), plan_id="capped"),
+    ]
+    path = write_lines(tmp_path / "caps.jsonl", events)
+    out = tmp_path / "out.jsonl"
+
+    result = replay_json(
+        path, "--dry-run", "--rules", rules_file, "--now", t("00:00", day=16), "--output", out
+    )
+
+    decided = {d["event_id"]: d for d in read_jsonl(out)}
+    first, second, third = decided["c1"], decided["c2"], decided["c3"]
+    # One attempt in the window: 15 minutes, untouched.
+    assert (first["action"], first["due_at"], first["adjustments"]) == ("recall", t("10:15"), [])
+    # Two attempts in 24 hours: the 2-in-24h cap holds the recall until the first one leaves the
+    # window, 24 hours after it (10:00 next day), not 10:45.
+    assert (second["action"], second["due_at"], second["adjustments"]) == (
+        "recall",
+        t("10:00", day=15),
+        ["max_attempts"],
+    )
+    assert (second["rule"], second["reason"]) == ("sip:486", "sip_recall")
+    # Two system recalls already: the third busy result is suppressed by the plan.
+    assert (third["action"], third["due_at"], third["reason"], third["rule"]) == (
+        "suppress",
+        None,
+        "max_recalls",
+        "plan:capped",
+    )
+    assert third["source"] == "sip_code"
+    summary = result["summary"]
+    assert summary["reasons"] == {"sip_recall": 2, "max_recalls": 1}
+    # Both recalls fired (each before the next result), none left.
+    assert (summary["recalls_fired"], summary["recalls_pending"]) == (2, 0)
+
+
+# --- 5. supersede and firing on the simulated clock ----------------------------------------------
+
+
+def test_a_later_result_supersedes_the_pending_recall(tmp_path: Path, rules_file: Path) -> None:
+    path = write_lines(tmp_path / "x.jsonl", [ev("a", "X", t("10:00")), ev("b", "X", t("10:05"))])
+    out = tmp_path / "out.jsonl"
+
+    result = replay_json(
+        path, "--dry-run", "--rules", rules_file, "--now", t("10:25"), "--output", out
+    )
+
+    a, b = read_jsonl(out)
+    assert (a["due_at"], b["due_at"]) == (t("10:15"), t("10:20"))
+    assert f"replaces the pending recall due {t('10:15')}" in b["explanation"]
+    # Only b's recall fires: a's was superseded before its time.
+    assert (result["summary"]["recalls_fired"], result["summary"]["recalls_pending"]) == (1, 0)
+
+    before_b = replay_json(path, "--dry-run", "--rules", rules_file, "--now", t("10:17"))
+    assert (before_b["summary"]["recalls_fired"], before_b["summary"]["recalls_pending"]) == (0, 1)
+
+
+def test_a_recall_fires_at_its_due_time_before_the_next_result(rules: Rules) -> None:
+    simulation = Simulation(rules)
+    events = [ev("a", "Y", t("10:00")), ev("c", "Y", t("10:30"))]
+
+    first = simulation.take(parse_event(events[0]))
+    assert first.due_at == datetime(2026, 1, 14, 10, 15, tzinfo=UTC)
+    assert simulation.summary.fired == 0
+
+    second = simulation.take(parse_event(events[1]))
+
+    # a's recall fired at 10:15, before c was decided: c replaces nothing.
+    assert simulation.summary.fired == 1
+    assert second.supersedes is None
+    assert "replaces" not in second.explanation
+    assert second.due_at == datetime(2026, 1, 14, 10, 45, tzinfo=UTC)
+    assert finish(simulation, datetime(2026, 1, 14, 10, 40, tzinfo=UTC)) == 1
+
+
+def test_supersede_and_firing_are_written_when_applied(
+    tmp_path: Path, rules_file: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_database(monkeypatch, database_url)
+    path = write_lines(
+        tmp_path / "x.jsonl",
+        [
+            ev("a", "X", t("10:00")),
+            ev("a2", "Y", t("10:00")),
+            ev("b", "X", t("10:05")),
+            ev("c", "Y", t("10:30")),
+        ],
+    )
+    out = tmp_path / "out.jsonl"
+
+    result = replay_json(path, "--rules", rules_file, "--now", t("10:40"), "--output", out)
+
+    assert result["mode"] == "applied"
+    # a2 at 10:15 and b at 10:20; c (10:45) still pending.
+    assert (result["summary"]["recalls_fired"], result["summary"]["recalls_pending"]) == (2, 1)
+    at = {clock: datetime.fromisoformat(t(clock)) for clock in ("10:15", "10:20", "10:45")}
+    assert recall_rows(database_url) == {
+        "a": ("superseded", at["10:15"], None),
+        "b": ("fired", at["10:20"], at["10:20"]),
+        "a2": ("fired", at["10:15"], at["10:15"]),
+        "c": ("pending", at["10:45"], None),
+    }
+    decided = {d["event_id"]: d for d in read_jsonl(out)}
+    assert "replaces" in decided["b"]["explanation"]
+    assert "replaces" not in decided["c"]["explanation"]
+
+    x = json_of(recall("phones", "show", "X", "--json"))
+    assert (x["eligible"], x["eligible_at"], x["pending_recall"]) == (True, t("10:20"), None)
+    y = json_of(recall("phones", "show", "Y", "--json"))
+    assert (y["eligible"], y["eligible_at"]) == (False, None)
+    assert y["pending_recall"] == {"due_at": t("10:45"), "source": "sip_code", "rule": "sip:486"}
+    assert y["last_decision"] == decided["c"]
+
+
+# --- 6. applied replay ---------------------------------------------------------------------------
+
+HAND = [
+    ev("h1", "HP", t("10:00")),
+    ev("h2", "HP", t("10:30")),
+    ev("s1", "HS", t("12:00"), sip_code=404),
+    ev("q1", "HQ", t("23:30", day=15), sip_code=480),
+]
+BAD = [
+    "{not json",
+    {k: v for k, v in ev("m1", "HM", t("11:00")).items() if k != "phone_id"},
+    ev("n1", "HN", "2026-01-14T11:00:00"),
+    ev("u1", "HU", t("11:00"), plan_id="nope"),
+]
+APPLY_NOW = "2026-01-16T00:00:00+00:00"
+
+
+def test_applied_replay_rebuilds_state_once_and_is_idempotent(
+    tmp_path: Path, rules_file: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_database(monkeypatch, database_url)
+    generated = write_jsonl(history(seed=16, leads=60), tmp_path / "gen.jsonl")
+    hand = write_lines(tmp_path / "hand.jsonl", [*HAND[:2], BAD[0], BAD[1], *HAND[2:], *BAD[2:]])
+    files = (tmp_path / "gen.jsonl", hand)
+    common = ("--now", APPLY_NOW, "--rules", rules_file)
+
+    dry = replay_json(*files, "--dry-run", *common, "--output", tmp_path / "dry.jsonl")
+    assert table_rows(database_url) == table_rows(database_url) == {
+        name: [] for name in Base.metadata.tables
+    }
+    applied = replay_json(
+        *files, *common, "--output", tmp_path / "applied.jsonl", "--dead-letters", tmp_path / "r1"
+    )
+
+    # The same decisions and the same summary as the dry run.
+    assert (tmp_path / "applied.jsonl").read_bytes() == (tmp_path / "dry.jsonl").read_bytes()
+    assert applied["mode"] == "applied"
+    assert applied["summary"] == dry["summary"]
+    assert applied["summary"]["events"] == generated + len(HAND)
+    assert applied["summary"]["dead_letters"] == len(BAD)
+
+    decided = {d["event_id"]: d for d in read_jsonl(tmp_path / "applied.jsonl")}
+    hp = json_of(recall("phones", "show", "HP", "--json"))
+    assert (hp["eligible"], hp["eligible_at"], hp["pending_recall"]) == (True, t("10:45"), None)
+    assert hp["last_decision"] == decided["h2"]
+    assert hp["last_result_at"] == t("10:30")
+    hs = json_of(recall("phones", "show", "HS", "--json"))
+    assert (hs["eligible"], hs["pending_recall"]) == (False, None)
+    assert hs["last_decision"]["reason"] == "sip_no_recall"
+    hq = json_of(recall("phones", "show", "HQ", "--json"))
+    assert (hq["eligible"], hq["plan_id"], hq["lead_id"]) == (False, "flat", "L-HQ")
+    assert hq["pending_recall"] == {
+        "due_at": "2026-01-16T00:30:00+00:00",
+        "source": "sip_code",
+        "rule": "sip:480",
+    }
+    assert hq["last_decision"] == decided["q1"]
+
+    # Bad rows: in the file with file, line and reason, and in the database once.
+    in_file = read_jsonl(tmp_path / "r1")
+    assert [(r["file"], r["line"], r["reason"]) for r in in_file] == [
+        (str(hand), 3, "invalid_event"),
+        (str(hand), 4, "invalid_event"),
+        (str(hand), 8, "invalid_event"),
+        (str(hand), 9, "unknown_plan"),
+    ]
+    letters = json_of(recall("dead-letters", "list", "--json"))
+    assert sorted((x["task"], x["reason"], x["detail"]) for x in letters) == sorted(
+        ("replay", r["reason"], f"{r['file']}:{r['line']}: {r['detail']}") for r in in_file
+    )
+    assert sorted(x["payload"] for x in letters) == sorted(r["payload"] for r in in_file)
+    before = table_rows(database_url)
+    assert len(before["events"]) == generated + len(HAND)
+    assert len(before["dead_letters"]) == len(BAD)
+
+    again = replay_json(
+        *files, *common, "--output", tmp_path / "again.jsonl", "--dead-letters", tmp_path / "r2"
+    )
+
+    assert {d["action"] for d in read_jsonl(tmp_path / "again.jsonl")} == {"duplicate"}
+    assert again["summary"]["actions"] == {"duplicate": generated + len(HAND)}
+    assert again["summary"]["recalls_fired"] == 0
+    assert again["summary"]["recalls_pending"] == applied["summary"]["recalls_pending"]
+    assert read_jsonl(tmp_path / "r2") == in_file
+    assert table_rows(database_url) == before
+    assert json_of(recall("phones", "show", "HP", "--json")) == hp
+    assert len(json_of(recall("dead-letters", "list", "--json"))) == len(BAD)
+
+
+# --- 7. bad rows ---------------------------------------------------------------------------------
+
+
+def test_bad_rows_are_reported_with_file_line_and_field(tmp_path: Path, rules_file: Path) -> None:
+    jsonl = write_lines(
+        tmp_path / "mixed.jsonl",
+        [ev("g1", "G1", t("10:00")), BAD[0], BAD[1], ev("g2", "G2", t("10:01")), BAD[2], BAD[3]],
+    )
+    # A blank line is skipped but still counts for the line numbers.
+    jsonl.write_bytes(jsonl.read_bytes() + b"\n" + orjson.dumps(ev("g3", "G3", t("10:02"))) + b"\n")
+    rows = [
+        ev("k1", "K1", t("10:03")),
+        {**ev("k2", "K2", t("10:04")), "sip_code": "abc"},
+        ev("k3", "K3", t("10:05"), retry_after_s=600),
+    ]
+    table = tmp_path / "mixed.csv"
+    with table.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[*rows[2]], restval="", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    out, rejects = tmp_path / "out.jsonl", tmp_path / "rejects.jsonl"
+
+    result = replay_json(
+        jsonl,
+        table,
+        "--dry-run",
+        "--now",
+        NOW,
+        "--rules",
+        rules_file,
+        "--output",
+        out,
+        "--dead-letters",
+        rejects,
+    )
+
+    found = read_jsonl(rejects)
+    assert [(r["file"], r["line"], r["reason"]) for r in found] == [
+        (str(jsonl), 2, "invalid_event"),
+        (str(jsonl), 3, "invalid_event"),
+        (str(jsonl), 5, "invalid_event"),
+        (str(jsonl), 6, "unknown_plan"),
+        (str(table), 3, "invalid_event"),
+    ]
+    details = [r["detail"] for r in found]
+    assert details[0].startswith("event: not valid JSON")
+    assert details[1] == "phone_id: required"
+    assert details[2].startswith("occurred_at: no UTC offset")
+    assert details[3].startswith("plan_id: ") and "nope" in details[3]
+    assert details[4].startswith("sip_code: ") and "integer" in details[4]
+    assert found[0]["payload"] == "{not json"
+    assert orjson.loads(found[3]["payload"])["event_id"] == "u1"
+    # Every good row is decided.
+    assert [d["event_id"] for d in read_jsonl(out)] == ["g1", "g2", "g3", "k1", "k3"]
+    assert {d["action"] for d in read_jsonl(out)} == {"recall"}
+    assert result["summary"]["dead_letters"] == 5
+    assert result["summary"]["events"] == 5
+    assert [(r["file"], r["line"]) for r in result["rejections_sample"]] == [
+        (r["file"], r["line"]) for r in found
+    ]
+
+
+def test_a_file_that_cannot_be_read_is_a_one_line_error_that_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    good = write_jsonl(history(seed=17, leads=5), tmp_path / "good.jsonl")
+    assert good
+    missing = tmp_path / "missing.jsonl"
+
+    line = one_line_error(
+        recall("replay", tmp_path / "good.jsonl", missing, "--dry-run", "--now", NOW)
+    )
+
+    assert str(missing) in line
+    assert leftovers() == []
+
+
+def test_an_unmigrated_database_is_refused_and_leaves_no_temporary_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_database(monkeypatch, f"sqlite:///{tmp_path / 'empty.db'}")
+    write_jsonl(history(seed=18, leads=5), tmp_path / "good.jsonl")
+
+    line = one_line_error(recall("replay", tmp_path / "good.jsonl", "--now", NOW))
+
+    assert "recall db upgrade" in line
+    assert leftovers() == []
+
+
+def test_bad_options_are_one_line_errors(tmp_path: Path) -> None:
+    path = write_lines(tmp_path / "x.jsonl", [ev("a", "X", t("10:00"))])
+    broken = tmp_path / "broken.toml"
+    broken.write_text('[[plans]]\nid = "flat"\nmax_recalls = "many"\n', encoding="utf-8")
+
+    assert "--now" in one_line_error(recall("replay", path, "--dry-run", "--now", "tomorrow"))
+    assert "--now" in one_line_error(
+        recall("replay", path, "--dry-run", "--now", "2026-01-14T10:00:00")
+    )
+    line = one_line_error(recall("replay", path, "--now", NOW, "--compare", broken))
+    assert "broken.toml" in line and "max_recalls" in line
+
+
+# --- 8. what-if ----------------------------------------------------------------------------------
+
+
+def test_compare_shows_what_a_rules_change_would_do(tmp_path: Path, rules_file: Path) -> None:
+    slower = tmp_path / "slower.toml"
+    slower.write_text(RULES + SLOWER_BUSY, encoding="utf-8")
+    same = tmp_path / "same.toml"
+    same.write_text(RULES, encoding="utf-8")
+    path = write_lines(
+        tmp_path / "x.jsonl",
+        [ev("a", "X", t("10:00")), ev("n", "N", t("10:00"), sip_code=480)],
+    )
+    common = ("--now", NOW, "--rules", rules_file)
+
+    result = replay_json(path, *common, "--compare", slower)
+
+    assert result["mode"] == "dry-run"
+    compare = result["compare"]
+    assert compare["differing_decisions"] == 1
+    assert compare["sample"] == [
+        {
+            "event_id": "a",
+            "phone_id": "X",
+            "rules": {
+                "action": "recall",
+                "due_at": t("10:15"),
+                "reason": "sip_recall",
+                "rule": "sip:486",
+                "adjustments": [],
+            },
+            "compare": {
+                "action": "recall",
+                "due_at": t("10:30"),
+                "reason": "sip_recall",
+                "rule": "sip:486",
+                "adjustments": [],
+            },
+        }
+    ]
+    assert compare["rules"].endswith(str(slower))
+    assert result["rules"].endswith(str(rules_file))
+    assert result["summary"]["recall_delay_s"]["median"] == 15 * 60
+    assert compare["summary"]["recall_delay_s"]["median"] == 30 * 60
+
+    unchanged = replay_json(path, *common, "--compare", same)
+    assert (unchanged["compare"]["differing_decisions"], unchanged["compare"]["sample"]) == (0, [])
+    assert unchanged["compare"]["summary"] == unchanged["summary"]
+
+
+def test_compare_over_a_history_samples_the_differences(tmp_path: Path) -> None:
+    slower = tmp_path / "slower.toml"
+    slower.write_text(SLOWER_BUSY, encoding="utf-8")
+    path = write_jsonl(history(seed=18, leads=200), tmp_path / "h.jsonl")
+    assert path
+
+    result = replay_json(tmp_path / "h.jsonl", "--now", NOW, "--compare", slower)
+
+    compare = result["compare"]
+    assert compare["differing_decisions"] > 0
+    assert 0 < len(compare["sample"]) <= min(20, compare["differing_decisions"])
+    for item in compare["sample"]:
+        first, second = item["rules"], item["compare"]
+        assert any(first[key] != second[key] for key in ("action", "due_at", "reason", "rule"))
+        if first["action"] == second["action"] == "recall":
+            assert first["due_at"] is not None and second["due_at"] is not None
+    assert any(
+        item["rules"]["rule"] == "sip:486"
+        and item["compare"]["due_at"] > item["rules"]["due_at"]
+        for item in compare["sample"]
+    )
+
+
+def test_compare_never_writes_to_the_database(
+    tmp_path: Path, rules_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite:///{tmp_path / 'recall.db'}"
+    upgrade(url)
+    use_database(monkeypatch, url)
+    slower = tmp_path / "slower.toml"
+    slower.write_text(SLOWER_BUSY, encoding="utf-8")
+    write_jsonl(history(seed=19, leads=30), tmp_path / "h.jsonl")
+    bad = write_lines(tmp_path / "bad.jsonl", BAD)
+
+    result = replay_json(tmp_path / "h.jsonl", bad, "--now", NOW, "--compare", slower)
+
+    assert result["summary"]["dead_letters"] == len(BAD)
+    assert table_rows(url) == {name: [] for name in Base.metadata.tables}
+
+
+def test_a_dry_run_touches_no_database(tmp_path: Path) -> None:
+    write_jsonl(history(seed=20, leads=20), tmp_path / "h.jsonl")
+    bad = write_lines(tmp_path / "bad.jsonl", BAD)
+
+    result = replay_json(tmp_path / "h.jsonl", bad, "--dry-run", "--now", NOW)
+
+    assert result["mode"] == "dry-run"
+    # With nothing configured the embedded database would live under RECALL_HOME.
+    home = tmp_path / "home"
+    assert not home.exists() or list(home.iterdir()) == []
+
+
+# --- 9. the report -------------------------------------------------------------------------------
+
+CHART_TITLES = ("Decisions by reason", "Recall delay", "per hour of day")
+
+
+def assert_self_contained(page: str) -> None:
+    lowered = page.lower()
+    for needle in ("http://", "https://", "<script src", "<link", "@import"):
+        assert needle not in lowered
+
+
+def bar_colours(page: str) -> set[str]:
+    return set(re.findall(r'<rect[^>]*fill="([^"]+)"', page))
+
+
+def test_the_report_is_one_self_contained_html_file(tmp_path: Path) -> None:
+    write_jsonl(history(seed=21, leads=80), tmp_path / "h.jsonl")
+    report = tmp_path / "report.html"
+
+    result = replay_json(tmp_path / "h.jsonl", "--dry-run", "--now", NOW, "--report", report)
+
+    page = report.read_text(encoding="utf-8")
+    assert page.lstrip().lower().startswith("<!doctype html>")
+    assert page.count("<svg") >= 3
+    for title in CHART_TITLES:
+        assert title in page
+    assert_self_contained(page)
+    assert f"{result['summary']['events']:,} events" in page
+    assert len(bar_colours(page)) == 1
+    assert "compare" not in page.lower().replace("compared", "")
+
+
+def test_the_report_with_compare_shows_both_rule_sets(tmp_path: Path, rules_file: Path) -> None:
+    slower = tmp_path / "whatif.toml"
+    slower.write_text(SLOWER_BUSY, encoding="utf-8")
+    write_jsonl(history(seed=22, leads=80), tmp_path / "h.jsonl")
+    report = tmp_path / "report.html"
+
+    result = replay_json(
+        tmp_path / "h.jsonl",
+        "--now",
+        NOW,
+        "--rules",
+        rules_file,
+        "--compare",
+        slower,
+        "--report",
+        report,
+    )
+
+    page = report.read_text(encoding="utf-8")
+    for title in CHART_TITLES:
+        assert title in page
+    assert_self_contained(page)
+    assert "base.toml" in page and "whatif.toml" in page
+    assert f"Decisions that differ: {result['compare']['differing_decisions']:,}" in page
+    assert len(bar_colours(page)) == 2
+    first = result["compare"]["sample"][0]
+    assert first["event_id"] in page
+
+
+# --- 10. the summary -----------------------------------------------------------------------------
+
+
+def test_json_summary_counts_an_exact_history(tmp_path: Path, rules_file: Path) -> None:
+    events = [ev(f"b{i}", f"B{i}", t("10:00")) for i in range(3)]  # 486: 15 min
+    events += [ev(f"u{i}", f"U{i}", t("10:00"), sip_code=480) for i in range(17)]  # 480: 1 h
+    events += [ev("s", "S", t("10:00"), sip_code=404), ev("b0", "B0", t("10:00"))]
+    path = write_lines(tmp_path / "x.jsonl", [*events, "{broken"])
+
+    result = replay_json(path, "--dry-run", "--rules", rules_file, "--now", t("10:30"))
+
+    summary = result["summary"]
+    assert set(summary) >= SUMMARY_KEYS
+    assert {key: summary[key] for key in SUMMARY_KEYS} == {
+        "events": 22,
+        "actions": {"recall": 20, "suppress": 1, "duplicate": 1},
+        "reasons": {"sip_recall": 20, "sip_no_recall": 1, "duplicate": 1},
+        "sources": {"sip_code": 21},
+        "recalls_by_sip_class": {"4xx": 20},
+        "recall_delay_s": {"median": 3600.0, "p95": 3600.0},
+        "recalls_fired": 3,
+        "recalls_pending": 17,
+        "dead_letters": 1,
+    }
+    assert result["mode"] == "dry-run"
+    assert [r["line"] for r in result["rejections_sample"]] == [23]
+
+    text = recall("replay", path, "--dry-run", "--rules", rules_file, "--now", t("10:30"))
+    assert text.exit_code == 0, (text.output, text.exception)
+    for label, value in [("events", 22), ("recalls fired", 3), ("dead letters", 1)]:
+        assert re.search(rf"^{label} +{value}$", text.stdout, re.MULTILINE), text.stdout
+
+
+def test_json_summary_keys_over_a_generated_history(tmp_path: Path) -> None:
+    events = history(seed=23, leads=150)
+    write_jsonl(events, tmp_path / "h.jsonl")
+
+    summary = replay_json(tmp_path / "h.jsonl", "--dry-run", "--now", NOW)["summary"]
+
+    assert set(summary) >= SUMMARY_KEYS
+    assert summary["events"] == len(events)
+    assert sum(summary["actions"].values()) == len(events)
+    assert sum(summary["reasons"].values()) == len(events)
+    recalls = summary["actions"]["recall"]
+    assert sum(summary["recalls_by_sip_class"].values()) == recalls
+    assert set(summary["recalls_by_sip_class"]) <= {"2xx", "4xx", "5xx", "6xx"}
+    delay = summary["recall_delay_s"]
+    assert 0 < delay["median"] <= delay["p95"]
+    # Every recall either fired, was superseded, or is still pending at the end.
+    assert 0 < summary["recalls_fired"] <= recalls
+    assert summary["recalls_fired"] + summary["recalls_pending"] <= recalls
+    assert summary["dead_letters"] == 0
+
+
+# --- 11. bounded memory --------------------------------------------------------------------------
+
+
+def test_the_on_disk_sort_gives_the_in_memory_order_and_cleans_up(
+    tmp_path: Path, rules: Rules
+) -> None:
+    events = history(seed=24, leads=4600, days=7)
+    assert 18_000 < len(events) < 24_000
+    # Two files, lines shuffled, so that the sort and its tie-breaks (file, then line) do work.
+    shuffled = events[:]
+    random.Random(5).shuffle(shuffled)
+    half = len(shuffled) // 2
+    files = [tmp_path / "one.jsonl", tmp_path / "two.jsonl.gz"]
+    write_jsonl(shuffled[:half], files[0])
+    write_jsonl(shuffled[half:], files[1])
+    rejected: list[object] = []
+
+    count, in_memory = sorted_events(files, rules, rejected.append)
+    expected = [event.to_json() for event in in_memory]
+    assert leftovers() == []
+
+    chunked_count, chunked = sorted_events(files, rules, rejected.append, chunk=1000)
+    # While the merge is pending the runs are on disk.
+    [directory] = leftovers()
+    assert len(list((Path(tempfile.gettempdir()) / directory).iterdir())) == len(events) // 1000
+    merged = [event.to_json() for event in chunked]
+
+    assert count == chunked_count == len(events)
+    assert rejected == []
+    assert merged == expected
+    assert leftovers() == []
+    keys = [(e["occurred_at"], e["event_id"]) for e in expected]
+    assert [k[0] for k in keys] == sorted(k[0] for k in keys)
+
+    # Abandoned half-way, the iterator still removes its files.
+    _, abandoned = sorted_events(files, rules, rejected.append, chunk=1000)
+    assert next(abandoned).to_json() == expected[0]
+    abandoned.close()  # type: ignore[attr-defined]
+    assert leftovers() == []
+
+
+def test_the_simulation_keeps_recalls_in_step_with_phones(rules: Rules, tmp_path: Path) -> None:
+    write_jsonl(history(seed=25, leads=4600, days=7), tmp_path / "h.jsonl")
+    _, events = sorted_events([tmp_path / "h.jsonl"], rules, lambda _: None)
+    simulation = Simulation(rules)
+    largest = 0
+    taken = 0
+    for event in events:
+        simulation.take(event)
+        taken += 1
+        largest = max(largest, len(simulation.due))
+        assert len(simulation.due) <= 2 * len(simulation.phones) + 10
+    assert taken > 18_000
+    assert largest <= 2 * len(simulation.phones)
+    pending = finish(simulation, datetime.fromisoformat(NOW))
+    assert pending == 0 == len(simulation.due)
+
+
+# A replay in a child process that reports its own peak RSS (KiB): the parent's
+# RUSAGE_CHILDREN would include every earlier child of the test session.
+_MEASURE = """
+import resource, subprocess, sys
+done = subprocess.run(sys.argv[1:], capture_output=True)
+sys.stderr.write(done.stderr.decode())
+print(done.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
+sys.stdout.write(done.stdout.decode())
+"""
+
+
+def _write_weeks(path: Path, weeks: int, leads: int) -> int:
+    """``weeks`` consecutive weeks of calls to the same leads and phones (ids do not collide)."""
+    return write_jsonl(
+        itertools.chain.from_iterable(
+            iter_generate(seed=week + 1, leads=leads, start=START + timedelta(days=7 * week), days=7)
+            for week in range(weeks)
+        ),
+        path,
+    )
+
+
+def test_replay_memory_does_not_grow_with_the_number_of_events(tmp_path: Path) -> None:
+    small, big = tmp_path / "small.jsonl", tmp_path / "big.jsonl"
+    small_count = _write_weeks(small, 1, leads=11_500)
+    big_count = _write_weeks(big, 4, leads=11_500)
+    assert 45_000 < small_count < 55_000
+    assert big_count > 3.8 * small_count
+    now = (START + timedelta(days=40)).isoformat()
+    env = {"PATH": "/usr/bin:/bin", "RECALL_HOME": str(tmp_path / "home"), "TMPDIR": str(tmp_path)}
+
+    def start(path: Path) -> subprocess.Popen[bytes]:
+        command = [sys.executable, "-m", "worker", "replay", str(path), "--dry-run", "--now", now]
+        return subprocess.Popen(
+            [sys.executable, "-c", _MEASURE, *command, "--json"],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+
+    started = time.monotonic()
+    runs = [start(small), start(big)]  # side by side: the measurements are per child
+    peaks = []
+    for run, count in zip(runs, (small_count, big_count), strict=True):
+        out, err = run.communicate(timeout=120)
+        head, _, body = out.decode().partition("\n")
+        code, peak = (int(part) for part in head.split())
+        assert (run.returncode, code) == (0, 0), err.decode()
+        assert orjson.loads(body)["summary"]["events"] == count
+        peaks.append(peak)
+    elapsed = time.monotonic() - started
+
+    ratio = peaks[1] / peaks[0]
+    assert ratio < 2.0, (peaks, ratio, elapsed)
+    assert list(tmp_path.glob("recall-replay-*")) == []
