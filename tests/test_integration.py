@@ -227,6 +227,14 @@ def notifications(broker: str) -> list[dict[str, Any]]:
     return bodies
 
 
+def assert_no_errors(*workers: WorkerProcess) -> None:
+    """Nothing went wrong inside the workers (a crash, a swallowed exception, a failed task)."""
+    for worker in workers:
+        text = worker.text()
+        bad = [line for line in text.splitlines() if re.search(r"ERROR/|CRITICAL/|Traceback", line)]
+        assert not bad, f"{worker.log.name}:\n" + "\n".join(bad[:20])
+
+
 def fired_lines(text: str, recall_id: str) -> int:
     return len(re.findall(rf"recall {re.escape(recall_id)} fired: phone ", text))
 
@@ -343,7 +351,7 @@ def client_for() -> Iterator[Callable[[str], RecallClient]]:
 
 
 def run_events_and_firing(
-    worker: WorkerProcess, client: RecallClient, db: Db, broker: str, rules: Rules
+    label: str, worker: WorkerProcess, client: RecallClient, db: Db, broker: str, rules: Rules
 ) -> None:
     """Single-event and batch ingestion, then recalls firing on time (scenarios 1 and 2)."""
     now = utcnow()
@@ -464,9 +472,8 @@ def run_events_and_firing(
     assert fired_now.fired_at is not None
     lateness = soon.fired_at - soon.due_at
     at_once = fired_now.fired_at - fired_now.due_at
-    backend = db.url.split(":")[0]
     print(
-        f"\n[{backend}] fire lateness: due-in-10s recall {lateness.total_seconds():.3f} s"
+        f"\n[{label}] fire lateness: due-in-10s recall {lateness.total_seconds():.3f} s"
         f" after due; already-due recall {at_once.total_seconds():.3f} s after decided"
     )
     assert -EARLY_TOLERANCE <= lateness < FIRE_LATENESS_LIMIT, lateness
@@ -499,6 +506,7 @@ def run_events_and_firing(
         assert (body["source"], body["rule"]) == ("sip_code", "sip:486")
     assert worker.process is not None
     assert worker.process.poll() is None
+    assert_no_errors(worker)
 
 
 def test_events_in_and_recalls_fire_on_servers(
@@ -513,7 +521,10 @@ def test_events_in_and_recalls_fire_on_servers(
 ) -> None:
     """Configuration (a): Redis plus PostgreSQL or SQLite."""
     worker = worker_process(server_env(broker_url, database_url, rules_file, tmp_path / "home"))
-    run_events_and_firing(worker, client_for(broker_url), open_db(database_url), broker_url, rules)
+    label = "redis+" + database_url.split(":")[0].split("+")[0]
+    run_events_and_firing(
+        label, worker, client_for(broker_url), open_db(database_url), broker_url, rules
+    )
 
 
 def test_events_in_and_recalls_fire_embedded(
@@ -530,9 +541,8 @@ def test_events_in_and_recalls_fire_embedded(
     assert (home / "recall.db").exists()
     broker = embedded_broker_url(Settings.from_env({"RECALL_HOME": str(home)}))
     assert broker.startswith("redis+socket://")
-    run_events_and_firing(
-        worker, client_for(broker), open_db(f"sqlite:///{home / 'recall.db'}"), broker, rules
-    )
+    db = open_db(f"sqlite:///{home / 'recall.db'}")
+    run_events_and_firing("embedded", worker, client_for(broker), db, broker, rules)
 
 
 # --- scenarios 3, 4 and 5: supersede, duplicate and stale, dead letters ----------------------
@@ -697,75 +707,84 @@ def test_supersede_duplicate_stale_and_dead_letters(
     assert [b["recall_id"] for b in bodies] == ["sup-2"]
     assert fired_lines(worker.text(), "sup-1") == 0
     assert fired_lines(worker.text(), "sup-2") == 1
+    assert_no_errors(worker)
 
 
 # --- scenario 6: the broker restarts (empty) with recalls dispatched ---------------------------
 
 
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A Redis server of the test's own, to restart; list it before ``worker_process``."""
+    directory = tmp_path / "own-redis"
+    directory.mkdir()
+    server = RedisServer(directory)
+    yield server
+    server.stop()
+
+
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_recalls_survive_a_broker_restart(
     database_url: str,
+    own_redis: RedisServer,
     rules_file: Path,
     tmp_path: Path,
     open_db: Callable[[str], Db],
     client_for: Callable[[str], RecallClient],
     worker_process: Callable[..., WorkerProcess],
 ) -> None:
-    (tmp_path / "own-redis").mkdir()
-    broker = RedisServer(tmp_path / "own-redis")
-    try:
-        env = server_env(broker.url, database_url, rules_file, tmp_path / "home")
-        first = worker_process(env, name="before")
-        db = open_db(database_url)
-        client = client_for(broker.url)
-        now = utcnow()
-        ids = [f"rs-{i}" for i in range(10)]
-        for i, event_id in enumerate(ids):
-            client.publish(event(event_id, f"p-rs-{i}", busy_due_in(20 + i * 0.3, now)))
-        wait_until(
-            lambda: (
-                len(found := db.recalls(*ids)) == len(ids)
-                and all(r.dispatched_at is not None for r in found.values())
-            ),
-            what="every recall to be handed to the broker",
-            workers=(first,),
-        )
-        assert all(r.state == "pending" for r in db.recalls(*ids).values())
+    broker = own_redis
+    env = server_env(broker.url, database_url, rules_file, tmp_path / "home")
+    first = worker_process(env, name="before")
+    db = open_db(database_url)
+    client = client_for(broker.url)
+    now = utcnow()
+    ids = [f"rs-{i}" for i in range(10)]
+    for i, event_id in enumerate(ids):
+        client.publish(event(event_id, f"p-rs-{i}", busy_due_in(20 + i * 0.3, now)))
+    wait_until(
+        lambda: (
+            len(found := db.recalls(*ids)) == len(ids)
+            and all(r.dispatched_at is not None for r in found.values())
+        ),
+        what="every recall to be handed to the broker",
+        workers=(first,),
+    )
+    assert all(r.state == "pending" for r in db.recalls(*ids).values())
 
-        # kill -9 the worker and lose every message: the broker comes back empty.
-        first.kill()
-        broker.stop()
-        broker.start()
-        check = redis.Redis.from_url(broker.url)
-        assert check.dbsize() == 0
-        check.close()
-        second = worker_process(env, name="after")
+    # kill -9 the worker and lose every message: the broker comes back empty.
+    first.kill()
+    broker.stop()
+    broker.start()
+    check = redis.Redis.from_url(broker.url)
+    assert check.dbsize() == 0
+    check.close()
+    second = worker_process(env, name="after")
 
-        def all_fired() -> dict[str, Recall] | None:
-            found = db.recalls(*ids)
-            return found if all(r.state == "fired" for r in found.values()) else None
+    def all_fired() -> dict[str, Recall] | None:
+        found = db.recalls(*ids)
+        return found if all(r.state == "fired" for r in found.values()) else None
 
-        fired = wait_until(
-            all_fired,
-            timeout=90,
-            what="every recall to fire after the restart",
-            workers=(first, second),
-        )
-        logs = first.text() + second.text()
-        worst = max(r.fired_at - r.due_at for r in fired.values() if r.fired_at is not None)
-        print(f"\nbroker restart: worst lateness {worst.total_seconds():.3f} s after due")
-        for recall in fired.values():
-            assert recall.fired_at is not None
-            assert timedelta(0) <= recall.fired_at - recall.due_at
-            assert recall.fired_at - recall.due_at < REDISPATCH_AFTER + timedelta(seconds=8)
-            row = db.phone_row(recall.phone_id)
-            assert row is not None
-            assert (row.eligible, row.eligible_at) == (True, recall.fired_at)
-            assert fired_lines(logs, recall.recall_id) == 1, recall.recall_id
-        bodies = notifications(broker.url)
-        assert sorted(b["recall_id"] for b in bodies) == sorted(ids)
-    finally:
-        broker.stop()
+    fired = wait_until(
+        all_fired,
+        timeout=90,
+        what="every recall to fire after the restart",
+        workers=(first, second),
+    )
+    logs = first.text() + second.text()
+    worst = max(r.fired_at - r.due_at for r in fired.values() if r.fired_at is not None)
+    print(f"\nbroker restart: worst lateness {worst.total_seconds():.3f} s after due")
+    for recall in fired.values():
+        assert recall.fired_at is not None
+        assert timedelta(0) <= recall.fired_at - recall.due_at
+        assert recall.fired_at - recall.due_at < REDISPATCH_AFTER + timedelta(seconds=8)
+        row = db.phone_row(recall.phone_id)
+        assert row is not None
+        assert (row.eligible, row.eligible_at) == (True, recall.fired_at)
+        assert fired_lines(logs, recall.recall_id) == 1, recall.recall_id
+    bodies = notifications(broker.url)
+    assert sorted(b["recall_id"] for b in bodies) == sorted(ids)
+    assert_no_errors(first, second)
 
 
 # --- scenario 7: two workers racing on the same phones -----------------------------------------
@@ -848,6 +867,7 @@ def test_two_workers_racing_on_the_same_phones(
         for key in ("event_id", "action", "due_at", "source", "rule", "reason"):
             assert decision[key] == want.to_json()[key], key
         assert db.count(Attempt, Attempt.phone_id == phone_id) == len(codes)
+    assert_no_errors(*workers)
 
 
 # --- scenario 8: no start on an unmigrated database --------------------------------------------

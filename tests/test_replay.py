@@ -9,6 +9,7 @@ depends on the clock. Applied replays run against fresh SQLite and PostgreSQL da
 from __future__ import annotations
 
 import csv
+import html
 import itertools
 import random
 import re
@@ -25,7 +26,7 @@ from typing import Any
 import orjson
 import pytest
 from click.testing import CliRunner, Result
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 import worker.db
 from config.settings import get_settings
@@ -36,11 +37,6 @@ from worker.models import Base, Recall
 from worker.replay import Simulation, finish, sorted_events
 from worker.rules import Rules, load_rules
 from worker.sample import generate, iter_generate, write_csv, write_jsonl
-
-# worker.store calls ``Result.tuples()``, deprecated since SQLAlchemy 2.1: with warnings as errors
-# every applied replay would fail on it. ``tests/test_store.py`` keeps a failing test for that;
-# ignored here so that replay itself is tested.
-pytestmark = pytest.mark.filterwarnings("ignore:The Result.tuples:DeprecationWarning")
 
 REPO = Path(__file__).resolve().parent.parent
 # Nothing listens there: replay must never need the broker.
@@ -58,7 +54,7 @@ max_attempts = [ { count = 2, within = { hours = 24 } } ]
 max_recalls = 2
 """
 # What-if: busy lines recalled after 30 minutes instead of 15.
-SLOWER_BUSY = '[[sip_codes]]\ncode = 486\nrecall_after = { minutes = 30 }\n'
+SLOWER_BUSY = "[[sip_codes]]\ncode = 486\nrecall_after = { minutes = 30 }\n"
 # Generated histories start on a Monday and run for three days.
 START = datetime(2026, 1, 12, tzinfo=UTC)
 NOW = "2026-01-20T00:00:00+00:00"
@@ -212,7 +208,9 @@ def recall_rows(url: str) -> dict[str, tuple[str, datetime, datetime | None]]:
     try:
         with engine.connect() as connection:
             query = select(Recall.recall_id, Recall.state, Recall.due_at, Recall.fired_at)
-            return {rid: (state, due, fired) for rid, state, due, fired in connection.execute(query)}
+            return {
+                rid: (state, due, fired) for rid, state, due, fired in connection.execute(query)
+            }
     finally:
         engine.dispose()
 
@@ -253,6 +251,40 @@ def test_file_order_and_line_order_do_not_change_the_decisions(
     assert times == sorted(times)
 
 
+def test_event_time_is_the_instant_not_the_text(tmp_path: Path, rules_file: Path) -> None:
+    # 10:30 at +01:00 is 09:30 UTC: before 09:40 UTC, though it sorts after it as text.
+    path = write_lines(
+        tmp_path / "x.jsonl",
+        [ev("late", "P", t("09:40")), ev("early", "P", "2026-01-14T10:30:00+01:00")],
+    )
+    out = tmp_path / "out.jsonl"
+
+    replay_json(path, "--dry-run", "--now", NOW, "--rules", rules_file, "--output", out)
+
+    early, late = read_jsonl(out)
+    assert (early["event_id"], early["due_at"]) == ("early", t("09:45"))
+    assert (late["event_id"], late["due_at"]) == ("late", t("09:55"))
+    assert f"replaces the pending recall due {t('09:45')}" in late["explanation"]
+
+
+def test_results_at_the_same_instant_are_taken_in_file_then_line_order(
+    tmp_path: Path, rules_file: Path
+) -> None:
+    busy = write_lines(tmp_path / "busy.jsonl", [ev("busy", "P", t("10:00"))])
+    gone = write_lines(tmp_path / "gone.jsonl", [ev("gone", "P", t("10:00"), sip_code=404)])
+
+    def decided(*files: Path) -> list[tuple[str, str]]:
+        out = tmp_path / "out.jsonl"
+        replay_json(*files, "--dry-run", "--now", NOW, "--rules", rules_file, "--output", out)
+        return [(d["event_id"], d["action"]) for d in read_jsonl(out)]
+
+    assert decided(busy, gone) == [("busy", "recall"), ("gone", "suppress")]
+    assert decided(gone, busy) == [("gone", "suppress"), ("busy", "recall")]
+    both = tmp_path / "both.jsonl"
+    both.write_bytes(gone.read_bytes() + busy.read_bytes())
+    assert decided(both) == [("gone", "suppress"), ("busy", "recall")]
+
+
 # --- 2. formats ----------------------------------------------------------------------------------
 
 
@@ -279,6 +311,28 @@ def test_csv_and_json_lines_plain_or_gzip_give_the_same_decisions(
     assert len(read_jsonl(tmp_path / "h.csv.gz.out")) == len(events)
     assert all(summary == summaries["h.jsonl"] for summary in summaries.values())
     assert summaries["h.csv"]["dead_letters"] == 0
+
+
+@pytest.mark.parametrize("name", ["bom.csv", "bom.jsonl"])
+def test_a_file_with_a_utf8_byte_order_mark_is_read(
+    tmp_path: Path, rules_file: Path, name: str
+) -> None:
+    """Spreadsheet exports ("CSV UTF-8") start with a byte order mark; it is not data."""
+    events = [ev("a", "X", t("10:00")), ev("b", "Y", t("10:01"))]
+    plain = tmp_path / f"plain{Path(name).suffix}"
+    (write_csv if name.endswith(".csv") else write_jsonl)(events, plain)
+    marked = tmp_path / name
+    marked.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
+    outputs = []
+    for path in (plain, marked):
+        out = tmp_path / f"{path.name}.out"
+        result = replay_json(
+            path, "--dry-run", "--now", NOW, "--rules", rules_file, "--output", out
+        )
+        assert result["rejections_sample"] == []
+        outputs.append(out.read_bytes())
+
+    assert outputs[0] == outputs[1]
 
 
 # --- 3. duplicates -------------------------------------------------------------------------------
@@ -509,9 +563,8 @@ def test_applied_replay_rebuilds_state_once_and_is_idempotent(
     common = ("--now", APPLY_NOW, "--rules", rules_file)
 
     dry = replay_json(*files, "--dry-run", *common, "--output", tmp_path / "dry.jsonl")
-    assert table_rows(database_url) == table_rows(database_url) == {
-        name: [] for name in Base.metadata.tables
-    }
+    # A dry run writes nothing, even with a database configured.
+    assert table_rows(database_url) == {name: [] for name in Base.metadata.tables}
     applied = replay_json(
         *files, *common, "--output", tmp_path / "applied.jsonl", "--dead-letters", tmp_path / "r1"
     )
@@ -619,8 +672,8 @@ def test_bad_rows_are_reported_with_file_line_and_field(tmp_path: Path, rules_fi
     assert details[0].startswith("event: not valid JSON")
     assert details[1] == "phone_id: required"
     assert details[2].startswith("occurred_at: no UTC offset")
-    assert details[3].startswith("plan_id: ") and "nope" in details[3]
-    assert details[4].startswith("sip_code: ") and "integer" in details[4]
+    assert details[3] == "plan_id: plan 'nope' is not in the rules"
+    assert details[4].startswith("sip_code: must be an integer")
     assert found[0]["payload"] == "{not json"
     assert orjson.loads(found[3]["payload"])["event_id"] == "u1"
     # Every good row is decided.
@@ -672,7 +725,8 @@ def test_bad_options_are_one_line_errors(tmp_path: Path) -> None:
         recall("replay", path, "--dry-run", "--now", "2026-01-14T10:00:00")
     )
     line = one_line_error(recall("replay", path, "--now", NOW, "--compare", broken))
-    assert "broken.toml" in line and "max_recalls" in line
+    assert "broken.toml" in line
+    assert "max_recalls" in line
 
 
 # --- 8. what-if ----------------------------------------------------------------------------------
@@ -727,8 +781,10 @@ def test_compare_shows_what_a_rules_change_would_do(tmp_path: Path, rules_file: 
 def test_compare_over_a_history_samples_the_differences(tmp_path: Path) -> None:
     slower = tmp_path / "slower.toml"
     slower.write_text(SLOWER_BUSY, encoding="utf-8")
-    path = write_jsonl(history(seed=18, leads=200), tmp_path / "h.jsonl")
-    assert path
+    same = tmp_path / "same.toml"
+    same.write_text("# nothing changed\n", encoding="utf-8")
+    count = write_jsonl(history(seed=18, leads=200), tmp_path / "h.jsonl")
+    assert count > 500
 
     result = replay_json(tmp_path / "h.jsonl", "--now", NOW, "--compare", slower)
 
@@ -739,12 +795,17 @@ def test_compare_over_a_history_samples_the_differences(tmp_path: Path) -> None:
         first, second = item["rules"], item["compare"]
         assert any(first[key] != second[key] for key in ("action", "due_at", "reason", "rule"))
         if first["action"] == second["action"] == "recall":
-            assert first["due_at"] is not None and second["due_at"] is not None
+            assert None not in (first["due_at"], second["due_at"])
     assert any(
         item["rules"]["rule"] == "sip:486"
+        and None not in (item["rules"]["due_at"], item["compare"]["due_at"])
         and item["compare"]["due_at"] > item["rules"]["due_at"]
         for item in compare["sample"]
     )
+
+    unchanged = replay_json(tmp_path / "h.jsonl", "--now", NOW, "--compare", same)
+    assert unchanged["compare"]["differing_decisions"] == 0
+    assert unchanged["compare"]["summary"] == unchanged["summary"]
 
 
 def test_compare_never_writes_to_the_database(
@@ -805,7 +866,7 @@ def test_the_report_is_one_self_contained_html_file(tmp_path: Path) -> None:
     assert_self_contained(page)
     assert f"{result['summary']['events']:,} events" in page
     assert len(bar_colours(page)) == 1
-    assert "compare" not in page.lower().replace("compared", "")
+    assert "Decisions that differ" not in page
 
 
 def test_the_report_with_compare_shows_both_rule_sets(tmp_path: Path, rules_file: Path) -> None:
@@ -830,7 +891,10 @@ def test_the_report_with_compare_shows_both_rule_sets(tmp_path: Path, rules_file
     for title in CHART_TITLES:
         assert title in page
     assert_self_contained(page)
-    assert "base.toml" in page and "whatif.toml" in page
+    assert html.escape(result["rules"]) in page
+    assert html.escape(result["compare"]["rules"]) in page
+    assert result["rules"].endswith("base.toml")
+    assert result["compare"]["rules"].endswith("whatif.toml")
     assert f"Decisions that differ: {result['compare']['differing_decisions']:,}" in page
     assert len(bar_colours(page)) == 2
     first = result["compare"]["sample"][0]
@@ -923,8 +987,9 @@ def test_the_on_disk_sort_gives_the_in_memory_order_and_cleans_up(
     assert rejected == []
     assert merged == expected
     assert leftovers() == []
-    keys = [(e["occurred_at"], e["event_id"]) for e in expected]
-    assert [k[0] for k in keys] == sorted(k[0] for k in keys)
+    # The generator writes UTC times with one offset: as text they sort like instants.
+    times = [e["occurred_at"] for e in expected]
+    assert times == sorted(times)
 
     # Abandoned half-way, the iterator still removes its files.
     _, abandoned = sorted_events(files, rules, rejected.append, chunk=1000)
@@ -967,14 +1032,19 @@ def _write_weeks(path: Path, weeks: int, leads: int) -> int:
     """``weeks`` consecutive weeks of calls to the same leads and phones (ids do not collide)."""
     return write_jsonl(
         itertools.chain.from_iterable(
-            iter_generate(seed=week + 1, leads=leads, start=START + timedelta(days=7 * week), days=7)
-            for week in range(weeks)
+            iter_generate(seed=n + 1, leads=leads, start=START + timedelta(days=7 * n), days=7)
+            for n in range(weeks)
         ),
         path,
     )
 
 
 def test_replay_memory_does_not_grow_with_the_number_of_events(tmp_path: Path) -> None:
+    """Peak RSS of ``recall replay --dry-run`` on ~50,000 and ~200,000 events.
+
+    The big input is four weeks of calls to the small one's leads and phones: replay keeps state
+    per phone (DESIGN.md section 4), so four times the events must not cost four times the memory.
+    """
     small, big = tmp_path / "small.jsonl", tmp_path / "big.jsonl"
     small_count = _write_weeks(small, 1, leads=11_500)
     big_count = _write_weeks(big, 4, leads=11_500)
@@ -1006,5 +1076,6 @@ def test_replay_memory_does_not_grow_with_the_number_of_events(tmp_path: Path) -
     elapsed = time.monotonic() - started
 
     ratio = peaks[1] / peaks[0]
-    assert ratio < 2.0, (peaks, ratio, elapsed)
+    # Linear growth would give about 2.5 here (a 65 MB interpreter, then 66 MB per 50,000).
+    assert ratio < 1.6, (peaks, ratio, elapsed)
     assert list(tmp_path.glob("recall-replay-*")) == []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import heapq
 import os
+import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
@@ -57,9 +58,11 @@ class Rejection:
     reason: str
     detail: str
     payload: str
+    event_id: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "event_id": self.event_id,
             "file": self.file,
             "line": self.line,
             "reason": self.reason,
@@ -90,6 +93,92 @@ def _read_run(path: str) -> Iterator[tuple[int, int, int, dict[str, Any]]]:
             yield key, file_index, number, data
 
 
+class SortedEvents:
+    """Validated events of some files, in event-time order, sorted on disk when large.
+
+    Reading happens when it is made; iterate it once. Use it as a context manager (or call
+    ``close``): spilled runs are removed when it closes, whether or not it was read through.
+    """
+
+    def __init__(
+        self,
+        files: Iterable[Path],
+        rules: Rules,
+        on_reject: Callable[[Rejection], None],
+        *,
+        chunk: int = CHUNK_EVENTS,
+        on_read: Callable[[int], None] | None = None,
+    ) -> None:
+        self._run: list[tuple[int, int, int, CallResult]] = []
+        self._spilled: list[str] = []
+        self._directory: str | None = None
+        self.count = 0
+        try:
+            self._read(files, rules, on_reject, chunk, on_read)
+        except BaseException:
+            self.close()
+            raise
+
+    def _read(
+        self,
+        files: Iterable[Path],
+        rules: Rules,
+        on_reject: Callable[[Rejection], None],
+        chunk: int,
+        on_read: Callable[[int], None] | None,
+    ) -> None:
+        for file_index, path in enumerate(files):
+            for number, raw in iter_records(path):
+                try:
+                    event = accept(raw, rules)
+                except Rejected as error:
+                    event_id = raw.get("event_id") if isinstance(raw, dict) else None
+                    on_reject(
+                        Rejection(
+                            str(path), number, error.reason, error.detail, raw_text(raw),
+                            event_id if isinstance(event_id, str) else None,
+                        )
+                    )  # fmt: skip
+                    continue
+                self._run.append((_sort_key(event), file_index, number, event))
+                self.count += 1
+                if on_read is not None and self.count % 10_000 == 0:
+                    on_read(self.count)
+                if len(self._run) >= chunk:
+                    self._spill()
+
+    def _spill(self) -> None:
+        if self._directory is None:
+            self._directory = tempfile.mkdtemp(prefix="recall-replay-")
+        self._spilled.append(_spill(self._run, self._directory))
+
+    def __iter__(self) -> Iterator[CallResult]:
+        if not self._spilled:
+            self._run.sort(key=lambda item: item[:3])
+            for _, _, _, event in self._run:
+                yield event
+            return
+        if self._run:
+            self._spill()
+        streams = [_read_run(path) for path in self._spilled]
+        for _, _, _, data in heapq.merge(*streams, key=lambda item: item[:3]):
+            yield parse_event(data)
+
+    def close(self) -> None:
+        self._run.clear()
+        for path in self._spilled:
+            Path(path).unlink(missing_ok=True)
+        if self._directory is not None:
+            shutil.rmtree(self._directory, ignore_errors=True)
+            self._directory = None
+
+    def __enter__(self) -> SortedEvents:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
 def sorted_events(
     files: Iterable[Path],
     rules: Rules,
@@ -97,48 +186,12 @@ def sorted_events(
     *,
     chunk: int = CHUNK_EVENTS,
     on_read: Callable[[int], None] | None = None,
-) -> tuple[int, Iterator[CallResult]]:
-    """Validate every record of ``files`` and return (count, events in event-time order).
+) -> SortedEvents:
+    """Validate every record of ``files``; the result iterates them in event-time order.
 
-    Rejected records go to ``on_reject`` as they are read. Runs of ``chunk`` events are sorted in
-    memory and spilled to temporary files, which the returned iterator merges and then removes.
+    Rejected records go to ``on_reject`` as they are read; ties are broken by file, then line.
     """
-    run: list[tuple[int, int, int, CallResult]] = []
-    spilled: list[str] = []
-    directory = tempfile.mkdtemp(prefix="recall-replay-")
-    count = 0
-    for file_index, path in enumerate(files):
-        for number, raw in iter_records(path):
-            try:
-                event = accept(raw, rules)
-            except Rejected as error:
-                on_reject(Rejection(str(path), number, error.reason, error.detail, raw_text(raw)))
-                continue
-            run.append((_sort_key(event), file_index, number, event))
-            count += 1
-            if on_read is not None and count % 10_000 == 0:
-                on_read(count)
-            if len(run) >= chunk:
-                spilled.append(_spill(run, directory))
-
-    def merged() -> Iterator[CallResult]:
-        try:
-            if not spilled:
-                run.sort(key=lambda item: item[:3])
-                for _, _, _, event in run:
-                    yield event
-                return
-            if run:
-                spilled.append(_spill(run, directory))
-            streams = [_read_run(path) for path in spilled]
-            for _, _, _, data in heapq.merge(*streams, key=lambda item: item[:3]):
-                yield parse_event(data)
-        finally:
-            for path in spilled:
-                Path(path).unlink(missing_ok=True)
-            Path(directory).rmdir()
-
-    return count, merged()
+    return SortedEvents(files, rules, on_reject, chunk=chunk, on_read=on_read)
 
 
 @dataclass
@@ -207,6 +260,8 @@ class Simulation:
         self.due: list[tuple[float, str, str, datetime]] = []
         self.summary = Summary()
         self.lookback = attempt_lookback(rules) or timedelta(days=1)
+        #: Event ids taken lately, across phones; forgotten after the lookback (see _compact).
+        self.recent_ids: dict[str, datetime] = {}
         self._taken = 0
 
     def advance(self, until: datetime) -> None:
@@ -226,6 +281,10 @@ class Simulation:
             state = self.phones[event.phone_id] = PhoneState(
                 event.phone_id, event.lead_id, event.plan_id
             )
+        # The event id is the idempotency key across all phones, as in the database.
+        first_seen = self.recent_ids.setdefault(event.event_id, event.occurred_at)
+        if first_seen is not event.occurred_at:
+            state.seen.setdefault(event.event_id, first_seen)
         decision = decide(event, self.rules, state.history(), event.occurred_at)
         transition = state.take(event, decision)
         if transition.scheduled is not None:
@@ -251,6 +310,7 @@ class Simulation:
         horizon = now - self.lookback
         for state in self.phones.values():
             state.forget_before(horizon)
+        self.recent_ids = {key: when for key, when in self.recent_ids.items() if when >= horizon}
         if len(self.due) > 2 * len(self.phones):
             self.due = [
                 item for item in self.due if self.phones[item[2]].pending_recall_id == item[1]

@@ -27,8 +27,9 @@ class SourceError(ValueError):
 def _open_text(path: Path) -> IO[str]:
     try:
         if path.suffix == ".gz":
-            return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8", newline="")
-        return path.open("r", encoding="utf-8", newline="")
+            return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="")
+        # utf-8-sig: spreadsheet "CSV UTF-8" exports start with a byte order mark.
+        return path.open("r", encoding="utf-8-sig", newline="")
     except OSError as error:
         raise SourceError(f"{path}: cannot open: {error.strerror or error}") from None
 

@@ -62,7 +62,10 @@ def _insert_rows(session: Session, model: type[Any], rows: list[dict[str, Any]])
     utc_columns = {name for name in columns if isinstance(table.c[name].type, UTCDateTime)}
     names = ", ".join(f'"{name}"' for name in columns)
     connection: Any = session.connection().connection.dbapi_connection
-    with connection.cursor() as cursor, cursor.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:
+    with (
+        connection.cursor() as cursor,
+        cursor.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy,
+    ):
         for row in rows:
             copy.write_row(
                 [
@@ -186,13 +189,16 @@ def apply_events(
     fired: dict[str, datetime] = {}
     changed: set[str] = set()
 
-    taken: set[str] = set()  # event ids of this batch, across phones
+    # The event id is the key across phones: of copies in this batch, the earliest in event
+    # time (then in the given order) is taken and the others are duplicates.
+    first_copy: dict[str, int] = {}
+    for index in sorted(range(len(events)), key=lambda i: events[i].occurred_at):
+        first_copy.setdefault(events[index].event_id, index)
     for index in order:
         event = events[index]
         state = states[event.phone_id]
-        if event.event_id in taken:  # the same id sent again, even for another phone
+        if first_copy[event.event_id] != index:
             state.seen.setdefault(event.event_id, event.occurred_at)
-        taken.add(event.event_id)
         if now is None and state.pending is not None and state.pending.due_at <= event.occurred_at:
             fired_id = state.fire(state.pending.due_at)
             if fired_id is not None:

@@ -19,6 +19,7 @@ from worker.cli.common import CommandError
 from worker.cli.services import ready_database
 from worker.client import RecallClient
 from worker.db import session_scope
+from worker.embedded import release_embedded_broker
 from worker.models import DeadLetter, ProcessedEvent, Recall
 from worker.sources import iter_records
 
@@ -87,6 +88,7 @@ def demo(seconds: int, sample: Path) -> None:
         except subprocess.TimeoutExpired:
             worker.kill()
         log.close()
+        release_embedded_broker(app)
     click.echo(
         "\nNext: `recall phones list --eligible`, `recall phones show PHONE_ID`,"
         " `recall dead-letters list` (same RECALL_HOME), or `recall worker` to keep going."

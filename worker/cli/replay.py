@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -139,11 +139,15 @@ def replay(
             if interactive:
                 click.echo(f"\rreading {count:,} events", nl=False, err=True)
 
+        if not dry_run:  # refuse an unmigrated database before reading gigabytes of input
+            from worker.cli.services import ready_database
+
+            ready_database(migrate=get_settings().embedded)
         try:
-            total, events = sorted_events(files, rules, on_reject, on_read=on_read)
+            events = stack.enter_context(sorted_events(files, rules, on_reject, on_read=on_read))
         except SourceError as error:
             raise CommandError(str(error)) from None
-        progress = Progress(total, interactive)
+        progress = Progress(events.count, interactive)
         if dry_run:
             summary, pending, comparison = _dry(
                 events, rules, compare_rules, until, progress, decisions_out
@@ -166,7 +170,7 @@ def replay(
 
 
 def _dry(
-    events: Iterator[CallResult],
+    events: Iterable[CallResult],
     rules: Rules,
     compare_rules: Rules | None,
     until: Any,
@@ -188,7 +192,7 @@ def _dry(
 
 
 def _applied(
-    events: Iterator[CallResult],
+    events: Iterable[CallResult],
     rules: Rules,
     until: Any,
     progress: Progress,
@@ -197,12 +201,10 @@ def _applied(
 ) -> tuple[Summary, int]:
     from sqlalchemy import func, select
 
-    from worker.cli.services import ready_database
     from worker.db import session_scope
     from worker.models import DeadLetter, Recall
     from worker.store import apply_events, fire_due, record_dead_letters
 
-    ready_database(migrate=get_settings().embedded)
     summary = Summary()
     batch: list[CallResult] = []
 
@@ -241,7 +243,7 @@ def _applied(
             (
                 {
                     "task": "replay",
-                    "event_id": None,
+                    "event_id": rejection.event_id,
                     "reason": rejection.reason,
                     "detail": detail,
                     "payload": rejection.payload,

@@ -61,7 +61,13 @@ def worker(no_beat: bool, celery_args: tuple[str, ...]) -> None:
     if not no_beat:
         settings.home.mkdir(parents=True, exist_ok=True)
         argv += ["--beat", "--schedule", str(settings.home / "celerybeat-schedule")]
-    app.worker_main([*argv, *celery_args])
+    try:
+        app.worker_main([*argv, *celery_args])
+    finally:
+        if settings.embedded:
+            from worker.embedded import release_embedded_broker
+
+            release_embedded_broker(app)
 
 
 @click.command()
