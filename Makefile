@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint types pytest integration bench-engine clean
+.PHONY: install demo test lint types pytest bench-engine bench-replay bench-ingest clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,14 @@ pytest: install
 ## bench-engine: per-decision cost of the core engine, in microseconds
 bench-engine: install
 	$(BIN)/python bench/engine.py
+
+## bench-ingest: events/s through both ingestion tasks, and fire lateness, on Redis + PostgreSQL
+bench-ingest: install
+	$(BIN)/python bench/ingest.py
+
+## bench-replay: replay of 1,000,000 generated events, dry and applied to PostgreSQL (events/s, RSS)
+bench-replay: install
+	$(BIN)/python bench/replay.py --events 1000000
 
 clean:
 	rm -rf $(VENV) .recall .mypy_cache .pytest_cache .ruff_cache

@@ -973,15 +973,18 @@ def test_the_on_disk_sort_gives_the_in_memory_order_and_cleans_up(
     write_jsonl(shuffled[half:], files[1])
     rejected: list[object] = []
 
-    count, in_memory = sorted_events(files, rules, rejected.append)
-    expected = [event.to_json() for event in in_memory]
+    with sorted_events(files, rules, rejected.append) as in_memory:
+        count = in_memory.count
+        expected = [event.to_json() for event in in_memory]
     assert leftovers() == []
 
-    chunked_count, chunked = sorted_events(files, rules, rejected.append, chunk=1000)
-    # While the merge is pending the runs are on disk.
-    [directory] = leftovers()
-    assert len(list((Path(tempfile.gettempdir()) / directory).iterdir())) == len(events) // 1000
-    merged = [event.to_json() for event in chunked]
+    with sorted_events(files, rules, rejected.append, chunk=1000) as chunked:
+        # While the merge is pending the full runs are on disk.
+        [directory] = leftovers()
+        spilled = len(list((Path(tempfile.gettempdir()) / directory).iterdir()))
+        assert spilled == len(events) // 1000
+        merged = [event.to_json() for event in chunked]
+        chunked_count = chunked.count
 
     assert count == chunked_count == len(events)
     assert rejected == []
@@ -991,16 +994,15 @@ def test_the_on_disk_sort_gives_the_in_memory_order_and_cleans_up(
     times = [e["occurred_at"] for e in expected]
     assert times == sorted(times)
 
-    # Abandoned half-way, the iterator still removes its files.
-    _, abandoned = sorted_events(files, rules, rejected.append, chunk=1000)
-    assert next(abandoned).to_json() == expected[0]
-    abandoned.close()  # type: ignore[attr-defined]
+    # Abandoned half-way, closing still removes its files.
+    with sorted_events(files, rules, rejected.append, chunk=1000) as abandoned:
+        assert next(iter(abandoned)).to_json() == expected[0]
     assert leftovers() == []
 
 
 def test_the_simulation_keeps_recalls_in_step_with_phones(rules: Rules, tmp_path: Path) -> None:
     write_jsonl(history(seed=25, leads=4600, days=7), tmp_path / "h.jsonl")
-    _, events = sorted_events([tmp_path / "h.jsonl"], rules, lambda _: None)
+    events = sorted_events([tmp_path / "h.jsonl"], rules, lambda _: None)
     simulation = Simulation(rules)
     largest = 0
     taken = 0
