@@ -9,7 +9,7 @@ from functools import cache
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["Settings", "get_settings", "mask_url"]
+__all__ = ["ENVIRONMENT", "Settings", "get_settings", "mask_url"]
 
 
 def _number(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
@@ -23,6 +23,29 @@ def _number(env: Mapping[str, str], name: str, default: float, minimum: float) -
     if value < minimum:
         raise ValueError(f"{name}: must be at least {minimum}, got {text}")
     return value
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    text = env.get(name, "").strip().lower() or choices[0]
+    if text not in choices:
+        raise ValueError(f"{name}: must be one of {', '.join(choices)}, got {text!r}")
+    return text
+
+
+#: Every environment variable the settings read (deploy files are checked against this list).
+ENVIRONMENT = (
+    "RECALL_HOME",
+    "RECALL_BROKER_URL",
+    "RECALL_DATABASE_URL",
+    "RECALL_RULES",
+    "RECALL_NOTIFY_QUEUE",
+    "RECALL_DISPATCH_INTERVAL_S",
+    "RECALL_DISPATCH_HORIZON_S",
+    "RECALL_REDISPATCH_AFTER_S",
+    "RECALL_MAX_BATCH",
+    "RECALL_METRICS_PORT",
+    "RECALL_LOG_FORMAT",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +68,10 @@ class Settings:
     redispatch_after_s: float = 15.0
     #: Most events accepted in one `recall.process_call_results` message.
     max_batch: int = 5000
+    #: Port of each worker's Prometheus endpoint (/metrics); 0 turns it off.
+    metrics_port: int = 9547
+    #: "text" (default) or "json" (one JSON object per log line).
+    log_format: str = "text"
 
     @property
     def embedded(self) -> bool:
@@ -73,6 +100,8 @@ class Settings:
             dispatch_horizon_s=_number(env, "RECALL_DISPATCH_HORIZON_S", 30.0, 1.0),
             redispatch_after_s=_number(env, "RECALL_REDISPATCH_AFTER_S", 15.0, 1.0),
             max_batch=int(_number(env, "RECALL_MAX_BATCH", 5000, 1)),
+            metrics_port=int(_number(env, "RECALL_METRICS_PORT", 9547, 0)),
+            log_format=_choice(env, "RECALL_LOG_FORMAT", ("text", "json")),
         )
 
 

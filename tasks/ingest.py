@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from typing import Any
 
 from config.settings import get_settings
 from tasks.base import RecallTask
 from worker.app import app
+from worker.metrics import record
 from worker.pipeline import ingest, raw_text
 from worker.runtime import current_rules
 from worker.store import record_dead_letters
@@ -17,6 +19,7 @@ log = logging.getLogger(__name__)
 
 
 def _refuse(task: RecallTask, detail: str, payload: object, event_id: str | None = None) -> None:
+    """Keep an input the task cannot take as a dead letter (invalid_event)."""
     with task.transaction() as session:
         record_dead_letters(
             session,
@@ -31,13 +34,16 @@ def _refuse(task: RecallTask, detail: str, payload: object, event_id: str | None
                 }
             ],
         )
+    record.dead_letters("invalid_event")
     log.warning("refused by %s: %s", task.name, detail)
 
 
 def _ingest(task: RecallTask, payloads: list[Any]) -> dict[str, int]:
+    started = time.perf_counter()
     try:
         with task.transaction() as session:
-            report = ingest(session, payloads, current_rules(), task.now(), task=task.name)
+            now = task.now()
+            report = ingest(session, payloads, current_rules(), now, task=task.name)
     except task.autoretry_for:
         raise  # the database is away: retry the whole message later
     except Exception as error:
@@ -57,6 +63,14 @@ def _ingest(task: RecallTask, payloads: list[Any]) -> dict[str, int]:
             task, detail.splitlines()[0], payload, event_id if isinstance(event_id, str) else None
         )
         return {"reject": 1}
+    record.ingest(
+        task.name,
+        time.perf_counter() - started,
+        (now.timestamp() - event.occurred_at.timestamp() for event in report.events),
+    )
+    record.decisions((d.action, d.reason, d.source) for d in report.decisions)
+    for reason, count in report.rejected.items():
+        record.dead_letters(reason, count)
     for decision in report.decisions:
         log.info(
             "event %s phone %s: %s (%s)",

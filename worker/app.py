@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_init, worker_process_init
+from celery.signals import worker_init, worker_process_init, worker_process_shutdown
 from kombu.entity import Queue
 
 from config.settings import Settings, get_settings
@@ -91,3 +92,14 @@ def _check_database(**_: Any) -> None:
     if settings.embedded:
         upgrade(database_url(settings))
     ensure_migrated(get_engine())
+
+    from worker import metrics
+
+    metrics.start(settings)
+
+
+@worker_process_shutdown.connect
+def _child_gone(pid: int | None = None, **_: Any) -> None:
+    from worker import metrics
+
+    metrics.stop_child(pid or os.getpid())

@@ -21,6 +21,7 @@ __all__ = ["RecallConsumer", "keep_refused_message"]
 def keep_refused_message(task: str, detail: str, body: object) -> None:
     """Store a refused broker message as a dead letter; never raises (the consumer must live)."""
     from worker.db import session_scope
+    from worker.metrics import record
     from worker.pipeline import raw_text
     from worker.store import record_dead_letters
 
@@ -35,6 +36,7 @@ def keep_refused_message(task: str, detail: str, body: object) -> None:
     try:
         with session_scope() as session:
             record_dead_letters(session, [letter])
+        record.dead_letters("invalid_event")
     except Exception:
         log.exception("could not keep a refused message as a dead letter: %s", detail)
 

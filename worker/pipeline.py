@@ -31,6 +31,8 @@ class IngestReport:
 
     decisions: list[Decision] = field(default_factory=list)
     dead_letters: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)  # dead letters by reason
+    events: list[CallResult] = field(default_factory=list)  # the events taken
 
     def counts(self) -> dict[str, int]:
         counts: Counter[str] = Counter(decision.action for decision in self.decisions)
@@ -124,6 +126,8 @@ def ingest(
 
     report = IngestReport(apply_events(session, good, rules, now).decisions)
     report.dead_letters = record_dead_letters(session, letters)
+    report.rejected.update(letter["reason"] for letter in letters)
+    report.events = good
     return report
 
 

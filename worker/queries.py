@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from sqlalchemy import func, select
@@ -11,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from worker.models import DeadLetter, Phone, ProcessedEvent, Recall
 
-__all__ = ["dead_letters", "phone", "phones", "summary"]
+__all__ = ["RecallCounts", "dead_letters", "phone", "phones", "recall_counts", "summary"]
 
 PhoneFilter = Literal["all", "eligible", "waiting"]
 
@@ -98,3 +99,30 @@ def summary(session: Session) -> dict[str, Any]:
         or 0,
         "dead_letters": grouped(DeadLetter.status),
     }
+
+
+#: A pending recall this far past its due time is overdue: the dispatcher should have fired it.
+OVERDUE_AFTER = timedelta(minutes=1)
+
+
+@dataclass(frozen=True, slots=True)
+class RecallCounts:
+    """Pending recalls at a glance (one indexed query)."""
+
+    pending: int
+    due_next_hour: int
+    overdue: int
+    oldest_overdue_due_at: datetime | None
+
+
+def recall_counts(session: Session, now: datetime) -> RecallCounts:
+    late = Recall.due_at < now - OVERDUE_AFTER
+    row = session.execute(
+        select(
+            func.count(),
+            func.count().filter(Recall.due_at <= now + timedelta(hours=1)),
+            func.count().filter(late),
+            func.min(Recall.due_at).filter(late),
+        ).where(Recall.state == "pending")
+    ).one()
+    return RecallCounts(row[0] or 0, row[1] or 0, row[2] or 0, row[3])

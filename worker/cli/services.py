@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -209,3 +210,41 @@ def dead_letters_replay(ids: tuple[int, ...], rules_path: Path | None, as_json: 
         echo_json({"taken": taken, "still_refused": refused, "actions": report.counts()})
         return
     click.echo(f"{taken} dead letters taken, {refused} still refused")
+
+
+@click.command()
+@click.option("--timeout", type=float, default=2.0, show_default=True,
+              help="Seconds to wait for the broker and for workers to answer.")  # fmt: skip
+@json_option
+def status(timeout: float, as_json: bool) -> None:
+    """Workers, queues, recalls and dead letters at a glance; exit 1 when unhealthy."""
+    from worker.status import collect
+
+    settings = get_settings()
+    result = collect(settings, timeout=timeout)
+    if settings.embedded:
+        from worker.app import app
+        from worker.embedded import release_embedded_broker
+
+        release_embedded_broker(app)
+    if as_json:
+        echo_json(result.to_json())
+    else:
+        data = result.to_json()
+        recalls = data["recalls"]
+        lines = [
+            f"status          {'healthy' if result.healthy else 'UNHEALTHY'}",
+            f"broker          {data['broker']}",
+            f"database        {data['database']}",
+            f"rules           {data['rules']}",
+            f"workers         {len(result.workers)}: {', '.join(result.workers) or '-'}",
+            "queues          "
+            + (", ".join(f"{name} {depth}" for name, depth in result.queues.items()) or "-"),
+            f"recalls         {recalls['pending']} pending, {recalls['due_next_hour']} due in the"
+            f" next hour, {recalls['overdue']} overdue"
+            + (f" (oldest due {recalls['oldest_overdue_due_at']})" if recalls["overdue"] else ""),
+            f"dead letters    {data['dead_letters_new']} new",
+        ]
+        lines += [f"problem         {problem}" for problem in result.problems]
+        click.echo("\n".join(lines))
+    sys.exit(0 if result.healthy else 1)
