@@ -69,8 +69,9 @@ def _ingest(task: RecallTask, payloads: list[Any]) -> dict[str, int]:
         (now.timestamp() - event.occurred_at.timestamp() for event in report.events),
     )
     record.decisions((d.action, d.reason, d.source) for d in report.decisions)
-    for reason, count in report.rejected.items():
-        record.dead_letters(reason, count)
+    for event_id, reason, detail in report.rejected:
+        record.dead_letters(reason)
+        log.warning("dead letter (%s): %s", reason, detail, extra={"event_id": event_id})
     for decision in report.decisions:
         log.info(
             "event %s phone %s: %s (%s)",

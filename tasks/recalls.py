@@ -68,6 +68,8 @@ def dispatch_due(self: RecallTask) -> int:
                 mark_eligible.apply_async(([recall_id for _, recall_id in part],), eta=eta)
         total += len(claimed)
         if len(claimed) < CLAIM_LIMIT:
+            if total:
+                log.info("dispatched %d recalls falling due", total)
             return total
 
 

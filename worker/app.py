@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_init, worker_process_init, worker_process_shutdown
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+)
 from kombu.entity import Queue
 
 from config.settings import Settings, get_settings
@@ -103,3 +110,11 @@ def _child_gone(pid: int | None = None, **_: Any) -> None:
     from worker import metrics
 
     metrics.stop_child(pid or os.getpid())
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _logging(logger: logging.Logger, **_: Any) -> None:
+    from worker.logs import install
+
+    install(logger, get_settings().log_format)

@@ -31,7 +31,8 @@ class IngestReport:
 
     decisions: list[Decision] = field(default_factory=list)
     dead_letters: int = 0
-    rejected: Counter[str] = field(default_factory=Counter)  # dead letters by reason
+    #: The dead letters kept: (event_id or None, reason, detail) each.
+    rejected: list[tuple[str | None, str, str]] = field(default_factory=list)
     events: list[CallResult] = field(default_factory=list)  # the events taken
 
     def counts(self) -> dict[str, int]:
@@ -126,7 +127,7 @@ def ingest(
 
     report = IngestReport(apply_events(session, good, rules, now).decisions)
     report.dead_letters = record_dead_letters(session, letters)
-    report.rejected.update(letter["reason"] for letter in letters)
+    report.rejected = [(item["event_id"], item["reason"], item["detail"]) for item in letters]
     report.events = good
     return report
 
