@@ -75,7 +75,7 @@ def main() -> None:
     with redis_for_tests(tmp) as broker:
         env = {"RECALL_BROKER_URL": broker, "RECALL_DATABASE_URL": url,
                "RECALL_RULES": str(rules), "RECALL_HOME": str(tmp / "home")}  # fmt: skip
-        worker = WorkerProcess(env, tmp / "worker.log", ("--loglevel", "WARNING"))
+        worker = WorkerProcess(env, tmp / "worker.log", ())
         try:
             worker.wait_ready()
             client = RecallClient(broker)

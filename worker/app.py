@@ -14,7 +14,7 @@ from celery.signals import (
     worker_process_init,
     worker_process_shutdown,
 )
-from kombu.entity import Queue
+from kombu.entity import Exchange, Queue
 
 from config.settings import Settings, get_settings
 
@@ -54,7 +54,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Flower sees every task, with its name and arguments.
         "worker_send_task_events": True,
         "task_send_sent_event": True,
-        "task_queues": (Queue(CALL_RESULTS_QUEUE), Queue(RECALLS_QUEUE)),
+        # Each queue its own direct exchange and key: left implicit, both queues would be bound
+        # to the default queue's exchange under the same key, and get every message.
+        "task_queues": tuple(
+            Queue(name, Exchange(name, type="direct"), routing_key=name)
+            for name in (CALL_RESULTS_QUEUE, RECALLS_QUEUE)
+        ),
+        "task_default_exchange": CALL_RESULTS_QUEUE,
+        "task_default_routing_key": CALL_RESULTS_QUEUE,
         "task_default_queue": CALL_RESULTS_QUEUE,
         "task_routes": {
             "recall.process_call_result": {"queue": CALL_RESULTS_QUEUE},
