@@ -36,6 +36,8 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+# Below this many rows a COPY's set-up costs more than it saves.
+COPY_FROM_ROWS = 50
 # Bind-parameter lists stay well under PostgreSQL's 65,535 and SQLite's 32,766 limits.
 CHUNK = 2000
 
@@ -53,7 +55,7 @@ def _insert_rows(session: Session, model: type[Any], rows: list[dict[str, Any]])
     """
     if not rows:
         return
-    if session.get_bind().dialect.name != "postgresql":
+    if len(rows) < COPY_FROM_ROWS or session.get_bind().dialect.name != "postgresql":
         session.execute(insert(model), rows)
         return
     table = model.__table__
