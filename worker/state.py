@@ -15,7 +15,7 @@ from worker.engine import Decision, PendingRecall, PhoneHistory
 from worker.events import CallResult
 from worker.rules import Rules
 
-__all__ = ["NewRecall", "PhoneState", "Transition", "attempt_lookback"]
+__all__ = ["NewRecall", "PhoneState", "Transition", "attempt_lookback", "decision_json"]
 
 
 def attempt_lookback(rules: Rules) -> timedelta:
@@ -52,7 +52,7 @@ class Transition:
     scheduled: NewRecall | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class PhoneState:
     """Everything about one lead phone that the decisions depend on or report."""
 
@@ -66,7 +66,9 @@ class PhoneState:
     pending: PendingRecall | None = None
     last_result_at: datetime | None = None
     last_event_id: str | None = None
-    last_decision: dict[str, Any] | None = None
+    #: The JSON form (as loaded from the database) or the Decision itself (kept as the object
+    #: in memory: a replay holds one per phone, and the dict is five times larger).
+    last_decision: dict[str, Any] | Decision | None = None
     system_recalls: int = 0
     attempts: list[datetime] = field(default_factory=list)
     #: Event ids taken for this phone, with their times (a dict, so old ones can be forgotten).
@@ -96,7 +98,7 @@ class PhoneState:
         self.pending_recall_id, self.pending = None, None
         self.last_result_at = event.occurred_at
         self.last_event_id = event.event_id
-        self.last_decision = decision.to_json()
+        self.last_decision = decision
         scheduled = None
         if decision.action == "recall" and decision.due_at is not None:
             source = decision.source or ""
@@ -136,3 +138,8 @@ class PhoneState:
             self.attempts = [attempt for attempt in self.attempts if attempt >= moment]
         if len(self.seen) > 8:
             self.seen = {key: when for key, when in self.seen.items() if when >= moment}
+
+
+def decision_json(value: dict[str, Any] | Decision | None) -> dict[str, Any] | None:
+    """``PhoneState.last_decision`` in its stored (JSON) form."""
+    return value.to_json() if isinstance(value, Decision) else value

@@ -23,7 +23,7 @@ from worker.engine import Decision, PendingRecall, decide
 from worker.events import CallResult
 from worker.models import Attempt, DeadLetter, Phone, ProcessedEvent, Recall, UTCDateTime
 from worker.rules import Rules
-from worker.state import PhoneState, attempt_lookback
+from worker.state import PhoneState, attempt_lookback, decision_json
 
 __all__ = [
     "Applied",
@@ -283,6 +283,7 @@ def apply_events(
             [
                 {
                     **{name: getattr(states[pid], name) for name in _PHONE_COLUMNS},
+                    "last_decision": decision_json(states[pid].last_decision),
                     "updated_at": wall,
                 }
                 for pid in sorted(changed)
