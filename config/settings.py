@@ -9,7 +9,11 @@ from functools import cache
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["ENVIRONMENT", "Settings", "get_settings", "mask_url"]
+__all__ = ["ENVIRONMENT", "Settings", "SettingsError", "get_settings", "mask_url"]
+
+
+class SettingsError(ValueError):
+    """An environment variable with a value the settings cannot use (one line)."""
 
 
 def _number(env: Mapping[str, str], name: str, default: float, minimum: float) -> float:
@@ -19,16 +23,16 @@ def _number(env: Mapping[str, str], name: str, default: float, minimum: float) -
     try:
         value = float(text)
     except ValueError:
-        raise ValueError(f"{name}: not a number: {text!r}") from None
+        raise SettingsError(f"{name}: not a number: {text!r}") from None
     if value < minimum:
-        raise ValueError(f"{name}: must be at least {minimum}, got {text}")
+        raise SettingsError(f"{name}: must be at least {minimum}, got {text}")
     return value
 
 
 def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
     text = env.get(name, "").strip().lower() or choices[0]
     if text not in choices:
-        raise ValueError(f"{name}: must be one of {', '.join(choices)}, got {text!r}")
+        raise SettingsError(f"{name}: must be one of {', '.join(choices)}, got {text!r}")
     return text
 
 

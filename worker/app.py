@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Any
 
 from celery import Celery
@@ -100,12 +101,17 @@ def _after_fork(**_: Any) -> None:
 @worker_init.connect
 def _check_database(**_: Any) -> None:
     # Refuse to start on an unmigrated database; the embedded default migrates itself.
-    from worker.db import database_url, ensure_migrated, get_engine, upgrade
+    from worker.db import DatabaseNotReady, database_url, ensure_migrated, get_engine, upgrade
 
     settings = get_settings()
-    if settings.embedded:
-        upgrade(database_url(settings))
-    ensure_migrated(get_engine())
+    try:
+        if settings.embedded:
+            upgrade(database_url(settings))
+        ensure_migrated(get_engine())
+    except DatabaseNotReady as error:
+        # Celery logs and swallows exceptions from signal handlers; SystemExit gets through.
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
 
     from worker import metrics
 

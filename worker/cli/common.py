@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import click
 import orjson
 
+from config.settings import SettingsError
 from worker.events import MAX_YEAR, MIN_YEAR
 from worker.rules import Rules, RulesError, load_rules
 
@@ -38,6 +39,9 @@ class RecallGroup(click.Group):
         except click.ClickException as error:
             error.show()
             sys.exit(error.exit_code)
+        except SettingsError as error:
+            click.echo(f"error: {error}", err=True)
+            sys.exit(1)
         except click.Abort:
             click.echo("error: aborted", err=True)
             sys.exit(1)
@@ -101,3 +105,14 @@ def parse_now(text: str | None) -> datetime:
 def echo_json(data: Any) -> None:
     sys.stdout.buffer.write(orjson.dumps(data) + b"\n")
     sys.stdout.flush()
+
+
+def use_rules_file(path: Path | None) -> None:
+    """``--rules`` for commands whose work reads the settings (and so ``RECALL_RULES``)."""
+    if path is not None:
+        import os
+
+        from config.settings import get_settings
+
+        os.environ["RECALL_RULES"] = str(path)
+        get_settings.cache_clear()

@@ -6,6 +6,7 @@ import sys
 import time
 from collections.abc import Iterable
 from contextlib import ExitStack
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,11 @@ def replay(
     compare_rules = read_rules(compare_path) if compare_path is not None else None
     until = parse_now(now_text)
     dry_run = dry_run or compare_rules is not None
+    if not dry_run and until > datetime.now(UTC) + timedelta(minutes=1):
+        raise CommandError(
+            "--now is in the future: applied, recalls would be marked eligible before their"
+            " time; simulate ahead with --dry-run"
+        )
     interactive = sys.stderr.isatty() and not as_json
     summary_rejections: list[Rejection] = []
     with ExitStack() as stack:

@@ -9,7 +9,14 @@ from pathlib import Path
 import click
 
 from config.settings import get_settings, mask_url
-from worker.cli.common import CommandError, echo_json, json_option, read_rules, rules_option
+from worker.cli.common import (
+    CommandError,
+    echo_json,
+    json_option,
+    read_rules,
+    rules_option,
+    use_rules_file,
+)
 from worker.db import (
     DatabaseNotReady,
     database_url,
@@ -39,14 +46,16 @@ def ready_database(*, migrate: bool) -> None:
     add_help_option=True,
 )
 @click.option("--no-beat", is_flag=True, help="Do not run the periodic dispatcher in this worker.")
+@rules_option
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
-def worker(no_beat: bool, celery_args: tuple[str, ...]) -> None:
+def worker(no_beat: bool, rules_path: Path | None, celery_args: tuple[str, ...]) -> None:
     """Run the worker (ingestion and recall firing) with the periodic dispatcher.
 
     Any further options go to `celery worker` (e.g. --concurrency 4, --loglevel DEBUG). With no
     RECALL_BROKER_URL and RECALL_DATABASE_URL, an embedded Redis and SQLite under RECALL_HOME are
     started and migrated; otherwise the database must already be at the latest migration.
     """
+    use_rules_file(rules_path)
     settings = get_settings()
     read_rules(settings.rules_path)
     ready_database(migrate=settings.embedded)
@@ -215,11 +224,13 @@ def dead_letters_replay(ids: tuple[int, ...], rules_path: Path | None, as_json: 
 @click.command()
 @click.option("--timeout", type=float, default=2.0, show_default=True,
               help="Seconds to wait for the broker and for workers to answer.")  # fmt: skip
+@rules_option
 @json_option
-def status(timeout: float, as_json: bool) -> None:
+def status(timeout: float, rules_path: Path | None, as_json: bool) -> None:
     """Workers, queues, recalls and dead letters at a glance; exit 1 when unhealthy."""
     from worker.status import collect
 
+    use_rules_file(rules_path)
     settings = get_settings()
     result = collect(settings, timeout=timeout)
     if settings.embedded:
