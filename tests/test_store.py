@@ -952,3 +952,33 @@ def test_firing_and_superseding_one_recall_at_once_stay_consistent(
     expected = "e2" if sip == 486 else None
     assert row.pending_recall_id == expected
     assert pending == ([expected] if expected else [])
+
+
+# --- calls that arrive out of order --------------------------------------------------------------
+
+
+def test_late_calls_still_hold_the_pending_recall_to_the_attempt_cap(
+    db_engine: Engine, rules: Rules
+) -> None:
+    """Plan default allows 3 calls in 24 hours: three busy calls at 10:00, 10:05 and 10:10 put
+    the recall at 10:00 the next day, whatever order they arrive in."""
+    calls = [
+        event(event_id=f"c{n}", occurred_at=f"2026-01-14T10:{minutes}:00+00:00")
+        for n, minutes in enumerate(("00", "05", "10"))
+    ]
+    in_order_at = at("2026-01-15T10:00:00+00:00")
+
+    late = [calls[2], calls[0], calls[1]]  # the newest first: the other two are stale
+    decisions = [run_ingest(db_engine, [call], rules).decisions[0] for call in late]
+
+    assert [d.action for d in decisions] == ["recall", "stale", "stale"]
+    assert decisions[0].due_at == at("2026-01-14T10:25:00+00:00")
+    assert decisions[1].reschedules is None  # two calls in the window: still allowed
+    assert decisions[2].reschedules == in_order_at
+    (recall,) = table(db_engine, Recall)
+    assert (recall.recall_id, recall.state, recall.due_at) == ("c2", "pending", in_order_at)
+    assert recall.dispatched_at is None
+    with Session(db_engine) as session:
+        shown = queries.phone(session, "P1")
+    assert shown is not None
+    assert shown["pending_recall"]["due_at"] == in_order_at.isoformat()

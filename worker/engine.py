@@ -65,6 +65,9 @@ class Decision:
     explanation: str = ""
     #: The pending recall this decision replaces (never fires); not part of the JSON form.
     supersedes: PendingRecall | None = None
+    #: For a stale call that puts the phone over an attempt cap: the pending recall's new,
+    #: later due time (not part of the JSON form).
+    reschedules: datetime | None = None
 
     @property
     def is_system_recall(self) -> bool:
@@ -224,6 +227,45 @@ def _local(moment: datetime) -> str:
     return moment.strftime("%a %Y-%m-%d %H:%M %Z")
 
 
+def _respect_caps_and_hours(
+    due: pendulum.DateTime,
+    plan: Plan,
+    attempts: tuple[datetime, ...],
+    zone: pendulum.Timezone,
+    adjustments: list[str],
+    notes: list[str],
+) -> pendulum.DateTime:
+    """Move ``due`` later as the plan's attempt caps and then its calling hours require."""
+    for cap in plan.max_attempts:
+        # Only attempts whose window can still be open at `due` count; skipping the rest
+        # before any zone arithmetic keeps a long history cheap.
+        horizon = due.timestamp() - cap.within.longest.total_seconds()
+        recent = [attempt for attempt in attempts if attempt.timestamp() > horizon]
+        if len(recent) < cap.count:
+            continue
+        # An attempt holds a place in the window until its end; count-1 may stay, so wait
+        # for the count-th latest end. Ends, not attempts, are sorted: adding calendar days
+        # need not keep the order of times inside a repeated DST hour.
+        ends = sorted(
+            (cap.within.add_to(pendulum.instance(a).in_timezone(zone)) for a in recent),
+            reverse=True,
+        )
+        allowed = ends[cap.count - 1]
+        if allowed > due:
+            due = allowed
+            if "max_attempts" not in adjustments:
+                adjustments.append("max_attempts")
+            notes.append(f"moved to {_local(due)} by the cap of {cap}")
+
+    if plan.calling_hours is not None:
+        opening = next_opening(due, plan.calling_hours)
+        if opening != due:
+            due = opening
+            adjustments.append("calling_hours")
+            notes.append(f"moved to the next calling hours, {_local(due)}")
+    return due
+
+
 def decide(event: CallResult, rules: Rules, history: PhoneHistory, now: datetime) -> Decision:
     """Decide what ``event`` means for its phone, given the rules, its history and ``now``."""
 
@@ -241,7 +283,24 @@ def decide(event: CallResult, rules: Rules, history: PhoneHistory, now: datetime
     # 2. Older than what the phone already reflects: an attempt, but no schedule change.
     if history.last_applied_at is not None and event.occurred_at < history.last_applied_at:
         last = _utc_iso(history.last_applied_at)
-        return plain("stale", "stale", f"older than the last applied result ({last})")
+        text = f"older than the last applied result ({last})"
+        pending = history.pending
+        if pending is None or not plan.max_attempts:
+            return plain("stale", "stale", text)
+        # It changes no decision, but it was a call: the pending recall must still respect the
+        # caps with it counted, as it would have had the calls arrived in order.
+        zone = timezone(event.timezone or plan.timezone or rules.default_timezone)
+        due = pendulum.instance(pending.due_at).in_timezone(zone)
+        notes: list[str] = []
+        moved = _respect_caps_and_hours(
+            due, plan, (*history.attempts, event.occurred_at), zone, [], notes
+        )
+        if moved == due:
+            return plain("stale", "stale", text)
+        return Decision(
+            event.event_id, event.phone_id, "stale", None, None, None, "stale", (), (),
+            f"{text}; the pending recall is {'; '.join(notes)}", None, moved,
+        )  # fmt: skip
 
     verdict, warnings = _rule_verdict(event, rules, plan)
     supersedes = history.pending
@@ -284,35 +343,9 @@ def decide(event: CallResult, rules: Rules, history: PhoneHistory, now: datetime
         due = pendulum.instance(now).in_timezone(zone)
         notes.append("already due when decided, so due now")
 
-    if plan.max_attempts:
-        attempts = (*history.attempts, event.occurred_at)
-        for cap in plan.max_attempts:
-            # Only attempts whose window can still be open at `due` count; skipping the rest
-            # before any zone arithmetic keeps a long history cheap.
-            horizon = due.timestamp() - cap.within.longest.total_seconds()
-            recent = [attempt for attempt in attempts if attempt.timestamp() > horizon]
-            if len(recent) < cap.count:
-                continue
-            # An attempt holds a place in the window until its end; count-1 may stay, so wait
-            # for the count-th latest end. Ends, not attempts, are sorted: adding calendar days
-            # need not keep the order of times inside a repeated DST hour.
-            ends = sorted(
-                (cap.within.add_to(pendulum.instance(a).in_timezone(zone)) for a in recent),
-                reverse=True,
-            )
-            allowed = ends[cap.count - 1]
-            if allowed > due:
-                due = allowed
-                if "max_attempts" not in adjustments:
-                    adjustments.append("max_attempts")
-                notes.append(f"moved to {_local(due)} by the cap of {cap}")
-
-    if plan.calling_hours is not None:
-        opening = next_opening(due, plan.calling_hours)
-        if opening != due:
-            due = opening
-            adjustments.append("calling_hours")
-            notes.append(f"moved to the next calling hours, {_local(due)}")
+    due = _respect_caps_and_hours(
+        due, plan, (*history.attempts, event.occurred_at), zone, adjustments, notes
+    )
 
     return Decision(
         event.event_id,

@@ -270,7 +270,9 @@ class Simulation:
         while self.due and self.due[0][0] <= limit:
             _, recall_id, phone_id, due_at = heapq.heappop(self.due)
             state = self.phones[phone_id]
-            if state.pending_recall_id == recall_id:  # not superseded since
+            pending = state.pending
+            # Not superseded since, and not moved later by a late call.
+            if state.pending_recall_id == recall_id and pending and pending.due_at == due_at:
                 state.fire(due_at)
                 self.summary.fired += 1
 
@@ -287,6 +289,9 @@ class Simulation:
             state.seen.setdefault(event.event_id, first_seen)
         decision = decide(event, self.rules, state.history(), event.occurred_at)
         transition = state.take(event, decision)
+        if transition.rescheduled is not None:
+            recall_id, due_at = transition.rescheduled
+            heapq.heappush(self.due, (due_at.timestamp(), recall_id, event.phone_id, due_at))
         if transition.scheduled is not None:
             scheduled = transition.scheduled
             heapq.heappush(

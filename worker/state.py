@@ -50,6 +50,8 @@ class Transition:
 
     superseded: str | None = None
     scheduled: NewRecall | None = None
+    #: (recall id, new due time) when a late call moved the pending recall later.
+    rescheduled: tuple[str, datetime] | None = None
 
 
 @dataclass(slots=True)
@@ -89,8 +91,14 @@ class PhoneState:
             return Transition()
         self.seen[event.event_id] = event.occurred_at
         self.attempts.append(event.occurred_at)
-        if not decision.applies:  # stale: an attempt, nothing more
-            return Transition()
+        if not decision.applies:  # stale: an attempt, and maybe a pending recall moved later
+            if decision.reschedules is None or self.pending is None:
+                return Transition()
+            assert self.pending_recall_id is not None
+            self.pending = PendingRecall(
+                decision.reschedules, self.pending.source, self.pending.rule
+            )
+            return Transition(rescheduled=(self.pending_recall_id, decision.reschedules))
         superseded = self.pending_recall_id
         self.generation += 1
         self.lead_id, self.plan_id = event.lead_id, event.plan_id

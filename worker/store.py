@@ -188,6 +188,7 @@ def apply_events(
     event_rows: list[dict[str, Any]] = []
     recall_rows: dict[str, dict[str, Any]] = {}
     superseded: list[str] = []
+    rescheduled: dict[str, datetime] = {}
     fired: dict[str, datetime] = {}
     changed: set[str] = set()
 
@@ -225,6 +226,12 @@ def apply_events(
                 "decision": decision.to_json(),
             }
         )
+        if transition.rescheduled is not None:
+            recall_id, due_at = transition.rescheduled
+            if recall_id in recall_rows:
+                recall_rows[recall_id]["due_at"] = due_at
+            else:
+                rescheduled[recall_id] = due_at
         if not decision.applies:
             continue
         changed.add(event.phone_id)
@@ -270,6 +277,15 @@ def apply_events(
         session.execute(
             update(Recall),
             [{"recall_id": rid, "state": "fired", "fired_at": at} for rid, at in stored_fired],
+        )
+    if rescheduled:
+        # Any firing already sent for the old time is handed back when it arrives early.
+        session.execute(
+            update(Recall),
+            [
+                {"recall_id": rid, "due_at": due, "dispatched_at": None}
+                for rid, due in rescheduled.items()
+            ],
         )
     for part in chunks(superseded):
         session.execute(
