@@ -23,10 +23,11 @@ from sqlalchemy.orm import Session
 
 from tests.helpers import EVENT_DEFAULTS, at
 from worker import queries
+from worker.events import parse_event
 from worker.models import Attempt, DeadLetter, Phone, ProcessedEvent, Recall
 from worker.pipeline import IngestReport, ingest, replay_dead_letters
 from worker.rules import Rules, RulesError, load_rules
-from worker.store import Fired, claim_due, fire_recalls
+from worker.store import Fired, apply_events, claim_due, fire_due, fire_recalls
 
 # Wednesday 2026-01-14: the helpers' events happen at 10:00 London (GMT), inside calling hours.
 NOW = at("2026-01-14T10:01:00+00:00")
@@ -982,3 +983,39 @@ def test_late_calls_still_hold_the_pending_recall_to_the_attempt_cap(
         shown = queries.phone(session, "P1")
     assert shown is not None
     assert shown["pending_recall"]["due_at"] == in_order_at.isoformat()
+
+
+# --- an applied replay beside live workers -------------------------------------------------------
+
+
+def test_a_replay_holds_its_recalls_from_the_live_dispatcher(
+    db_engine: Engine, rules: Rules
+) -> None:
+    live_due = at("2026-01-14T10:15:00+00:00")
+    run_ingest(db_engine, [event(event_id="live", phone_id="LIVE")], rules)
+    history = [
+        parse_event(event(event_id="old", phone_id="H1", occurred_at="2026-01-14T09:00:00+00:00")),
+        parse_event(event(event_id="new", phone_id="H2", occurred_at="2026-01-14T10:00:00+00:00")),
+    ]
+    with transaction(db_engine) as session:
+        apply_events(session, history, rules, None)
+    states = {r.recall_id: r.state for r in table(db_engine, Recall)}
+    assert states == {"live": "pending", "old": "held", "new": "held"}
+
+    # The live dispatcher, an hour later, claims only the live recall.
+    later = at("2026-01-14T11:00:00+00:00")
+    with transaction(db_engine) as session:
+        claimed = claim_due(
+            session, later, horizon=timedelta(seconds=30),
+            redispatch_after=timedelta(seconds=15), limit=100,
+        )  # fmt: skip
+    assert [recall_id for recall_id, _ in claimed] == ["live"]
+
+    # The replay ends at 10:10: its 09:15 recall fires at its due time, its 10:15 one is
+    # released to the live dispatcher, and the overdue live recall is left alone.
+    with transaction(db_engine) as session:
+        assert fire_due(session, at("2026-01-14T10:10:00+00:00")) == 1
+    recalls = {r.recall_id: r for r in table(db_engine, Recall)}
+    assert (recalls["old"].state, recalls["old"].fired_at) == ("fired", recalls["old"].due_at)
+    assert recalls["new"].state == "pending"
+    assert (recalls["live"].state, recalls["live"].due_at) == ("pending", live_due)

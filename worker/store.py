@@ -36,6 +36,9 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+# A recall waiting to fire: "pending" for the live dispatcher, "held" while a replay that made
+# it is still running (see fire_due).
+WAITING = ("pending", "held")
 # Below this many rows a COPY's set-up costs more than it saves.
 COPY_FROM_ROWS = 50
 # Bind-parameter lists stay well under PostgreSQL's 65,535 and SQLite's 32,766 limits.
@@ -134,7 +137,7 @@ def _load_phones(
     pending_ids = [s.pending_recall_id for s in states.values() if s.pending_recall_id]
     for part in chunks(pending_ids):
         query = select(Recall.phone_id, Recall.due_at, Recall.source, Recall.rule).where(
-            Recall.recall_id.in_(part), Recall.state == "pending"
+            Recall.recall_id.in_(part), Recall.state.in_(WAITING)
         )
         for phone_id, due_at, source, rule in session.execute(query):
             states[phone_id].pending = PendingRecall(due_at, source, rule)
@@ -252,7 +255,8 @@ def apply_events(
                 "source": scheduled.source,
                 "rule": scheduled.rule,
                 "reason": scheduled.reason,
-                "state": "pending",
+                # A replay holds its recalls back from the live dispatcher until it is done.
+                "state": "pending" if now is not None else "held",
                 "created_at": wall,
                 "dispatched_at": None,
                 "fired_at": None,
@@ -290,7 +294,7 @@ def apply_events(
     for part in chunks(superseded):
         session.execute(
             update(Recall)
-            .where(Recall.recall_id.in_(part), Recall.state == "pending")
+            .where(Recall.recall_id.in_(part), Recall.state.in_(WAITING))
             .values(state="superseded")
         )
     if changed:
@@ -409,6 +413,7 @@ def fire_recalls(
     *,
     early_tolerance: timedelta,
     at_due_time: bool = False,
+    state: str = "pending",
 ) -> list[Fired]:
     """Mark the phones of the still-current, due recalls among ``recall_ids`` eligible.
 
@@ -418,7 +423,7 @@ def fire_recalls(
     """
     recalls: dict[str, Recall] = {}
     for part in chunks(sorted(set(recall_ids))):
-        query = select(Recall).where(Recall.recall_id.in_(part), Recall.state == "pending")
+        query = select(Recall).where(Recall.recall_id.in_(part), Recall.state == state)
         recalls.update((recall.recall_id, recall) for recall in session.scalars(query))
     if not recalls:
         return []
@@ -479,17 +484,26 @@ def fire_recalls(
 
 
 def fire_due(session: Session, until: datetime, *, limit: int = CHUNK) -> int:
-    """Fire, at their due times, all pending recalls due at or before ``until`` (replay's end)."""
+    """End of a replay: fire its held recalls due by ``until`` at their due times, release the rest.
+
+    Only the replay's own (held) recalls are touched: live pending recalls stay the live
+    dispatcher's, however overdue.
+    """
     total = 0
     while True:
         query = (
             select(Recall.recall_id)
-            .where(Recall.state == "pending", Recall.due_at <= until)
+            .where(Recall.state == "held", Recall.due_at <= until)
             .order_by(Recall.due_at)
             .limit(limit)
         )
         ids = list(session.scalars(query))
-        fired = fire_recalls(session, ids, until, early_tolerance=timedelta(0), at_due_time=True)
+        fired = fire_recalls(
+            session, ids, until, early_tolerance=timedelta(0), at_due_time=True, state="held"
+        )
         total += len(fired)
         if len(ids) < limit or not fired:
-            return total
+            break
+    # Recalls due after the end of the replay are live from now on.
+    session.execute(update(Recall).where(Recall.state == "held").values(state="pending"))
+    return total
