@@ -7,10 +7,12 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 
 from celery import Task
+from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from worker.db import DatabaseNotReady, session_scope
+from worker.rules import RulesError
 
 __all__ = ["RecallTask"]
 
@@ -23,8 +25,16 @@ class RecallTask(Task):  # type: ignore[misc]  # celery ships no type hints
     """
 
     abstract = True
-    # Only what a database or network outage raises: a query error would fail again on retry.
-    autoretry_for = (OperationalError, InterfaceError, DatabaseNotReady, ConnectionError)
+    # Only what an outage raises (database, broker, network), and rules that cannot be loaded
+    # yet: a query error would fail again on retry, and is the dead letters' business.
+    autoretry_for = (
+        OperationalError,
+        InterfaceError,
+        DatabaseNotReady,
+        ConnectionError,
+        BrokerError,
+        RulesError,
+    )
     max_retries = None
     retry_backoff = 1
     retry_backoff_max = 30

@@ -107,6 +107,10 @@ def process_call_results(self: RecallTask, *args: Any, **kwargs: Any) -> dict[st
         _refuse(self, detail, {"args": list(args), "kwargs": kwargs})
         return {"reject": 1}
     if len(events) > limit:
-        _refuse(self, f"events: batch of {len(events)} is over the limit of {limit}", events)
-        return {"reject": 1}
+        # One dead letter per event, so that each can be replayed once the sender is fixed.
+        for index, event in enumerate(events, start=1):
+            event_id = event.get("event_id") if isinstance(event, dict) else None
+            detail = f"events: batch of {len(events)} is over the limit of {limit} (event {index})"
+            _refuse(self, detail, event, event_id if isinstance(event_id, str) else None)
+        return {"reject": len(events)}
     return _ingest(self, events)

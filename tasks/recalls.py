@@ -79,6 +79,9 @@ def mark_eligible(self: RecallTask, recall_ids: list[str]) -> int:
     now = self.now()
     with self.transaction() as session:
         fired = fire_recalls(session, recall_ids, now, early_tolerance=EARLY_TOLERANCE)
+        # Published before the commit: if the broker refuses, the firing rolls back and the
+        # task retries, so every eligible phone is announced at least once (maybe twice).
+        publish_eligible(app, get_settings().notify_queue, fired)
     record.fired((item.fired_at - item.due_at).total_seconds() for item in fired)
     for item in fired:
         log.info(
@@ -88,5 +91,4 @@ def mark_eligible(self: RecallTask, recall_ids: list[str]) -> int:
             (item.fired_at - item.due_at).total_seconds(),
             extra={"phone_id": item.phone_id, "recall_id": item.recall_id},
         )
-    publish_eligible(app, get_settings().notify_queue, fired)
     return len(fired)

@@ -102,13 +102,17 @@ def _after_fork(**_: Any) -> None:
 def _check_database(**_: Any) -> None:
     # Refuse to start on an unmigrated database; the embedded default migrates itself.
     from worker.db import DatabaseNotReady, database_url, ensure_migrated, get_engine, upgrade
+    from worker.rules import RulesError
+    from worker.runtime import current_rules
 
     settings = get_settings()
     try:
         if settings.embedded:
             upgrade(database_url(settings))
         ensure_migrated(get_engine())
-    except DatabaseNotReady as error:
+        # Rules load before the pool forks: a worker never starts without good rules.
+        current_rules()
+    except (DatabaseNotReady, RulesError) as error:
         # Celery logs and swallows exceptions from signal handlers; SystemExit gets through.
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(1) from None

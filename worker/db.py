@@ -8,6 +8,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import orjson
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -44,7 +45,11 @@ def database_url(settings: Settings) -> str:
 def make_engine(url: str) -> Engine:
     """An engine tuned for the backend: SQLite in WAL mode with writers that queue politely."""
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 60, "check_same_thread": False})
+        engine = create_engine(
+            url,
+            connect_args={"timeout": 60, "check_same_thread": False},
+            json_serializer=_json_text,
+        )
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -63,7 +68,14 @@ def make_engine(url: str) -> Engine:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=5, max_overflow=5, json_serializer=_json_text
+    )
+
+
+def _json_text(value: Any) -> str:
+    # orjson, as the COPY path uses: the same text whatever the batch size (NaN becomes null).
+    return orjson.dumps(value).decode()
 
 
 @cache

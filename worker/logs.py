@@ -16,7 +16,11 @@ import orjson
 
 __all__ = ["JsonFormatter", "MaskSecrets", "QuietTicks", "TextFormatter", "install", "mask_secrets"]
 
-_URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)[^@\s]+(?=@)")
+# The password runs to the last "@" before the host (a raw "@" in a password is accepted by the
+# URL parsers the drivers use).
+_URL_PASSWORD = re.compile(
+    r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)\S*?(?=@[^@\s]*(?:[/?#\s\]\"',]|$))"
+)
 _CONTEXT = ("task_id", "event_id", "phone_id", "recall_id")
 DISPATCH_TASK = "recall.dispatch_due"
 

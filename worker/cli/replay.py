@@ -209,7 +209,7 @@ def _applied(
 
     from worker.db import session_scope
     from worker.models import DeadLetter, Recall
-    from worker.store import apply_events, fire_due, record_dead_letters
+    from worker.store import apply_events, chunks, fire_due, record_dead_letters
 
     summary = Summary()
     batch: list[CallResult] = []
@@ -237,13 +237,15 @@ def _applied(
             for rejection in rejected
         }
         # Replaying the same files again must not file the same bad rows twice.
-        known = set(
-            session.scalars(
-                select(DeadLetter.detail).where(
-                    DeadLetter.task == "replay", DeadLetter.detail.in_(list(letters))
+        known: set[str] = set()
+        for part in chunks(list(letters)):
+            known.update(
+                session.scalars(
+                    select(DeadLetter.detail).where(
+                        DeadLetter.task == "replay", DeadLetter.detail.in_(part)
+                    )
                 )
             )
-        )
         record_dead_letters(
             session,
             (
