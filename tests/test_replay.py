@@ -1081,3 +1081,22 @@ def test_replay_memory_does_not_grow_with_the_number_of_events(tmp_path: Path) -
     # Linear growth would give about 2.5 here (a 65 MB interpreter, then 66 MB per 50,000).
     assert ratio < 1.6, (peaks, ratio, elapsed)
     assert list(tmp_path.glob("recall-replay-*")) == []
+
+
+@pytest.mark.usefixtures("private_tmp")
+def test_many_runs_are_merged_in_passes(
+    tmp_path: Path, rules: Rules, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More runs than files it may hold open at once: merged in passes, same order, no leftovers."""
+    events = history(seed=31, leads=300, days=3)
+    random.Random(2).shuffle(events)
+    path = tmp_path / "h.jsonl"
+    write_jsonl(events, path)
+    with sorted_events([path], rules, lambda _: None) as in_memory:
+        expected = [event.event_id for event in in_memory]
+    monkeypatch.setattr("worker.replay.MAX_OPEN_RUNS", 3)
+    with sorted_events([path], rules, lambda _: None, chunk=50) as chunked:
+        assert len(events) // 50 > 9  # at least three passes of three
+        merged = [event.event_id for event in chunked]
+    assert merged == expected
+    assert leftovers() == []

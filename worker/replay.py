@@ -37,6 +37,8 @@ __all__ = [
     "sorted_events",
 ]
 
+# Runs merged at once: one open file each, well under the usual limit of 1,024.
+MAX_OPEN_RUNS = 64
 # Events sorted in memory before a run is spilled to disk: about 120 MB of Python objects.
 CHUNK_EVENTS = 100_000
 # Delay histogram resolution: one bucket per minute up to a day, then per hour (bounded memory).
@@ -160,9 +162,24 @@ class SortedEvents:
             return
         if self._run:
             self._spill()
+        while len(self._spilled) > MAX_OPEN_RUNS:  # merge in passes: keep file handles bounded
+            group, self._spilled = self._spilled[:MAX_OPEN_RUNS], self._spilled[MAX_OPEN_RUNS:]
+            self._spilled.append(self._merge_to_file(group))
         streams = [_read_run(path) for path in self._spilled]
         for _, _, _, data in heapq.merge(*streams, key=lambda item: item[:3]):
             yield parse_event(data)
+
+    def _merge_to_file(self, paths: list[str]) -> str:
+        assert self._directory is not None
+        handle, merged = tempfile.mkstemp(prefix="recall-replay-", suffix=".jsonl",
+                                          dir=self._directory)  # fmt: skip
+        with os.fdopen(handle, "wb") as out:
+            streams = [_read_run(path) for path in paths]
+            for item in heapq.merge(*streams, key=lambda item: item[:3]):
+                out.write(orjson.dumps(item) + b"\n")
+        for path in paths:
+            Path(path).unlink(missing_ok=True)
+        return merged
 
     def close(self) -> None:
         self._run.clear()
