@@ -9,7 +9,7 @@ refused whole, with one line naming the file, the entry and the field.
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from functools import cache
@@ -432,21 +432,7 @@ def _merge_file(draft: _Draft, path: Path, *, builtin: bool) -> None:
             raise entry.error("recall_after", "given, but recall is false (set recall = true)")
         draft.sip[code] = (row, entry)
 
-    seen_outcomes: dict[str, int] = {}
-    for index, raw in enumerate(_array(file, data, "outcomes")):
-        entry = _Entry(file, f"outcomes[{index}]", raw, _OUTCOME_KEYS)
-        if not entry.has("code"):
-            raise entry.error("code", "required")
-        code = entry.string("code")
-        if not code or code != code.strip() or len(code) > MAX_NAME_LENGTH:
-            raise entry.error(
-                "code", f"must be non-empty, at most {MAX_NAME_LENGTH} characters, got {code!r}"
-            )
-        entry.where = f"outcomes[{index}] (code {code})"
-        entry.check_keys()
-        if code in seen_outcomes:
-            raise entry.error("code", f"duplicate of outcomes[{seen_outcomes[code]}]")
-        seen_outcomes[code] = index
+    for entry, code in _named_entries(file, data, "outcomes", "code", _OUTCOME_KEYS):
         row = _read_outcome_row(entry)
         previous = draft.outcomes.get(code)
         if previous is None:
@@ -462,24 +448,32 @@ def _merge_file(draft: _Draft, path: Path, *, builtin: bool) -> None:
             )
         draft.outcomes[code] = (row, entry)
 
-    seen_plans: dict[str, int] = {}
-    for index, raw in enumerate(_array(file, data, "plans")):
-        entry = _Entry(file, f"plans[{index}]", raw, _PLAN_KEYS)
-        if not entry.has("id"):
-            raise entry.error("id", "required")
-        plan_id = entry.string("id")
-        if not plan_id or plan_id != plan_id.strip() or len(plan_id) > MAX_NAME_LENGTH:
-            raise entry.error(
-                "id", f"must be non-empty, at most {MAX_NAME_LENGTH} characters, got {plan_id!r}"
-            )
-        entry.where = f"plans[{index}] (id {plan_id})"
-        entry.check_keys()
-        if plan_id in seen_plans:
-            raise entry.error("id", f"duplicate of plans[{seen_plans[plan_id]}]")
-        seen_plans[plan_id] = index
+    for entry, plan_id in _named_entries(file, data, "plans", "id", _PLAN_KEYS):
         row = _read_plan_row(entry)
         previous = draft.plans.get(plan_id)
         draft.plans[plan_id] = ({**previous[0], **row} if previous else row, entry)
+
+
+def _named_entries(
+    file: str, data: dict[str, Any], section: str, key: str, allowed: tuple[str, ...]
+) -> Iterator[tuple[_Entry, str]]:
+    """The rows of ``section`` with their names (``key``), each named once in the file."""
+    seen: dict[str, int] = {}
+    for index, raw in enumerate(_array(file, data, section)):
+        entry = _Entry(file, f"{section}[{index}]", raw, allowed)
+        if not entry.has(key):
+            raise entry.error(key, "required")
+        name = entry.string(key)
+        if not name or name != name.strip() or len(name) > MAX_NAME_LENGTH:
+            raise entry.error(
+                key, f"must be non-empty, at most {MAX_NAME_LENGTH} characters, got {name!r}"
+            )
+        entry.where = f"{section}[{index}] ({key} {name})"
+        entry.check_keys()
+        if name in seen:
+            raise entry.error(key, f"duplicate of {section}[{seen[name]}]")
+        seen[name] = index
+        yield entry, name
 
 
 def _read_sip_row(entry: _Entry) -> dict[str, Any]:

@@ -31,6 +31,8 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
+from worker.events import EVENT_FIELDS
+
 __all__ = [
     "CSV_COLUMNS",
     "FINAL_AGENT_OUTCOMES",
@@ -44,18 +46,7 @@ __all__ = [
 ]
 
 #: CSV column order (the event contract order).
-CSV_COLUMNS: tuple[str, ...] = (
-    "event_id",
-    "plan_id",
-    "lead_id",
-    "phone_id",
-    "sip_code",
-    "occurred_at",
-    "outcome_code",
-    "timezone",
-    "retry_after_s",
-    "call_id",
-)
+CSV_COLUMNS: tuple[str, ...] = EVENT_FIELDS
 
 # A day's calling window as (open, close); the close is exclusive. None: no calls that day.
 _Window = tuple[time, time] | None
