@@ -227,6 +227,12 @@ def _local(moment: datetime) -> str:
     return moment.strftime("%a %Y-%m-%d %H:%M %Z")
 
 
+# A call's window end is needed again by every later decision for its phone: compute it once.
+@lru_cache(maxsize=65_536)  # a few MB; recent calls are the ones asked for again
+def _window_end(attempt: datetime, zone: str, within: Duration) -> pendulum.DateTime:
+    return within.add_to(pendulum.instance(attempt).in_timezone(timezone(zone)))
+
+
 def _respect_caps_and_hours(
     due: pendulum.DateTime,
     plan: Plan,
@@ -246,10 +252,7 @@ def _respect_caps_and_hours(
         # An attempt holds a place in the window until its end; count-1 may stay, so wait
         # for the count-th latest end. Ends, not attempts, are sorted: adding calendar days
         # need not keep the order of times inside a repeated DST hour.
-        ends = sorted(
-            (cap.within.add_to(pendulum.instance(a).in_timezone(zone)) for a in recent),
-            reverse=True,
-        )
+        ends = sorted((_window_end(a, zone.name, cap.within) for a in recent), reverse=True)
         allowed = ends[cap.count - 1]
         if allowed > due:
             due = allowed
