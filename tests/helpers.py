@@ -5,7 +5,23 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+import worker.db
+from config.settings import get_settings
 from worker.events import CallResult, parse_event
+
+#: The keys of a decision's JSON form (the contract, DESIGN.md section 7).
+DECISION_KEYS = {
+    "event_id",
+    "phone_id",
+    "action",
+    "due_at",
+    "source",
+    "rule",
+    "reason",
+    "adjustments",
+    "warnings",
+    "explanation",
+}
 
 #: A Wednesday, 10:00 in London (GMT in January): inside every shipped plan's calling hours.
 DEFAULT_OCCURRED_AT = "2026-01-14T10:00:00+00:00"
@@ -37,3 +53,12 @@ def at(text: str) -> datetime:
     if moment.utcoffset() is None:
         raise ValueError(f"no UTC offset in {text!r}")
     return moment
+
+
+def reset_process_state() -> None:
+    """Forget the cached settings, engine and session factory (each is built once per process)."""
+    get_settings.cache_clear()
+    if worker.db.get_engine.cache_info().currsize:
+        worker.db.get_engine().dispose()
+    worker.db.get_engine.cache_clear()
+    worker.db._session_factory.cache_clear()

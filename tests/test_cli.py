@@ -14,22 +14,11 @@ import orjson
 import pytest
 from click.testing import CliRunner, Result
 
+from tests.helpers import DECISION_KEYS
 from worker.cli import main
 from worker.events import event_from_csv_row, parse_event
 from worker.rules import DEFAULT_RULES_PATH, Rules, load_rules
 
-DECISION_KEYS = {
-    "event_id",
-    "phone_id",
-    "action",
-    "due_at",
-    "source",
-    "rule",
-    "reason",
-    "adjustments",
-    "warnings",
-    "explanation",
-}
 # Monday 2026-03-30 10:00 BST (09:00 UTC), inside the default plan's calling hours.
 EVENT: dict[str, Any] = {
     "event_id": "e1",

@@ -18,9 +18,7 @@ from click.testing import CliRunner, Result
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-import worker.db
-from config.settings import get_settings
-from tests.helpers import EVENT_DEFAULTS, at
+from tests.helpers import DECISION_KEYS, EVENT_DEFAULTS, at, reset_process_state
 from worker.cli import main
 from worker.engine import Decision
 from worker.pipeline import ingest
@@ -43,29 +41,8 @@ PHONE_KEYS_IN_ORDER = (
     "last_decision",
 )
 PHONE_KEYS = set(PHONE_KEYS_IN_ORDER)
-DECISION_KEYS = {
-    "event_id",
-    "phone_id",
-    "action",
-    "due_at",
-    "source",
-    "rule",
-    "reason",
-    "adjustments",
-    "warnings",
-    "explanation",
-}
 LETTER_KEYS = {"id", "received_at", "task", "event_id", "reason", "detail", "status", "payload"}
 NEW_PLAN_RULES = '[[plans]]\nid = "newplan"\ntimezone = "UTC"\n'
-
-
-def _reset_process_state() -> None:
-    """Forget the cached settings, engine and session factory (each is built once per process)."""
-    get_settings.cache_clear()
-    if worker.db.get_engine.cache_info().currsize:
-        worker.db.get_engine().dispose()
-    worker.db.get_engine.cache_clear()
-    worker.db._session_factory.cache_clear()
 
 
 @pytest.fixture(autouse=True)
@@ -74,9 +51,9 @@ def _fresh_process_state(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Ite
     monkeypatch.delenv("RECALL_DATABASE_URL", raising=False)
     monkeypatch.setenv("RECALL_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("RECALL_BROKER_URL", BROKER)
-    _reset_process_state()
+    reset_process_state()
     yield
-    _reset_process_state()
+    reset_process_state()
 
 
 def event(**changes: Any) -> dict[str, Any]:

@@ -28,8 +28,7 @@ import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import select
 
-import worker.db
-from config.settings import get_settings
+from tests.helpers import reset_process_state
 from worker.cli import main
 from worker.db import make_engine, upgrade
 from worker.events import parse_event
@@ -71,24 +70,15 @@ SUMMARY_KEYS = {
 }
 
 
-def _reset_process_state() -> None:
-    """Forget the cached settings, engine and session factory (each is built once per process)."""
-    get_settings.cache_clear()
-    if worker.db.get_engine.cache_info().currsize:
-        worker.db.get_engine().dispose()
-    worker.db.get_engine.cache_clear()
-    worker.db._session_factory.cache_clear()
-
-
 @pytest.fixture(autouse=True)
 def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     """No database, broker or rules from the environment; temporary files under ``tmp_path``."""
     for name in ("RECALL_RULES", "RECALL_DATABASE_URL", "RECALL_BROKER_URL"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("RECALL_HOME", str(tmp_path / "home"))
-    _reset_process_state()
+    reset_process_state()
     yield
-    _reset_process_state()
+    reset_process_state()
 
 
 @pytest.fixture
@@ -115,7 +105,7 @@ def rules(rules_file: Path) -> Rules:
 
 def recall(*args: str | Path) -> Result:
     """``recall ARGS`` in-process, with settings read afresh from the environment."""
-    _reset_process_state()
+    reset_process_state()
     return CliRunner().invoke(main, [str(arg) for arg in args], prog_name="recall")
 
 
