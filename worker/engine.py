@@ -18,7 +18,7 @@ import pendulum
 from worker.events import CallResult
 from worker.rules import CallingHours, Duration, Plan, Rules
 
-__all__ = ["Decision", "PendingRecall", "PhoneHistory", "decide", "next_opening"]
+__all__ = ["Decision", "PendingRecall", "PhoneHistory", "decide", "next_opening", "phone_zone"]
 
 Action = Literal["recall", "suppress", "duplicate", "stale", "reject"]
 Source = Literal["user_outcome", "system_outcome", "sip_code"]
@@ -96,6 +96,12 @@ class Decision:
 
 
 UTC = pendulum.UTC
+
+
+def phone_zone(rules: Rules, event: CallResult) -> str:
+    """The phone's zone name: the event's, else its plan's, else the rules' default."""
+    plan = rules.plans.get(event.plan_id)
+    return event.timezone or (plan.timezone if plan else None) or rules.default_timezone
 
 
 @cache
@@ -292,7 +298,7 @@ def decide(event: CallResult, rules: Rules, history: PhoneHistory, now: datetime
             return plain("stale", "stale", text)
         # It changes no decision, but it was a call: the pending recall must still respect the
         # caps with it counted, as it would have had the calls arrived in order.
-        zone = timezone(event.timezone or plan.timezone or rules.default_timezone)
+        zone = timezone(phone_zone(rules, event))
         due = pendulum.instance(pending.due_at).in_timezone(zone)
         notes: list[str] = []
         moved = _respect_caps_and_hours(
@@ -321,7 +327,7 @@ def decide(event: CallResult, rules: Rules, history: PhoneHistory, now: datetime
         return suppress(verdict.source, verdict.rule, verdict.reason, verdict.text)
 
     # 7. Adjustments, in the contract's order.
-    zone = timezone(event.timezone or plan.timezone or rules.default_timezone)
+    zone = timezone(phone_zone(rules, event))
     occurred = pendulum.instance(event.occurred_at).in_timezone(zone)
     due = verdict.after.add_to(occurred)
     adjustments: list[str] = []

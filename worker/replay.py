@@ -22,7 +22,7 @@ from typing import IO, Any
 
 import orjson
 
-from worker.engine import Decision, decide, timezone
+from worker.engine import Decision, decide, phone_zone, timezone
 from worker.events import CallResult, parse_event
 from worker.pipeline import Rejected, accept, raw_text
 from worker.rules import Rules
@@ -43,12 +43,6 @@ MAX_OPEN_RUNS = 64
 CHUNK_EVENTS = 100_000
 # Delay histogram resolution: one bucket per minute up to a day, then per hour (bounded memory).
 _DAY_MINUTES = 24 * 60
-
-
-def phone_zone(rules: Rules, event: CallResult) -> str:
-    """The phone's zone: the event's, else its plan's, else the default."""
-    plan = rules.plans.get(event.plan_id)
-    return event.timezone or (plan.timezone if plan else None) or rules.default_timezone
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,6 +370,7 @@ class Comparison:
 
     simulation: Simulation
     differing: int = 0
+    pending: int = 0  # recalls still pending when the simulation ended
     sample: list[Difference] = field(default_factory=list)
     sample_size: int = 20
 

@@ -21,6 +21,7 @@ from worker.cli.common import (
     read_rules,
     rules_option,
 )
+from worker.engine import phone_zone
 from worker.events import CallResult
 from worker.replay import (
     Comparison,
@@ -29,7 +30,6 @@ from worker.replay import (
     Simulation,
     Summary,
     finish,
-    phone_zone,
     sorted_events,
 )
 from worker.rules import Rules
@@ -193,7 +193,7 @@ def _dry(
         progress.tick()
     pending = finish(simulation, until)
     if comparison is not None:
-        finish(comparison.simulation, until)
+        comparison.pending = finish(comparison.simulation, until)
     return simulation.summary, pending, comparison
 
 
@@ -209,7 +209,7 @@ def _applied(
 
     from worker.db import session_scope
     from worker.models import DeadLetter, Recall
-    from worker.store import apply_events, chunks, fire_due, record_dead_letters
+    from worker.store import Letter, apply_events, chunks, fire_due, record_dead_letters
 
     summary = Summary()
     batch: list[CallResult] = []
@@ -249,15 +249,8 @@ def _applied(
         record_dead_letters(
             session,
             (
-                {
-                    "task": "replay",
-                    "event_id": rejection.event_id,
-                    "reason": rejection.reason,
-                    "detail": detail,
-                    "payload": rejection.payload,
-                    "received_at": until,
-                }
-                for detail, rejection in letters.items()
+                Letter("replay", r.reason, detail, r.payload, until, r.event_id)
+                for detail, r in letters.items()
                 if detail not in known
             ),
         )
@@ -276,40 +269,33 @@ def _result(
     comparison: Comparison | None,
     rules: Rules,
 ) -> dict[str, Any]:
-    base = {
-        **summary.to_json(),
-        "recalls_pending": pending,
-        "recalls_by_local_hour": {str(h): summary.recalls_by_local_hour[h] for h in range(24)},
-        "delay_minutes_histogram": {str(k): v for k, v in sorted(summary.delay_minutes.items())},
-    }
     result: dict[str, Any] = {
         "mode": "dry-run" if dry_run else "applied",
         "rules": " + ".join(rules.sources),
         "elapsed_s": round(elapsed, 3),
         "events_per_s": round(summary.events / elapsed) if elapsed > 0 else None,
-        "summary": base,
+        "summary": _summary_json(summary, pending),
         "rejections_sample": [rejection.to_json() for rejection in rejections],
     }
     if comparison is not None:
         other = comparison.simulation
         result["compare"] = {
             "rules": " + ".join(other.rules.sources),
-            "summary": {
-                **other.summary.to_json(),
-                "recalls_pending": sum(
-                    1 for s in other.phones.values() if s.pending_recall_id is not None
-                ),
-                "recalls_by_local_hour": {
-                    str(h): other.summary.recalls_by_local_hour[h] for h in range(24)
-                },
-                "delay_minutes_histogram": {
-                    str(k): v for k, v in sorted(other.summary.delay_minutes.items())
-                },
-            },
+            "summary": _summary_json(other.summary, comparison.pending),
             "differing_decisions": comparison.differing,
             "sample": [difference.to_json() for difference in comparison.sample],
         }
     return result
+
+
+def _summary_json(summary: Summary, pending: int) -> dict[str, Any]:
+    """One rule set's summary, with what the text and the HTML report need besides."""
+    return {
+        **summary.to_json(),
+        "recalls_pending": pending,
+        "recalls_by_local_hour": {str(h): summary.recalls_by_local_hour[h] for h in range(24)},
+        "delay_minutes_histogram": {str(k): v for k, v in sorted(summary.delay_minutes.items())},
+    }
 
 
 def _text(result: dict[str, Any]) -> str:
