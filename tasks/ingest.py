@@ -13,7 +13,7 @@ from worker.app import app
 from worker.metrics import record
 from worker.pipeline import ingest, raw_text
 from worker.runtime import current_rules
-from worker.store import record_dead_letters
+from worker.store import Letter, record_dead_letters
 
 log = logging.getLogger(__name__)
 
@@ -21,19 +21,8 @@ log = logging.getLogger(__name__)
 def _refuse(task: RecallTask, detail: str, payload: object, event_id: str | None = None) -> None:
     """Keep an input the task cannot take as a dead letter (invalid_event)."""
     with task.transaction() as session:
-        record_dead_letters(
-            session,
-            [
-                {
-                    "task": task.name,
-                    "event_id": event_id,
-                    "reason": "invalid_event",
-                    "detail": detail,
-                    "payload": raw_text(payload),
-                    "received_at": task.now(),
-                }
-            ],
-        )
+        letter = Letter(task.name, "invalid_event", detail, raw_text(payload), task.now(), event_id)
+        record_dead_letters(session, [letter])
     record.dead_letters("invalid_event")
     log.warning("refused by %s: %s", task.name, detail)
 

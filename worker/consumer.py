@@ -23,16 +23,9 @@ def keep_refused_message(task: str, detail: str, body: object) -> None:
     from worker.db import session_scope
     from worker.metrics import record
     from worker.pipeline import raw_text
-    from worker.store import record_dead_letters
+    from worker.store import Letter, record_dead_letters
 
-    letter = {
-        "task": task[:64],
-        "event_id": None,
-        "reason": "invalid_event",
-        "detail": detail,
-        "payload": raw_text(body),
-        "received_at": datetime.now(UTC),
-    }
+    letter = Letter(task, "invalid_event", detail, raw_text(body), datetime.now(UTC))
     try:
         with session_scope() as session:
             record_dead_letters(session, [letter])

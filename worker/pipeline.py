@@ -10,7 +10,6 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
 
 import orjson
 from sqlalchemy import select
@@ -20,7 +19,7 @@ from worker.engine import Decision
 from worker.events import MAX_EVENT_BYTES, CallResult, InvalidEvent, parse_event, parse_event_json
 from worker.models import DeadLetter
 from worker.rules import Rules
-from worker.store import apply_events, record_dead_letters
+from worker.store import Letter, apply_events, record_dead_letters
 
 __all__ = ["IngestReport", "Rejected", "accept", "ingest", "raw_text", "replay_dead_letters"]
 
@@ -105,19 +104,10 @@ def ingest(
 ) -> IngestReport:
     """Validate, decide and store ``payloads`` (decoded events or JSON texts) in one go."""
     good: list[CallResult] = []
-    letters: list[dict[str, Any]] = []
+    letters: list[Letter] = []
 
     def reject(raw: object, reason: str, detail: str, event_id: str | None) -> None:
-        letters.append(
-            {
-                "task": task,
-                "event_id": event_id,
-                "reason": reason,
-                "detail": detail,
-                "payload": raw_text(raw),
-                "received_at": now,
-            }
-        )
+        letters.append(Letter(task, reason, detail, raw_text(raw), now, event_id))
 
     for raw in payloads:
         try:
@@ -127,7 +117,7 @@ def ingest(
 
     report = IngestReport(apply_events(session, good, rules, now).decisions)
     report.dead_letters = record_dead_letters(session, letters)
-    report.rejected = [(item["event_id"], item["reason"], item["detail"]) for item in letters]
+    report.rejected = [(item.event_id, item.reason, item.detail) for item in letters]
     report.events = good
     return report
 

@@ -28,6 +28,7 @@ from worker.state import PhoneState, attempt_lookback, decision_json
 __all__ = [
     "Applied",
     "Fired",
+    "Letter",
     "apply_events",
     "claim_due",
     "fire_due",
@@ -326,14 +327,28 @@ def _storable(text: str | None) -> str | None:
     return text
 
 
-def record_dead_letters(session: Session, letters: Iterable[dict[str, Any]]) -> int:
-    """Keep rejected inputs (keys: task, event_id, reason, detail, payload, received_at)."""
+@dataclass(frozen=True, slots=True)
+class Letter:
+    """A rejected input to keep: which task refused it, why, and the payload as text."""
+
+    task: str
+    reason: str
+    detail: str
+    payload: str
+    received_at: datetime
+    event_id: str | None = None
+
+
+def record_dead_letters(session: Session, letters: Iterable[Letter]) -> int:
+    """Keep rejected inputs in the dead-letter store; return how many."""
     rows = [
         {
-            **letter,
-            "event_id": _storable(letter["event_id"]),
-            "detail": _storable(letter["detail"]),
-            "payload": _storable(letter["payload"]),
+            "task": letter.task[:64],
+            "event_id": _storable(letter.event_id),
+            "reason": letter.reason,
+            "detail": _storable(letter.detail),
+            "payload": _storable(letter.payload),
+            "received_at": letter.received_at,
             "status": "new",
         }
         for letter in letters
