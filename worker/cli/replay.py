@@ -47,9 +47,9 @@ SHOWN_REJECTIONS = 5
 class Progress:
     """Events done, rate and time left, on one refreshed line, only when stderr is a terminal."""
 
-    def __init__(self, total: int, enabled: bool) -> None:
+    def __init__(self, total: int, enabled: bool, started: float) -> None:
         self.total, self.enabled = total, enabled
-        self.started = self.shown = time.monotonic()
+        self.started, self.shown = started, time.monotonic()
         self.done = 0
 
     def tick(self, count: int = 1) -> None:
@@ -149,11 +149,12 @@ def replay(
             from worker.cli.services import ready_database
 
             ready_database(migrate=get_settings().embedded)
+        started = time.monotonic()  # the rate counts reading and sorting too
         try:
             events = stack.enter_context(sorted_events(files, rules, on_reject, on_read=on_read))
         except SourceError as error:
             raise CommandError(str(error)) from None
-        progress = Progress(events.count, interactive)
+        progress = Progress(events.count, interactive, started)
         if dry_run:
             summary, pending, comparison = _dry(
                 events, rules, compare_rules, until, progress, decisions_out
