@@ -39,29 +39,49 @@ def history(events: int) -> Path:
     return path
 
 
-# The child reports its own peak RSS (ru_maxrss of itself, KiB on Linux) on its last stderr line.
-CHILD = (
-    "import resource, runpy, sys\n"
-    "sys.argv = ['recall', *sys.argv[1:]]\n"
-    "try:\n"
-    "    runpy.run_module('worker', run_name='__main__')\n"
-    "finally:\n"
-    "    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
-)
+def _tree_rss_kib(root: int) -> int:
+    """Resident memory of ``root`` and all its descendants now, in KiB (from /proc)."""
+    parents: dict[int, int] = {}
+    rss: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            status = (entry / "status").read_text()
+        except OSError:  # gone meanwhile
+            continue
+        pid = int(entry.name)
+        parents[pid] = int(fields[1])
+        line = next((x for x in status.splitlines() if x.startswith("VmRSS:")), "VmRSS: 0 kB")
+        rss[pid] = int(line.split()[1])
+    tree, changed = {root}, True
+    while changed:
+        grown = {pid for pid, parent in parents.items() if parent in tree} | tree
+        changed, tree = grown != tree, grown
+    return sum(rss.get(pid, 0) for pid in tree)
 
 
 def run(args: list[str], env: dict[str, str]) -> tuple[dict[str, Any], float, float]:
-    """Run ``recall replay`` in a child; return its JSON result, wall seconds, peak RSS MiB."""
+    """Run ``recall replay``; return its JSON result, wall seconds, peak RSS MiB of its processes.
+
+    The peak is the largest sum, sampled every 0.1 s, of the resident memory of the command and
+    every process it started (a dry run splits the phones across processes).
+    """
+    command = [sys.executable, "-m", "worker", "replay", *args, "--now", NOW, "--json"]
     started = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-c", CHILD, "replay", *args, "--now", NOW, "--json"],
-        cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True,
-    )  # fmt: skip
+    with subprocess.Popen(
+        command, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as child:
+        peak = 0
+        while child.poll() is None:
+            peak = max(peak, _tree_rss_kib(child.pid))
+            time.sleep(0.1)
+        out, err = child.communicate()
     wall = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(f"replay failed ({done.returncode}):\n{done.stderr}")
-    peak_kib = int(done.stderr.strip().splitlines()[-1])
-    return json.loads(done.stdout), wall, peak_kib / 1024
+    if child.returncode != 0:
+        raise SystemExit(f"replay failed ({child.returncode}):\n{err.decode()}")
+    return json.loads(out), wall, peak / 1024
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ import heapq
 import os
 import shutil
 import tempfile
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack
@@ -57,6 +58,8 @@ class Rejection:
     detail: str
     payload: str
     event_id: str | None = None
+    #: Where its file stands among the files replayed (orders rejections across processes).
+    file_index: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -67,6 +70,21 @@ class Rejection:
             "detail": self.detail,
             "payload": self.payload,
         }
+
+
+#: Where an event stands in the replay order: (microseconds since the epoch, file index, line).
+Position = tuple[int, int, int]
+
+
+def share_of(raw: object, shares: int) -> int:
+    """Which of ``shares`` processes replays a record: a stable hash of its phone id.
+
+    A record with no readable phone id goes to the first, which rejects it.
+    """
+    phone_id = raw.get("phone_id") if isinstance(raw, dict) else None
+    if not isinstance(phone_id, str):
+        return 0
+    return zlib.crc32(phone_id.encode("utf-8", "surrogatepass")) % shares
 
 
 def _sort_key(event: CallResult) -> int:
@@ -123,7 +141,9 @@ class SortedEvents:
         *,
         chunk: int = CHUNK_EVENTS,
         on_read: Callable[[int], None] | None = None,
+        share: tuple[int, int] = (0, 1),
     ) -> None:
+        self._share = share
         self._run: list[tuple[int, int, int, CallResult]] = []
         self._spilled: list[str] = []
         self._directory: str | None = None
@@ -142,8 +162,11 @@ class SortedEvents:
         chunk: int,
         on_read: Callable[[int], None] | None,
     ) -> None:
+        index, shares = self._share
         for file_index, path in enumerate(files):
             for number, raw in iter_records(path):
+                if shares > 1 and share_of(raw, shares) != index:
+                    continue
                 try:
                     event = accept(raw, rules)
                 except Rejected as error:
@@ -151,7 +174,7 @@ class SortedEvents:
                     on_reject(
                         Rejection(
                             str(path), number, error.reason, error.detail, raw_text(raw),
-                            event_id if isinstance(event_id, str) else None,
+                            event_id if isinstance(event_id, str) else None, file_index,
                         )
                     )  # fmt: skip
                     continue
@@ -168,10 +191,15 @@ class SortedEvents:
         self._spilled.append(_spill(self._run, self._directory))
 
     def __iter__(self) -> Iterator[CallResult]:
+        for _, event in self.positioned():
+            yield event
+
+    def positioned(self) -> Iterator[tuple[Position, CallResult]]:
+        """The events in order, each with its position: (time key, file index, line)."""
         if not self._spilled:
             self._run.sort()
-            for _, _, _, event in self._run:
-                yield event
+            for key, file_index, number, event in self._run:
+                yield (key, file_index, number), event
             return
         if self._run:
             self._spill()
@@ -179,7 +207,8 @@ class SortedEvents:
             group, self._spilled = self._spilled[:MAX_OPEN_RUNS], self._spilled[MAX_OPEN_RUNS:]
             self._spilled.append(self._merge_to_file(group))
         streams = [_read_run(path) for path in self._spilled]
-        yield from map(_event, heapq.merge(*streams))
+        for row in heapq.merge(*streams):
+            yield (row[0], row[1], row[2]), _event(row)
 
     def _merge_to_file(self, paths: list[str]) -> str:
         assert self._directory is not None
@@ -253,6 +282,16 @@ class Summary:
         minutes = int(delay) if delay < _DAY_MINUTES else int(delay // 60) * 60
         self.delay_minutes[minutes] += 1
         self.recalls_by_local_hour[decision.due_at.astimezone(timezone(zone)).hour] += 1
+
+    def merge(self, other: Summary) -> None:
+        """Add ``other``'s counts (another process's share of the phones) to these."""
+        self.events += other.events
+        for name in ("actions", "reasons", "sources", "recalls_by_sip_class"):
+            getattr(self, name).update(getattr(other, name))
+        self.recalls_by_local_hour.update(other.recalls_by_local_hour)
+        self.delay_minutes.update(other.delay_minutes)
+        self.fired += other.fired
+        self.dead_letters += other.dead_letters
 
     def delay_percentile(self, fraction: float) -> float | None:
         """The recall delay at ``fraction`` (0.5 = median), in seconds, to a minute's accuracy."""

@@ -33,6 +33,7 @@ from worker.replay import (
     sorted_events,
 )
 from worker.rules import Rules
+from worker.shares import default_shares, replay_in_shares
 from worker.sources import SourceError
 
 # Events per transaction when applying: big enough for bulk statements to pay, small enough
@@ -53,19 +54,24 @@ class Progress:
         self.done = 0
 
     def tick(self, count: int = 1) -> None:
-        self.done += count
+        self.at(self.done + count)
+
+    def at(self, done: int) -> None:
+        self.done = done
         now = time.monotonic()
         if self.enabled and now - self.shown >= 0.5:
             self.shown = now
             rate = self.done / max(now - self.started, 1e-9)
-            left = (self.total - self.done) / rate if rate else 0
-            percent = 100 * self.done / max(self.total, 1)
-            click.echo(
-                f"\rreplayed {self.done:,}/{self.total:,} ({percent:.0f}%)"
-                f"  {rate:,.0f} events/s  {left:,.0f}s left   ",
-                nl=False,
-                err=True,
-            )
+            if not self.total:  # processes in parallel: their total is theirs to know
+                line = f"replayed {self.done:,}  {rate:,.0f} events/s"
+            else:
+                left = (self.total - self.done) / rate if rate else 0
+                percent = 100 * self.done / max(self.total, 1)
+                line = (
+                    f"replayed {self.done:,}/{self.total:,} ({percent:.0f}%)"
+                    f"  {rate:,.0f} events/s  {left:,.0f}s left"
+                )
+            click.echo(f"\r{line}   ", nl=False, err=True)
 
     def close(self) -> float:
         if self.enabled:
@@ -96,6 +102,12 @@ class Progress:
     metavar="ISO",
     help="End of the simulation (default: now): recalls due later stay pending.",
 )
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    help="Processes for a dry run, each taking a share of the phones (default: one per core);"
+    " applied replays run in one.",
+)
 @rules_option
 @json_option
 def replay(
@@ -106,6 +118,7 @@ def replay(
     report: Path | None,
     rejects_path: Path | None,
     now_text: str | None,
+    jobs: int | None,
     rules_path: Path | None,
     as_json: bool,
 ) -> None:
@@ -150,18 +163,35 @@ def replay(
 
             ready_database(migrate=get_settings().embedded)
         started = time.monotonic()  # the rate counts reading and sorting too
-        try:
-            events = stack.enter_context(sorted_events(files, rules, on_reject, on_read=on_read))
-        except SourceError as error:
-            raise CommandError(str(error)) from None
-        progress = Progress(events.count, interactive, started)
-        if dry_run:
-            summary, pending, comparison = _dry(
-                events, rules, compare_rules, until, progress, decisions_out
-            )
-        else:
-            summary, pending = _applied(events, rules, until, progress, decisions_out, rejected)
-            comparison = None
+        shares = (jobs or default_shares()) if dry_run else 1
+        shared = None
+        if shares > 1:
+            progress = Progress(0, interactive, started)
+            try:
+                shared = replay_in_shares(
+                    files, rules, compare_rules, until, shares, on_reject=on_reject,
+                    on_decision=decisions_out.write if output else None, on_progress=progress.at,
+                )  # fmt: skip
+            except SourceError as error:
+                raise CommandError(str(error)) from None
+        if shared is not None:
+            summary, pending, comparison = shared.summary, shared.pending, shared.comparison
+            progress.done = summary.events
+        else:  # one process; also when an event id was sent for phones in two shares
+            try:
+                events = stack.enter_context(
+                    sorted_events(files, rules, on_reject, on_read=on_read)
+                )
+            except SourceError as error:
+                raise CommandError(str(error)) from None
+            progress = Progress(events.count, interactive, started)
+            if dry_run:
+                summary, pending, comparison = _dry(
+                    events, rules, compare_rules, until, progress, decisions_out
+                )
+            else:
+                summary, pending = _applied(events, rules, until, progress, decisions_out, rejected)
+                comparison = None
         summary.dead_letters = rejection_count
         elapsed = progress.close()
 
