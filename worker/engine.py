@@ -250,7 +250,7 @@ def _respect_caps_and_hours(
     for cap in plan.max_attempts:
         # Only attempts whose window can still be open at `due` count; skipping the rest
         # before any zone arithmetic keeps a long history cheap.
-        horizon = due.timestamp() - cap.within.longest.total_seconds()
+        horizon = due.timestamp() - cap.within.longest_seconds
         recent = [attempt for attempt in attempts if attempt.timestamp() > horizon]
         if len(recent) < cap.count:
             continue

@@ -333,6 +333,7 @@ class Simulation:
         #: Event ids taken lately, across phones; forgotten after the lookback (see _compact).
         self.recent_ids: dict[str, datetime] = {}
         self._taken = 0
+        self._next_compaction = 50_000
 
     def advance(self, until: datetime) -> None:
         """Fire every recall due at or before ``until``, at its due time."""
@@ -375,8 +376,11 @@ class Simulation:
             )
         self.summary.add(event, decision, phone_zone(self.rules, event))
         self._taken += 1
-        if self._taken % 50_000 == 0:
+        # Compaction visits every phone: run it once per phone-count of events (at least 50,000)
+        # so that its cost per event stays constant however many phones there are.
+        if self._taken >= self._next_compaction:
             self._compact(event.occurred_at)
+            self._next_compaction = self._taken + max(50_000, len(self.phones))
         return decision
 
     def _compact(self, now: datetime) -> None:

@@ -61,6 +61,20 @@ class Duration:
     days: int = 0
     hours: int = 0
     minutes: int = 0
+    #: Worked out once: every decision asks for them.
+    longest_seconds: float = field(init=False, repr=False, compare=False)
+    text: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        slack = timedelta(hours=1) if self.days else timedelta(0)
+        longest = timedelta(days=self.days, hours=self.hours, minutes=self.minutes) + slack
+        object.__setattr__(self, "longest_seconds", longest.total_seconds())
+        parts = [
+            f"{value}{unit}"
+            for value, unit in ((self.days, "d"), (self.hours, "h"), (self.minutes, "m"))
+            if value
+        ]
+        object.__setattr__(self, "text", " ".join(parts) or "0m")
 
     def add_to(self, moment: datetime) -> datetime:
         """Return ``moment`` plus this duration: days on the local calendar, hours elapsed.
@@ -85,8 +99,7 @@ class Duration:
     @property
     def longest(self) -> timedelta:
         """The most elapsed time this duration can span (a calendar day may last 25 hours)."""
-        slack = timedelta(hours=1) if self.days else timedelta(0)
-        return timedelta(days=self.days, hours=self.hours, minutes=self.minutes) + slack
+        return timedelta(seconds=self.longest_seconds)
 
     def to_table(self) -> dict[str, int]:
         return {
@@ -100,12 +113,7 @@ class Duration:
         } or {"minutes": 0}
 
     def __str__(self) -> str:
-        parts = [
-            f"{value}{unit}"
-            for value, unit in ((self.days, "d"), (self.hours, "h"), (self.minutes, "m"))
-            if value
-        ]
-        return " ".join(parts) or "0m"
+        return self.text
 
 
 @dataclass(frozen=True, slots=True)
