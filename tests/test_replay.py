@@ -665,6 +665,53 @@ def test_applied_replay_rebuilds_state_once_and_is_idempotent(
     assert len(json_of(recall("dead-letters", "list", "--json"))) == len(BAD)
 
 
+def test_an_applied_replay_in_processes_leaves_the_one_process_database(
+    tmp_path: Path, rules_file: Path, postgres: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL takes writers in parallel: each process applies its share of the phones."""
+    write_jsonl(history(seed=23, leads=400), tmp_path / "gen.jsonl")
+    # An id sent again for a phone of another process: the split is refused, one process runs.
+    crossing = [ev("x1", "N", t("10:00")), ev("x1", "A", t("10:01"))]
+    files = (tmp_path / "gen.jsonl", write_lines(tmp_path / "hand.jsonl", [*HAND, *BAD]))
+    # Written by the clock of the batch (its last event): not the same for every split.
+    batch_clock = {"processed_at", "created_at", "updated_at"}
+    states = []
+    for jobs, extra in (("1", ()), ("2", ()), ("2", (crossing,)), ("1", (crossing,))):
+        url = postgres.create_database()
+        try:
+            upgrade(url)
+            use_database(monkeypatch, url)
+            more = [write_lines(tmp_path / f"x{len(states)}.jsonl", e) for e in extra]
+            out = tmp_path / f"out-{len(states)}.jsonl"
+            result = replay_json(
+                *files, *more, "--now", APPLY_NOW, "--rules", rules_file, "--jobs", jobs,
+                "--output", out,
+            )  # fmt: skip
+            engine = make_engine(url)
+            with engine.connect() as connection:
+                rows = {
+                    table.name: sorted(
+                        (
+                            tuple(v for k, v in row._mapping.items() if k not in batch_clock)
+                            for row in connection.execute(select(table))
+                        ),
+                        key=repr,
+                    )
+                    for table in Base.metadata.sorted_tables
+                }
+            engine.dispose()
+            del result["elapsed_s"], result["events_per_s"]
+            states.append((result, out.read_bytes(), rows))
+        finally:
+            reset_process_state()
+            postgres.drop_database(url)
+
+    assert states[0] == states[1]
+    assert states[2] == states[3]
+    assert states[2][0]["summary"]["actions"]["duplicate"] == 1
+    assert len(states[0][2]["events"]) > 1000
+
+
 # --- 7. bad rows ---------------------------------------------------------------------------------
 
 

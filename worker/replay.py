@@ -8,6 +8,7 @@ uses. Memory grows with the number of distinct phones, not with the number of ev
 
 from __future__ import annotations
 
+import gc
 import heapq
 import os
 import shutil
@@ -15,7 +16,7 @@ import tempfile
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -30,12 +31,17 @@ from worker.pipeline import Rejected, accept, raw_text
 from worker.rules import Rules
 from worker.sources import iter_records
 from worker.state import PhoneState, attempt_lookback
+from worker.store import apply_events
 
 __all__ = [
     "CHUNK_EVENTS",
     "Rejection",
     "Simulation",
     "Summary",
+    "apply",
+    "fewer_collections",
+    "share_of",
+    "simulate",
     "sorted_events",
 ]
 
@@ -92,6 +98,24 @@ def _sort_key(event: CallResult) -> int:
     return round(event.occurred_at.timestamp() * 1_000_000)
 
 
+@contextmanager
+def fewer_collections() -> Iterator[None]:
+    """Run the cyclic garbage collector rarely while the block runs.
+
+    A replay keeps millions of long-lived objects (phone states, their attempts): with the default
+    thresholds the collector re-scans them so often that it took half of a million-event replay.
+    Replay makes no reference cycles per event, so collecting every 100,000 allocations is plenty.
+    """
+    thresholds = gc.get_threshold()
+    gc.freeze()  # what exists already (modules, rules) is never collected again
+    gc.set_threshold(100_000, 50, 100)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
+
+
 def _row(key: int, file_index: int, number: int, event: CallResult) -> tuple[Any, ...]:
     # A spilled event: its sort position, then its fields, already validated.
     return (
@@ -142,8 +166,10 @@ class SortedEvents:
         chunk: int = CHUNK_EVENTS,
         on_read: Callable[[int], None] | None = None,
         share: tuple[int, int] = (0, 1),
+        on_accept: Callable[[CallResult], None] | None = None,
     ) -> None:
         self._share = share
+        self._on_accept = on_accept
         self._run: list[tuple[int, int, int, CallResult]] = []
         self._spilled: list[str] = []
         self._directory: str | None = None
@@ -178,6 +204,8 @@ class SortedEvents:
                         )
                     )  # fmt: skip
                     continue
+                if self._on_accept is not None:
+                    self._on_accept(event)
                 self._run.append((_sort_key(event), file_index, number, event))
                 self.count += 1
                 if on_read is not None and self.count % 10_000 == 0:
@@ -416,6 +444,8 @@ class Difference:
     phone_id: str
     base: dict[str, Any]
     other: dict[str, Any]
+    #: Where the event stands in the replay (orders samples from several processes).
+    position: Position = (0, 0, 0)
 
     def to_json(self) -> dict[str, Any]:
         keys = ("action", "due_at", "reason", "rule", "adjustments")
@@ -437,17 +467,83 @@ class Comparison:
     sample: list[Difference] = field(default_factory=list)
     sample_size: int = 20
 
-    def add(self, event: CallResult, base: Decision) -> None:
+    def add(self, event: CallResult, base: Decision, position: Position = (0, 0, 0)) -> None:
         other = self.simulation.take(event)
         first, second = base.to_json(), other.to_json()
         if all(first[key] == second[key] for key in ("action", "due_at", "reason", "rule")):
             return
         self.differing += 1
         if len(self.sample) < self.sample_size:
-            self.sample.append(Difference(event.event_id, event.phone_id, first, second))
+            sample = Difference(event.event_id, event.phone_id, first, second, position)
+            self.sample.append(sample)
 
 
 def finish(simulation: Simulation, until: datetime) -> int:
     """End of the simulation: fire what is due by ``until``; return the recalls still pending."""
     simulation.advance(until)
     return sum(1 for state in simulation.phones.values() if state.pending_recall_id is not None)
+
+
+OnDecision = Callable[[Position, Decision], None]
+
+
+def simulate(
+    events: Iterable[tuple[Position, CallResult]],
+    simulation: Simulation,
+    comparison: Comparison | None = None,
+    *,
+    on_decision: OnDecision | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> None:
+    """Take ``events`` (in replay order) into the simulation, and into the what-if beside it."""
+    for position, event in events:
+        decision = simulation.take(event)
+        if on_decision is not None:
+            on_decision(position, decision)
+        if comparison is not None:
+            comparison.add(event, decision, position)
+        if on_progress is not None:
+            on_progress(1)
+
+
+# Events per transaction when applying: big enough for bulk statements to pay, small enough
+# that a transaction never holds locks for long while a live worker runs beside it.
+APPLY_BATCH = 5000
+
+
+def apply(
+    events: Iterable[tuple[Position, CallResult]],
+    rules: Rules,
+    summary: Summary,
+    *,
+    on_decision: OnDecision | None = None,
+    on_progress: Callable[[int], None] | None = None,
+    batch_size: int = APPLY_BATCH,
+) -> None:
+    """Write ``events`` (in replay order) to the database through the worker's own code.
+
+    Each batch is one transaction of ``apply_events`` on the simulated clock (each event decided
+    as of its own time, recalls due before it fired first); ``summary`` counts what was decided.
+    """
+    from worker.db import session_scope  # dry runs never load it
+
+    batch: list[tuple[Position, CallResult]] = []
+
+    def flush() -> None:
+        with session_scope() as session:
+            applied = apply_events(session, [event for _, event in batch], rules, None)
+        for (position, event), decision in zip(batch, applied.decisions, strict=True):
+            summary.add(event, decision, phone_zone(rules, event))
+            if on_decision is not None:
+                on_decision(position, decision)
+        summary.fired += applied.fired
+        if on_progress is not None:
+            on_progress(len(batch))
+        batch.clear()
+
+    for item in events:
+        batch.append(item)
+        if len(batch) >= batch_size:
+            flush()
+    if batch:
+        flush()

@@ -1,10 +1,11 @@
-"""Dry replays split by phone across processes (``recall replay --jobs N``).
+"""Replays split by phone across processes (``recall replay --jobs N``).
 
 Phones never change each other: each process reads every file but keeps only the records of its
-share of the phones (a stable hash of ``phone_id``), then validates, sorts, decides and simulates
-them exactly as a single process would. Only the event id crosses phones (a copy sent for another
-phone is a duplicate), so each process keeps a sorted list of hashes of the event ids it took; if
-two processes took the same id, the split is not exact and the caller replays in one process.
+share of the phones (a stable hash of ``phone_id``), then validates and sorts them, and decides
+them exactly as a single process would, in memory (dry) or into the database (applied). Only the
+event id crosses phones (a copy sent for another phone is a duplicate), so once every process has
+read its share, each hands over a sorted list of hashes of the event ids it took; if two took the
+same id the split would not be exact, nothing is decided, and the caller replays in one process.
 Decisions and rejections are merged back into the single process's order.
 """
 
@@ -25,6 +26,7 @@ from typing import Any
 
 import orjson
 
+from worker.engine import Decision
 from worker.replay import (
     CHUNK_EVENTS,
     Comparison,
@@ -34,7 +36,9 @@ from worker.replay import (
     Simulation,
     SortedEvents,
     Summary,
+    apply,
     finish,
+    simulate,
 )
 from worker.rules import Rules
 from worker.sources import SourceError
@@ -43,33 +47,72 @@ __all__ = ["Shared", "default_shares", "replay_in_shares"]
 
 # Event-id hashes read back at a time when checking that no id crossed processes.
 _ID_BLOCK = 65_536
-
-
-@dataclass
-class _Share:
-    """What one process sends back (its files stay in the shared temporary directory)."""
-
-    summary: Summary
-    pending: int
-    compare_summary: Summary | None = None
-    compare_pending: int = 0
-    differing: int = 0
-    sample: list[tuple[Position, Difference]] = field(default_factory=list)
+_GO, _STOP = "go", "stop"
 
 
 @dataclass
 class Shared:
-    """The merged result of every share, shaped as a single-process dry run's."""
+    """The processes' results merged, shaped as a single-process replay's."""
 
     summary: Summary
-    pending: int
-    comparison: Comparison | None
+    pending: int = 0  # recalls still pending at the end (dry runs)
+    comparison: Comparison | None = None
 
 
-def _write_ids(ids: list[int], path: str) -> None:
-    with open(path, "wb") as out:
-        array("q", sorted(set(ids))).tofile(out)
-    ids.clear()
+@dataclass(frozen=True)
+class _Job:
+    """What every process is asked to do (inherited through fork, never pickled)."""
+
+    files: Sequence[Path]
+    rules: Rules
+    compare_rules: Rules | None
+    until: datetime
+    applied: bool
+    with_decisions: bool
+    chunk: int
+    directory: str
+
+
+@dataclass
+class _Part:
+    """What one process sends back: counts only (its files stay in the shared directory)."""
+
+    summary: Summary
+    pending: int = 0
+    compare_summary: Summary | None = None
+    compare_pending: int = 0
+    differing: int = 0
+    sample: list[Difference] = field(default_factory=list)
+
+
+class _IdHashes:
+    """Hashes of the event ids a process took, kept as one sorted, distinct file on disk."""
+
+    def __init__(self, path: str, chunk: int) -> None:
+        self.path, self.chunk = path, chunk
+        self._pending: list[int] = []
+        self._runs: list[str] = []
+
+    def add(self, event_id: str) -> None:
+        # Python's string hash is the same in every process forked from one parent.
+        self._pending.append(hash(event_id))
+        if len(self._pending) >= self.chunk:
+            self._spill()
+
+    def _spill(self) -> None:
+        self._runs.append(f"{self.path}.{len(self._runs)}")
+        with open(self._runs[-1], "wb") as out:
+            array("q", sorted(set(self._pending))).tofile(out)
+        self._pending.clear()
+
+    def finish(self) -> None:
+        self._spill()
+        merged = _distinct(heapq.merge(*(_read_ids(path) for path in self._runs)))
+        with open(self.path, "wb") as out:
+            while block := array("q", itertools.islice(merged, _ID_BLOCK)):
+                block.tofile(out)
+        for path in self._runs:
+            os.unlink(path)
 
 
 def _read_ids(path: str) -> Iterator[int]:
@@ -86,24 +129,19 @@ def _distinct(values: Iterator[int]) -> Iterator[int]:
             last = value
 
 
-def _run_share(
-    index: int,
-    shares: int,
-    files: Sequence[Path],
-    rules: Rules,
-    compare_rules: Rules | None,
-    until: datetime,
-    chunk: int,
-    directory: str,
-    with_decisions: bool,
-    counter: Any,
-) -> _Share:
-    base = os.path.join(directory, str(index))
-    simulation = Simulation(rules)
-    comparison = Comparison(Simulation(compare_rules)) if compare_rules is not None else None
-    sample: list[tuple[Position, Difference]] = []
-    ids: list[int] = []
-    id_files: list[str] = []
+def _ids_cross(paths: Sequence[str]) -> bool:
+    """Whether any hash is in two of the files (each sorted and distinct)."""
+    last = None
+    for value in heapq.merge(*(_read_ids(path) for path in paths)):
+        if value == last:
+            return True
+        last = value
+    return False
+
+
+def _run_share(job: _Job, index: int, shares: int, counter: Any, parent: Any) -> _Part | None:
+    base = os.path.join(job.directory, str(index))
+    ids = _IdHashes(f"{base}.ids", job.chunk)
     with (
         open(f"{base}.rejects", "wb") as rejects,
         open(f"{base}.decisions", "wb") as decisions,
@@ -113,63 +151,57 @@ def _run_share(
             row = (rejection.file_index, rejection.line, rejection.to_json())
             rejects.write(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE))
 
-        with SortedEvents(files, rules, on_reject, chunk=chunk, share=(index, shares)) as events:
-            done = 0
-            for position, event in events.positioned():
-                decision = simulation.take(event)
-                if with_decisions:
-                    row = (*position, decision.to_json())
-                    decisions.write(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE))
-                if comparison is not None:
-                    before = len(comparison.sample)
-                    comparison.add(event, decision)
-                    if len(comparison.sample) > before:
-                        sample.append((position, comparison.sample[-1]))
-                # Python's string hash is the same in every process forked from one parent.
-                ids.append(hash(event.event_id))
-                if len(ids) >= chunk:
-                    id_files.append(f"{base}.ids{len(id_files)}")
-                    _write_ids(ids, id_files[-1])
-                done += 1
-                if done % 1000 == 0:
-                    counter.value = done
-            counter.value = done
-    id_files.append(f"{base}.ids{len(id_files)}")
-    _write_ids(ids, id_files[-1])
-    # One sorted, distinct list of this share's event-id hashes.
-    with open(f"{base}.ids", "wb") as out:
-        merged = _distinct(heapq.merge(*(_read_ids(path) for path in id_files)))
-        while block := array("q", itertools.islice(merged, _ID_BLOCK)):
-            block.tofile(out)
-    share = _Share(simulation.summary, finish(simulation, until))
-    if comparison is not None:
-        share.compare_summary = comparison.simulation.summary
-        share.compare_pending = finish(comparison.simulation, until)
-        share.differing = comparison.differing
-        share.sample = sample
-    return share
+        def on_decision(position: Position, decision: Decision) -> None:
+            row = (*position, decision.to_json())
+            decisions.write(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE))
+
+        def on_progress(count: int) -> None:
+            counter.value += count
+
+        with SortedEvents(
+            job.files, job.rules, on_reject, chunk=job.chunk, share=(index, shares),
+            on_accept=lambda event: ids.add(event.event_id),
+        ) as events:  # fmt: skip
+            ids.finish()
+            parent.send(ids.path)
+            if parent.recv() != _GO:
+                return None
+            keep = on_decision if job.with_decisions else None
+            if job.applied:
+                from worker.db import get_engine  # dry runs never load it
+
+                get_engine().dispose(close=False)  # the parent's pooled connections stay its own
+                part = _Part(Summary())
+                apply(
+                    events.positioned(), job.rules, part.summary,
+                    on_decision=keep, on_progress=on_progress,
+                )  # fmt: skip
+                return part
+            simulation = Simulation(job.rules)
+            comparison = None
+            if job.compare_rules is not None:
+                comparison = Comparison(Simulation(job.compare_rules))
+            simulate(
+                events.positioned(), simulation, comparison,
+                on_decision=keep, on_progress=on_progress,
+            )  # fmt: skip
+    part = _Part(simulation.summary, finish(simulation, job.until))
+    if comparison is not None:  # its counts only: the phones (and the rules) stay here
+        part.compare_summary = comparison.simulation.summary
+        part.compare_pending = finish(comparison.simulation, job.until)
+        part.differing, part.sample = comparison.differing, comparison.sample
+    return part
 
 
-def _child(connection: Any, *args: Any) -> None:
+def _child(job: _Job, index: int, shares: int, counter: Any, parent: Any) -> None:
     try:
-        connection.send(_run_share(*args))
+        parent.send(_run_share(job, index, shares, counter, parent))
     except SourceError as error:
-        connection.send(error)
+        parent.send(error)
     except BaseException as error:  # the parent reports it; a traceback would be lost
-        connection.send(RuntimeError(f"replay process failed: {type(error).__name__}: {error}"))
+        parent.send(RuntimeError(f"replay process failed: {type(error).__name__}: {error}"))
     finally:
-        connection.close()
-
-
-def _ids_cross(directory: str, shares: int) -> bool:
-    """Whether any event id was taken by two processes (each list is sorted and distinct)."""
-    paths = [os.path.join(directory, f"{index}.ids") for index in range(shares)]
-    last = None
-    for value in heapq.merge(*(_read_ids(path) for path in paths)):
-        if value == last:
-            return True
-        last = value
-    return False
+        parent.close()
 
 
 def replay_in_shares(
@@ -179,53 +211,69 @@ def replay_in_shares(
     until: datetime,
     shares: int,
     *,
+    applied: bool = False,
     on_reject: Callable[[Rejection], None],
     on_decision: Callable[[dict[str, Any]], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
     chunk: int = CHUNK_EVENTS,
 ) -> Shared | None:
-    """A dry run of ``files`` in ``shares`` processes; None when it must run in one instead.
+    """Replay ``files`` in ``shares`` processes; None when it must run in one process instead.
 
-    Rejections and decisions are handed to the callbacks in the single process's order, and only
-    once every process has finished and the split is known to be exact.
+    Rejections and decisions are handed to the callbacks in the single process's order, once
+    every process has finished. Applied, the processes write to the database as they go and the
+    caller finishes the replay (fires or releases the held recalls, files the dead letters).
     """
     context = multiprocessing.get_context("fork")
-    chunk = max(1, chunk // shares)  # the processes together hold one chunk's worth of events
     directory = tempfile.mkdtemp(prefix="recall-replay-")
+    # The processes together hold one chunk's worth of events in memory, as one process would.
+    job = _Job(
+        files, rules, compare_rules, until, applied, on_decision is not None,
+        max(1, chunk // shares), directory,
+    )  # fmt: skip
+    counters = [context.Value("q", 0, lock=False) for _ in range(shares)]
+    pipes, processes = [], []
     try:
-        counters = [context.Value("q", 0, lock=False) for _ in range(shares)]
-        pipes, processes = [], []
         for index in range(shares):
-            receive, send = context.Pipe(duplex=False)
-            args = (index, shares, files, rules, compare_rules, until, chunk, directory,
-                    on_decision is not None)  # fmt: skip
-            process = context.Process(target=_child, args=(send, *args, counters[index]))
+            mine, theirs = context.Pipe()
+            process = context.Process(
+                target=_child, args=(job, index, shares, counters[index], theirs)
+            )
             process.start()
-            send.close()
-            pipes.append(receive)
+            theirs.close()
+            pipes.append(mine)
             processes.append(process)
-        results: list[Any] = [None] * shares
-        waiting = set(range(shares))
-        while waiting:
-            for index in list(waiting):
-                if pipes[index].poll(0.2):
-                    results[index] = pipes[index].recv()
-                    waiting.discard(index)
-                elif not processes[index].is_alive():
-                    code = processes[index].exitcode
-                    results[index] = RuntimeError(f"replay process died (exit code {code})")
-                    waiting.discard(index)
-            if on_progress is not None:
-                on_progress(sum(counter.value for counter in counters))
-        for process in processes:
-            process.join()
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
-        if _ids_cross(directory, shares):
+
+        def gather() -> list[Any]:
+            results: list[Any] = [None] * shares
+            waiting = set(range(shares))
+            while waiting:
+                for index in list(waiting):
+                    if pipes[index].poll(0.2):
+                        results[index] = pipes[index].recv()
+                        waiting.discard(index)
+                    elif not processes[index].is_alive():
+                        code = processes[index].exitcode
+                        results[index] = RuntimeError(f"replay process died (exit code {code})")
+                        waiting.discard(index)
+                if on_progress is not None:
+                    on_progress(sum(counter.value for counter in counters))
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+            return results
+
+        exact = not _ids_cross(gather())
+        for pipe in pipes:
+            pipe.send(_GO if exact else _STOP)
+        results = gather()
+        if not exact:
             return None
-        return _merge(results, directory, rules, compare_rules, on_reject, on_decision)
+        return _merge(results, directory, compare_rules, on_reject, on_decision)
     finally:
+        for process in processes:
+            if process.is_alive():
+                process.kill()
+            process.join()
         shutil.rmtree(directory, ignore_errors=True)
 
 
@@ -235,39 +283,35 @@ def _rows(path: str) -> Iterator[list[Any]]:
 
 
 def _merge(
-    results: list[_Share],
+    results: list[_Part],
     directory: str,
-    rules: Rules,
     compare_rules: Rules | None,
     on_reject: Callable[[Rejection], None],
     on_decision: Callable[[dict[str, Any]], None] | None,
 ) -> Shared:
-    shares = range(len(results))
-    for _, _, data in heapq.merge(
-        *(_rows(os.path.join(directory, f"{index}.rejects")) for index in shares),
-        key=lambda row: (row[0], row[1]),
-    ):
+    paths = [os.path.join(directory, str(index)) for index in range(len(results))]
+    by_line = heapq.merge(*(_rows(f"{path}.rejects") for path in paths), key=lambda r: r[:2])
+    for _, _, data in by_line:
         on_reject(Rejection(**data))
     if on_decision is not None:
-        for row in heapq.merge(
-            *(_rows(os.path.join(directory, f"{index}.decisions")) for index in shares),
-            key=lambda row: (row[0], row[1], row[2]),
-        ):
+        by_position = heapq.merge(
+            *(_rows(f"{path}.decisions") for path in paths), key=lambda r: r[:3]
+        )
+        for row in by_position:
             on_decision(row[3])
-    summary = Summary()
-    for share in results:
-        summary.merge(share.summary)
-    comparison = None
+    merged = Shared(Summary(), sum(part.pending for part in results))
+    for part in results:
+        merged.summary.merge(part.summary)
     if compare_rules is not None:
-        comparison = Comparison(Simulation(compare_rules))
-        for share in results:
-            assert share.compare_summary is not None
-            comparison.simulation.summary.merge(share.compare_summary)
-            comparison.pending += share.compare_pending
-            comparison.differing += share.differing
-        ordered = heapq.merge(*(share.sample for share in results), key=lambda item: item[0])
-        comparison.sample = [difference for _, difference in ordered][: comparison.sample_size]
-    return Shared(summary, sum(share.pending for share in results), comparison)
+        comparison = merged.comparison = Comparison(Simulation(compare_rules))
+        for part in results:
+            assert part.compare_summary is not None
+            comparison.simulation.summary.merge(part.compare_summary)
+            comparison.pending += part.compare_pending
+            comparison.differing += part.differing
+        samples = heapq.merge(*(part.sample for part in results), key=lambda d: d.position)
+        comparison.sample = list(itertools.islice(samples, comparison.sample_size))
+    return merged
 
 
 def default_shares() -> int:
