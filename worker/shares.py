@@ -194,6 +194,8 @@ def _run_share(job: _Job, index: int, shares: int, counter: Any, parent: Any) ->
 
 
 def _child(job: _Job, index: int, shares: int, counter: Any, parent: Any) -> None:
+    # Spilled runs too go under the shared directory, which the parent removes however this ends.
+    tempfile.tempdir = job.directory
     try:
         parent.send(_run_share(job, index, shares, counter, parent))
     except SourceError as error:
