@@ -39,7 +39,7 @@ def history(events: int) -> Path:
     return path
 
 
-def _tree_rss_kib(root: int) -> int:
+def tree_rss_kib(root: int) -> int:
     """Resident memory of ``root`` and all its descendants now, in KiB (from /proc)."""
     parents: dict[int, int] = {}
     rss: dict[int, int] = {}
@@ -75,7 +75,7 @@ def run(args: list[str], env: dict[str, str]) -> tuple[dict[str, Any], float, fl
     ) as child:
         peak = 0
         while child.poll() is None:
-            peak = max(peak, _tree_rss_kib(child.pid))
+            peak = max(peak, tree_rss_kib(child.pid))
             time.sleep(0.1)
         out, err = child.communicate()
     wall = time.perf_counter() - started
@@ -84,14 +84,10 @@ def run(args: list[str], env: dict[str, str]) -> tuple[dict[str, Any], float, fl
     return json.loads(out), wall, peak / 1024
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--events", type=int, default=1_000_000)
-    parser.add_argument("--skip-apply", action="store_true")
-    args = parser.parse_args()
-    path = history(args.events)
+def measure(count: int, *, applied: bool = True) -> dict[str, Any]:
+    """Replay a generated history of about ``count`` events dry, then applied; print and return."""
+    path = history(count)
     results: dict[str, Any] = {"events_file": str(path)}
-
     dry, wall, rss = run([str(path), "--dry-run"], {})
     events = dry["summary"]["events"]
     results.update(
@@ -102,20 +98,29 @@ def main() -> None:
     print(f"dry-run  {events:,} events in {wall:.1f}s: {events / wall:,.0f} events/s, "
           f"peak RSS {rss:.0f} MiB")  # fmt: skip
 
-    if not args.skip_apply:
+    if applied:
         server = PostgresServer()
         url = server.create_database()
         try:
             upgrade(url)
             env = {"RECALL_DATABASE_URL": url, "RECALL_BROKER_URL": "redis://127.0.0.1:1/0"}
-            applied, wall, rss = run([str(path)], env)
+            done, wall, rss = run([str(path)], env)
         finally:
             server.drop_database(url)
             server.stop()
-        events = applied["summary"]["events"]
+        events = done["summary"]["events"]
         results.update(replay_apply_per_s=round(events / wall), replay_apply_peak_rss_mb=round(rss))
         print(f"applied  {events:,} events in {wall:.1f}s: {events / wall:,.0f} events/s, "
               f"peak RSS {rss:.0f} MiB")  # fmt: skip
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--skip-apply", action="store_true")
+    args = parser.parse_args()
+    results = measure(args.events, applied=not args.skip_apply)
     out = ROOT / "bench" / "results-replay.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out}")
