@@ -2,7 +2,8 @@
 
 Generates (once, cached under bench/data/) about EVENTS call results, then runs
 ``recall replay --dry-run`` and an applied replay into a throwaway PostgreSQL database, each in its
-own process, and prints events/s and peak RSS for each. Figures go to bench/results-replay.json.
+own process, and prints events/s and peak memory (the PSS of all its processes) for each.
+Figures go to bench/results-replay.json.
 """
 
 from __future__ import annotations
@@ -39,34 +40,41 @@ def history(events: int) -> Path:
     return path
 
 
-def tree_rss_kib(root: int) -> int:
-    """Resident memory of ``root`` and all its descendants now, in KiB (from /proc)."""
+def tree_memory_kib(root: int, kind: str = "Pss") -> int:
+    """Memory of ``root`` and all its descendants now, in KiB: the sum of their PSS (from /proc).
+
+    PSS (proportional set size) counts a page shared by n processes as 1/n in each, so the sum is
+    the memory the tree really holds; summing RSS (``kind="Rss"``) would count every page a forked
+    process still shares with its parent (the interpreter, the imported modules) once per process.
+    """
     parents: dict[int, int] = {}
-    rss: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            status = (entry / "status").read_text()
-        except OSError:  # gone meanwhile
-            continue
-        pid = int(entry.name)
-        parents[pid] = int(fields[1])
-        line = next((x for x in status.splitlines() if x.startswith("VmRSS:")), "VmRSS: 0 kB")
-        rss[pid] = int(line.split()[1])
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # gone meanwhile
+                continue
+            parents[int(entry.name)] = int(fields[1])
     tree, changed = {root}, True
     while changed:
         grown = {pid for pid, parent in parents.items() if parent in tree} | tree
         changed, tree = grown != tree, grown
-    return sum(rss.get(pid, 0) for pid in tree)
+    total = 0
+    for pid in tree:
+        try:
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        line = next((x for x in rollup.splitlines() if x.startswith(f"{kind}:")), "- 0 kB")
+        total += int(line.split()[1])
+    return total
 
 
 def run(args: list[str], env: dict[str, str]) -> tuple[dict[str, Any], float, float]:
-    """Run ``recall replay``; return its JSON result, wall seconds, peak RSS MiB of its processes.
+    """Run ``recall replay``; return its JSON result, wall seconds, peak memory MiB.
 
-    The peak is the largest sum, sampled every 0.1 s, of the resident memory of the command and
-    every process it started (a dry run splits the phones across processes).
+    The peak is the largest sum, sampled every 0.1 s, of the memory (PSS) of the command and every
+    process it started (a replay splits the phones across processes).
     """
     command = [sys.executable, "-m", "worker", "replay", *args, "--now", NOW, "--json"]
     started = time.perf_counter()
@@ -75,7 +83,7 @@ def run(args: list[str], env: dict[str, str]) -> tuple[dict[str, Any], float, fl
     ) as child:
         peak = 0
         while child.poll() is None:
-            peak = max(peak, tree_rss_kib(child.pid))
+            peak = max(peak, tree_memory_kib(child.pid))
             time.sleep(0.1)
         out, err = child.communicate()
     wall = time.perf_counter() - started
@@ -93,10 +101,10 @@ def measure(count: int, *, applied: bool = True) -> dict[str, Any]:
     results.update(
         replay_events=events,
         replay_dry_per_s=round(events / wall),
-        replay_dry_peak_rss_mb=round(rss),
+        replay_dry_peak_mb=round(rss),
     )
     print(f"dry-run  {events:,} events in {wall:.1f}s: {events / wall:,.0f} events/s, "
-          f"peak RSS {rss:.0f} MiB")  # fmt: skip
+          f"peak memory {rss:.0f} MiB (PSS)")  # fmt: skip
 
     if applied:
         server = PostgresServer()
@@ -109,9 +117,9 @@ def measure(count: int, *, applied: bool = True) -> dict[str, Any]:
             server.drop_database(url)
             server.stop()
         events = done["summary"]["events"]
-        results.update(replay_apply_per_s=round(events / wall), replay_apply_peak_rss_mb=round(rss))
+        results.update(replay_apply_per_s=round(events / wall), replay_apply_peak_mb=round(rss))
         print(f"applied  {events:,} events in {wall:.1f}s: {events / wall:,.0f} events/s, "
-              f"peak RSS {rss:.0f} MiB")  # fmt: skip
+              f"peak memory {rss:.0f} MiB (PSS)")  # fmt: skip
     return results
 
 

@@ -11,8 +11,9 @@ How each figure is taken (see docs/PERFORMANCE.md):
 - ``replay_dry_per_s``, ``replay_apply_per_s``: ``recall replay`` over a generated history, wall
   time of the whole command (reading and sorting included); applied into PostgreSQL.
 - ``pending_1m_worker_rss_mb``, ``pending_1m_redis_mb``: recalls pending days ahead are written to
-  the database, a worker with its dispatcher runs 20 s; the resident memory of the worker's
-  processes (main and pool, summed) and Redis ``used_memory``.
+  the database, a worker with its dispatcher runs 20 s; the memory of the worker's processes
+  (main and pool: the sum of their PSS, which counts pages they share once) and Redis
+  ``used_memory``.
 - ``burst_100k_all_eligible_s``: recalls due spread over one minute; the last firing time minus
   the last due time (from the database).
 - ``fire_lateness_p99_s``: recalls due at a steady 200 a second; p99 of fired minus due.
@@ -44,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 import redis  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
-from bench.replay import measure, tree_rss_kib  # noqa: E402
+from bench.replay import measure, tree_memory_kib  # noqa: E402
 from tests.servers import PostgresServer, redis_for_tests  # noqa: E402
 from tests.workers import WorkerProcess  # noqa: E402
 from worker.app import CALL_RESULTS_QUEUE, app  # noqa: E402
@@ -241,7 +242,9 @@ def recalls(bench: Bench, sizes: Sizes, results: dict[str, Any]) -> None:
         with bench.worker(url) as worker:
             worker.wait_ready()
             time.sleep(20)  # twenty dispatcher ticks over a million rows
-            results["pending_1m_worker_rss_mb"] = round(tree_rss_kib(worker.process.pid) / 1024)
+            pid = worker.process.pid if worker.process else 0
+            results["pending_1m_worker_rss_mb"] = round(tree_memory_kib(pid) / 1024)
+            results["pending_1m_worker_rss_sum_mb"] = round(tree_memory_kib(pid, "Rss") / 1024)
             results["pending_1m_redis_mb"] = round(
                 int(bench.redis.info("memory")["used_memory"]) / 2**20, 1
             )
