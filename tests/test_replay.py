@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import html
 import itertools
+import os
 import random
 import re
 import subprocess
@@ -29,6 +30,7 @@ from click.testing import CliRunner, Result
 from sqlalchemy import select
 
 from tests.helpers import reset_process_state
+from worker import shares
 from worker.cli import main
 from worker.db import make_engine, upgrade
 from worker.events import parse_event
@@ -406,6 +408,21 @@ def test_an_event_id_sent_again_for_a_phone_of_another_share_is_a_duplicate(
         ("B", "recall"),
     ]
     assert result["summary"]["actions"] == {"recall": 2, "duplicate": 1}
+
+
+def test_a_replay_process_that_dies_is_a_one_line_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def die(*_: object) -> None:
+        os._exit(3)  # as the kernel's out-of-memory killer would leave it: no word sent back
+
+    monkeypatch.setattr(shares, "_run_share", die)
+    path = write_lines(tmp_path / "x.jsonl", [ev("a", "A", t("10:00"))])
+
+    line = one_line_error(recall("replay", str(path), "--dry-run", "--now", NOW, "--jobs", "2"))
+
+    assert line == "error: replay process died (exit code 3)"
+    assert list(tmp_path.glob("recall-replay-*")) == []
 
 
 def test_shares_give_exactly_the_single_process_replay(tmp_path: Path, rules_file: Path) -> None:

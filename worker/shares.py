@@ -43,11 +43,15 @@ from worker.replay import (
 from worker.rules import Rules
 from worker.sources import SourceError
 
-__all__ = ["Shared", "default_shares", "replay_in_shares"]
+__all__ = ["ShareFailed", "Shared", "default_shares", "replay_in_shares"]
 
 # Event-id hashes read back at a time when checking that no id crossed processes.
 _ID_BLOCK = 65_536
 _GO, _STOP = "go", "stop"
+
+
+class ShareFailed(RuntimeError):
+    """A replay process failed or died; the message says how, in one line."""
 
 
 @dataclass
@@ -201,7 +205,7 @@ def _child(job: _Job, index: int, shares: int, counter: Any, parent: Any) -> Non
     except SourceError as error:
         parent.send(error)
     except BaseException as error:  # the parent reports it; a traceback would be lost
-        parent.send(RuntimeError(f"replay process failed: {type(error).__name__}: {error}"))
+        parent.send(ShareFailed(f"replay process failed: {type(error).__name__}: {error}"))
     finally:
         parent.close()
 
@@ -248,14 +252,22 @@ def replay_in_shares(
         def gather() -> list[Any]:
             results: list[Any] = [None] * shares
             waiting = set(range(shares))
+
+            def died(index: int) -> ShareFailed:
+                processes[index].join(timeout=5)
+                code = processes[index].exitcode
+                return ShareFailed(f"replay process died (exit code {code})")
+
             while waiting:
                 for index in list(waiting):
                     if pipes[index].poll(0.2):
-                        results[index] = pipes[index].recv()
+                        try:
+                            results[index] = pipes[index].recv()
+                        except EOFError:  # it exited without a word
+                            results[index] = died(index)
                         waiting.discard(index)
                     elif not processes[index].is_alive():
-                        code = processes[index].exitcode
-                        results[index] = RuntimeError(f"replay process died (exit code {code})")
+                        results[index] = died(index)
                         waiting.discard(index)
                 if on_progress is not None:
                     on_progress(sum(counter.value for counter in counters))
@@ -318,4 +330,6 @@ def _merge(
 
 def default_shares() -> int:
     """One process per core this process may use."""
-    return max(1, len(os.sched_getaffinity(0)))
+    if hasattr(os, "sched_getaffinity"):  # Linux: the cores this process may run on
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1

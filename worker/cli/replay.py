@@ -33,7 +33,7 @@ from worker.replay import (
     sorted_events,
 )
 from worker.rules import Rules
-from worker.shares import default_shares, replay_in_shares
+from worker.shares import ShareFailed, default_shares, replay_in_shares
 from worker.sources import SourceError
 
 FILE = click.Path(dir_okay=False, path_type=Path)
@@ -172,7 +172,7 @@ def replay(
                     on_reject=on_reject, on_decision=decisions_out.write if output else None,
                     on_progress=progress.at,
                 )  # fmt: skip
-            except SourceError as error:
+            except (SourceError, ShareFailed) as error:
                 raise CommandError(str(error)) from None
         if shared is not None:
             summary, pending, comparison = shared.summary, shared.pending, shared.comparison
