@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 import pytest
 import redis
+import yaml
 from celery import Celery
 from sqlalchemy import Engine, select
 from sqlalchemy.engine import make_url
@@ -347,3 +348,18 @@ def test_the_broker_url_password_is_needed(stack: Stack) -> None:
     with pytest.raises(redis.AuthenticationError):
         client.ping()
     client.close()
+
+
+def test_metrics_are_not_published_beyond_the_private_network() -> None:
+    """As docs/OPERATIONS.md says: compose only exposes 9547 to its network, no Kubernetes
+    Service routes to it, and Flower, which shows payloads, is published on loopback only."""
+    compose = yaml.safe_load((ROOT / "deploy" / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert "ports" not in services["worker"]
+    assert services["worker"]["expose"] == ["9547"]
+    assert all(str(port).startswith("127.0.0.1:") for port in services["flower"]["ports"])
+    for path in sorted((ROOT / "deploy" / "kubernetes").glob("*.yaml")):
+        for item in yaml.safe_load_all(path.read_text()):
+            if item and item.get("kind") == "Service":
+                ports = {p.get("targetPort", p.get("port")) for p in item["spec"]["ports"]}
+                assert not ports & {9547, "metrics"}, path
