@@ -508,6 +508,28 @@ def test_an_id_that_is_not_valid_unicode_is_a_dead_letter(db_engine: Engine, rul
     assert letter.detail.startswith("event_id:")
 
 
+@pytest.mark.parametrize(
+    ("changes", "detail"),
+    [
+        ({"sip_code": 2**70}, f"sip_code: must be between 100 and 699, got {2**70}"),
+        ({"retry_after_s": -(2**64)}, "retry_after_s: must be between 0 and 31622400, got"),
+        ({"note": 2**64}, "note: cannot be stored as JSON (a lone surrogate or an integer past"),
+        ({"note": "x\udfff"}, "note: cannot be stored as JSON (a lone surrogate or an integer"),
+    ],
+)
+def test_what_json_cannot_store_is_refused_with_the_right_reason(
+    db_engine: Engine, rules: Rules, changes: dict[str, Any], detail: str
+) -> None:
+    """Integers past 64 bits (valid JSON, decoded by Celery) read as out of range, not as bad
+    Unicode; in an extra field, they and lone surrogates are refused as unstorable."""
+    report = run_ingest(db_engine, [event(**changes), event(event_id="g1", phone_id="P2")], rules)
+
+    assert actions(report) == ["recall"]
+    (letter,) = table(db_engine, DeadLetter)
+    assert (letter.reason, letter.event_id) == ("invalid_event", "e1")
+    assert letter.detail.startswith(detail), letter.detail
+
+
 def test_the_longest_plan_id_with_a_plan_level_recall_is_stored(
     db_engine: Engine, write_rules: Callable[..., Path]
 ) -> None:
