@@ -41,6 +41,7 @@ from worker.rules import is_valid_timezone, load_rules
 
 BAD_EVENTS = 2000
 GOOD_EVENTS = 600
+PER_EXAMPLE = 10
 MARKER = re.compile(r"CASE#(\d+)#")
 TEXT_FIELDS = ("event_id", "plan_id", "lead_id", "phone_id")
 OPTIONAL_TEXT = ("outcome_code", "timezone", "call_id")
@@ -285,7 +286,7 @@ def generate() -> tuple[list[Case], list[dict[str, Any]]]:
     bad: list[Case] = []
     good: list[dict[str, Any]] = []
     options = settings(
-        max_examples=BAD_EVENTS + GOOD_EVENTS, derandomize=True, database=None,
+        max_examples=(BAD_EVENTS + GOOD_EVENTS) // PER_EXAMPLE, derandomize=True, database=None,
         phases=[Phase.generate], deadline=None,
         suppress_health_check=list(HealthCheck),
     )  # fmt: skip
@@ -293,14 +294,17 @@ def generate() -> tuple[list[Case], list[dict[str, Any]]]:
     @options
     @given(st.data())
     def draw(data: st.DataObject) -> None:
-        if data.draw(st.integers(0, 3)):  # three bad ones for a good one
-            case = data.draw(bad_case(N))
-            if len(bad) < BAD_EVENTS:
-                bad.append(case)
-        else:
-            event = data.draw(good_event(N))
-            if len(good) < GOOD_EVENTS:
-                good.append(event)
+        for _ in range(
+            PER_EXAMPLE
+        ):  # several cases per example: hypothesis's overhead is per example
+            if data.draw(st.integers(0, 3)):  # three bad ones for a good one
+                case = data.draw(bad_case(N))
+                if len(bad) < BAD_EVENTS:
+                    bad.append(case)
+            else:
+                event = data.draw(good_event(N))
+                if len(good) < GOOD_EVENTS:
+                    good.append(event)
 
     while len(bad) < BAD_EVENTS or len(good) < GOOD_EVENTS:
         draw()

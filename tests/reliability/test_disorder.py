@@ -152,8 +152,8 @@ def test_shuffled_and_redelivered_events_on_two_workers_end_as_in_order(
         client = RecallClient(broker_url)
         messages, position = 0, 0
         published = time.monotonic()
-        while position < len(sent):  # about 70% single messages, the rest in batches of 2-25
-            size = 1 if rng.random() < 0.7 else rng.randint(2, 25)
+        while position < len(sent):  # about 40% single messages, the rest in batches of 2-40
+            size = 1 if rng.random() < 0.4 else rng.randint(2, 40)
             part = sent[position : position + size]
             if size == 1:
                 client.publish(part[0])
