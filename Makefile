@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint types pytest bench-engine bench-replay bench-ingest clean
+.PHONY: install demo test lint types pytest bench bench-quick bench-engine bench-replay bench-ingest clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,15 @@ types: install
 
 pytest: install
 	$(BIN)/pytest
+
+## bench: every performance figure and its target in one run (servers and workers started here);
+## writes bench/results.json (see docs/PERFORMANCE.md)
+bench: install
+	$(BIN)/python bench/run.py
+
+## bench-quick: the same at small sizes, a smoke run (fails on errors, never on speed)
+bench-quick: install
+	$(BIN)/python bench/run.py --quick --out bench/results-quick.json
 
 ## bench-engine: per-decision cost of the core engine, in microseconds
 bench-engine: install

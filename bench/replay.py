@@ -2,7 +2,8 @@
 
 Generates (once, cached under bench/data/) about EVENTS call results, then runs
 ``recall replay --dry-run`` and an applied replay into a throwaway PostgreSQL database, each in its
-own process, and prints events/s and peak RSS for each. Figures go to bench/results-replay.json.
+own process, and prints events/s and peak memory (the PSS of all its processes) for each.
+Figures go to bench/results-replay.json.
 """
 
 from __future__ import annotations
@@ -39,29 +40,87 @@ def history(events: int) -> Path:
     return path
 
 
-# The child reports its own peak RSS (ru_maxrss of itself, KiB on Linux) on its last stderr line.
-CHILD = (
-    "import resource, runpy, sys\n"
-    "sys.argv = ['recall', *sys.argv[1:]]\n"
-    "try:\n"
-    "    runpy.run_module('worker', run_name='__main__')\n"
-    "finally:\n"
-    "    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
-)
+def tree_memory_kib(root: int, kind: str = "Pss") -> int:
+    """Memory of ``root`` and all its descendants now, in KiB: the sum of their PSS (from /proc).
+
+    PSS (proportional set size) counts a page shared by n processes as 1/n in each, so the sum is
+    the memory the tree really holds; summing RSS (``kind="Rss"``) would count every page a forked
+    process still shares with its parent (the interpreter, the imported modules) once per process.
+    """
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:  # gone meanwhile
+                continue
+            parents[int(entry.name)] = int(fields[1])
+    tree, changed = {root}, True
+    while changed:
+        grown = {pid for pid, parent in parents.items() if parent in tree} | tree
+        changed, tree = grown != tree, grown
+    total = 0
+    for pid in tree:
+        try:
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        except OSError:
+            continue
+        line = next((x for x in rollup.splitlines() if x.startswith(f"{kind}:")), "- 0 kB")
+        total += int(line.split()[1])
+    return total
 
 
 def run(args: list[str], env: dict[str, str]) -> tuple[dict[str, Any], float, float]:
-    """Run ``recall replay`` in a child; return its JSON result, wall seconds, peak RSS MiB."""
+    """Run ``recall replay``; return its JSON result, wall seconds, peak memory MiB.
+
+    The peak is the largest sum, sampled every 0.1 s, of the memory (PSS) of the command and every
+    process it started (a replay splits the phones across processes).
+    """
+    command = [sys.executable, "-m", "worker", "replay", *args, "--now", NOW, "--json"]
     started = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-c", CHILD, "replay", *args, "--now", NOW, "--json"],
-        cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True,
-    )  # fmt: skip
+    with subprocess.Popen(
+        command, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    ) as child:
+        peak = 0
+        while child.poll() is None:
+            peak = max(peak, tree_memory_kib(child.pid))
+            time.sleep(0.1)
+        out, err = child.communicate()
     wall = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(f"replay failed ({done.returncode}):\n{done.stderr}")
-    peak_kib = int(done.stderr.strip().splitlines()[-1])
-    return json.loads(done.stdout), wall, peak_kib / 1024
+    if child.returncode != 0:
+        raise SystemExit(f"replay failed ({child.returncode}):\n{err.decode()}")
+    return json.loads(out), wall, peak / 1024
+
+
+def measure(count: int, *, applied: bool = True) -> dict[str, Any]:
+    """Replay a generated history of about ``count`` events dry, then applied; print and return."""
+    path = history(count)
+    results: dict[str, Any] = {"events_file": str(path)}
+    dry, wall, rss = run([str(path), "--dry-run"], {})
+    events = dry["summary"]["events"]
+    results.update(
+        replay_events=events,
+        replay_dry_per_s=round(events / wall),
+        replay_dry_peak_mb=round(rss),
+    )
+    print(f"dry-run  {events:,} events in {wall:.1f}s: {events / wall:,.0f} events/s, "
+          f"peak memory {rss:.0f} MiB (PSS)")  # fmt: skip
+
+    if applied:
+        server = PostgresServer()
+        url = server.create_database()
+        try:
+            upgrade(url)
+            env = {"RECALL_DATABASE_URL": url, "RECALL_BROKER_URL": "redis://127.0.0.1:1/0"}
+            done, wall, rss = run([str(path)], env)
+        finally:
+            server.drop_database(url)
+            server.stop()
+        events = done["summary"]["events"]
+        results.update(replay_apply_per_s=round(events / wall), replay_apply_peak_mb=round(rss))
+        print(f"applied  {events:,} events in {wall:.1f}s: {events / wall:,.0f} events/s, "
+              f"peak memory {rss:.0f} MiB (PSS)")  # fmt: skip
+    return results
 
 
 def main() -> None:
@@ -69,33 +128,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--skip-apply", action="store_true")
     args = parser.parse_args()
-    path = history(args.events)
-    results: dict[str, Any] = {"events_file": str(path)}
-
-    dry, wall, rss = run([str(path), "--dry-run"], {})
-    events = dry["summary"]["events"]
-    results.update(
-        replay_events=events,
-        replay_dry_per_s=round(events / wall),
-        replay_dry_peak_rss_mb=round(rss),
-    )
-    print(f"dry-run  {events:,} events in {wall:.1f}s: {events / wall:,.0f} events/s, "
-          f"peak RSS {rss:.0f} MiB")  # fmt: skip
-
-    if not args.skip_apply:
-        server = PostgresServer()
-        url = server.create_database()
-        try:
-            upgrade(url)
-            env = {"RECALL_DATABASE_URL": url, "RECALL_BROKER_URL": "redis://127.0.0.1:1/0"}
-            applied, wall, rss = run([str(path)], env)
-        finally:
-            server.drop_database(url)
-            server.stop()
-        events = applied["summary"]["events"]
-        results.update(replay_apply_per_s=round(events / wall), replay_apply_peak_rss_mb=round(rss))
-        print(f"applied  {events:,} events in {wall:.1f}s: {events / wall:,.0f} events/s, "
-              f"peak RSS {rss:.0f} MiB")  # fmt: skip
+    results = measure(args.events, applied=not args.skip_apply)
     out = ROOT / "bench" / "results-replay.json"
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {out}")

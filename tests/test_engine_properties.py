@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from tests.helpers import at, make_event
 from worker.engine import Decision, PendingRecall, PhoneHistory, decide
 from worker.events import CallResult
-from worker.rules import Plan, Rules, load_rules
+from worker.rules import Duration, Plan, Rules, load_rules
 
 ZONES = (
     "Europe/London",
@@ -314,3 +314,49 @@ def test_cap_with_attempts_in_the_repeated_hour(tmp_path: Path) -> None:
     # Windows end at A: 01:30 EST, the event: 01:20 EST, B: 01:10 EST (2026-11-02). The earliest
     # recall leaving only one window open is the second-latest end, 01:20 EST.
     assert decision.to_json()["due_at"] == "2026-11-02T06:20:00+00:00"
+
+
+@settings(max_examples=1000, deadline=None)
+@given(
+    instant=instants(),
+    zone=st.sampled_from(ZONES),
+    days=st.integers(0, 400),
+    hours=st.integers(0, 72),
+    minutes=st.integers(0, 59),
+)
+def test_duration_arithmetic_is_pendulums(
+    instant: datetime, zone: str, days: int, hours: int, minutes: int
+) -> None:
+    # The engine adds on standard datetimes for speed; it must be pendulum's DateTime.add to the
+    # instant, the wall clock and the fold.
+    duration = Duration(days=days, hours=hours, minutes=minutes)
+    moment = instant.astimezone(pendulum.timezone(zone))
+    expected = pendulum.instance(instant).in_timezone(zone)
+    if days:
+        expected = expected.add(days=days)
+    if hours or minutes:
+        expected = expected.add(hours=hours, minutes=minutes)
+    got = duration.add_to(moment)
+    assert got.timestamp() == expected.timestamp()
+    assert (got.replace(tzinfo=None), got.fold, got.utcoffset()) == (
+        expected.naive(),
+        expected.fold,
+        expected.utcoffset(),
+    )
+
+
+@pytest.mark.parametrize(
+    ("start", "zone", "expected"),
+    [
+        # 02:30 the next day is skipped by spring-forward: the clocks' jump moves it to 03:30.
+        ("2026-03-07T02:30:00-05:00", "America/New_York", "2026-03-08T03:30:00-04:00"),
+        # 01:30 the next day happens twice at fall-back: the second (after the change) is taken.
+        ("2026-10-31T01:30:00-04:00", "America/New_York", "2026-11-01T01:30:00-05:00"),
+        ("2026-03-28T01:30:00+00:00", "Europe/London", "2026-03-29T02:30:00+01:00"),
+    ],
+)
+def test_calendar_day_into_a_dst_change(start: str, zone: str, expected: str) -> None:
+    moment = datetime.fromisoformat(start).astimezone(pendulum.timezone(zone))
+    got = Duration(days=1).add_to(moment)
+    assert got.isoformat() == expected
+    assert got == pendulum.instance(moment).in_timezone(zone).add(days=1)

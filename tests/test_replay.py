@@ -33,7 +33,7 @@ from worker.cli import main
 from worker.db import make_engine, upgrade
 from worker.events import parse_event
 from worker.models import Base, Recall
-from worker.replay import Simulation, finish, sorted_events
+from worker.replay import Simulation, finish, share_of, sorted_events
 from worker.rules import Rules, load_rules
 from worker.sample import generate, iter_generate, write_csv, write_jsonl
 
@@ -384,6 +384,57 @@ def test_an_event_id_sent_again_for_another_phone_is_a_duplicate(
     ]
 
 
+@pytest.mark.parametrize("jobs", ["1", "2", "3"])
+def test_an_event_id_sent_again_for_a_phone_of_another_share_is_a_duplicate(
+    tmp_path: Path, rules_file: Path, jobs: str
+) -> None:
+    # N and A are replayed by different processes (share_of): the split cannot see the copy, so
+    # the replay notices that an id crossed processes and runs again in one.
+    assert share_of({"phone_id": "N"}, 2) != share_of({"phone_id": "A"}, 2)
+    assert share_of({"phone_id": "N"}, 3) == share_of({"phone_id": "A"}, 3)
+    events = [ev("x1", "N", t("10:00")), ev("x1", "A", t("10:01")), ev("y", "B", t("10:02"))]
+    out = tmp_path / "out.jsonl"
+
+    result = replay_json(
+        write_lines(tmp_path / "x.jsonl", events), "--dry-run", "--now", NOW,
+        "--rules", rules_file, "--output", out, "--jobs", jobs,
+    )  # fmt: skip
+
+    assert [(d["phone_id"], d["action"]) for d in read_jsonl(out)] == [
+        ("N", "recall"),
+        ("A", "duplicate"),
+        ("B", "recall"),
+    ]
+    assert result["summary"]["actions"] == {"recall": 2, "duplicate": 1}
+
+
+def test_shares_give_exactly_the_single_process_replay(tmp_path: Path, rules_file: Path) -> None:
+    """Decisions, rejections, summaries and the what-if sample, in the same order and values."""
+    slower = tmp_path / "slower.toml"
+    slower.write_text(SLOWER_BUSY, encoding="utf-8")
+    events: list[object] = [*history(seed=31, leads=300)]
+    bad = ["not json", {"event_id": "b1"}, {**ev("b2", "N", t("10:00")), "sip_code": "486"}]
+    for offset, line in enumerate(bad):
+        events.insert(100 * (offset + 1), line)
+    path = write_lines(tmp_path / "h.jsonl", events)
+    runs = {}
+    for jobs in ("1", "3"):
+        out, rejects = tmp_path / f"out-{jobs}.jsonl", tmp_path / f"rejects-{jobs}.jsonl"
+        result = replay_json(
+            path, "--now", NOW, "--compare", slower, "--output", out, "--dead-letters", rejects,
+            "--jobs", jobs, "--report", tmp_path / f"report-{jobs}.html",
+        )  # fmt: skip
+        del result["elapsed_s"], result["events_per_s"]
+        runs[jobs] = (result, out.read_bytes(), rejects.read_bytes())
+
+    assert runs["1"] == runs["3"]
+    result, decisions, rejected = runs["3"]
+    assert len(decisions.splitlines()) == result["summary"]["events"] > 1000
+    assert [row["line"] for row in map(orjson.loads, rejected.splitlines())] == [101, 201, 301]
+    assert result["compare"]["differing_decisions"] > 0
+    assert len(result["compare"]["sample"]) == 20
+
+
 def test_an_event_id_sent_again_for_another_phone_is_a_duplicate_when_applied(
     tmp_path: Path, rules_file: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -612,6 +663,53 @@ def test_applied_replay_rebuilds_state_once_and_is_idempotent(
     assert table_rows(database_url) == before
     assert json_of(recall("phones", "show", "HP", "--json")) == hp
     assert len(json_of(recall("dead-letters", "list", "--json"))) == len(BAD)
+
+
+def test_an_applied_replay_in_processes_leaves_the_one_process_database(
+    tmp_path: Path, rules_file: Path, postgres: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL takes writers in parallel: each process applies its share of the phones."""
+    write_jsonl(history(seed=23, leads=400), tmp_path / "gen.jsonl")
+    # An id sent again for a phone of another process: the split is refused, one process runs.
+    crossing = [ev("x1", "N", t("10:00")), ev("x1", "A", t("10:01"))]
+    files = (tmp_path / "gen.jsonl", write_lines(tmp_path / "hand.jsonl", [*HAND, *BAD]))
+    # Written by the clock of the batch (its last event): not the same for every split.
+    batch_clock = {"processed_at", "created_at", "updated_at"}
+    states = []
+    for jobs, extra in (("1", ()), ("2", ()), ("2", (crossing,)), ("1", (crossing,))):
+        url = postgres.create_database()
+        try:
+            upgrade(url)
+            use_database(monkeypatch, url)
+            more = [write_lines(tmp_path / f"x{len(states)}.jsonl", e) for e in extra]
+            out = tmp_path / f"out-{len(states)}.jsonl"
+            result = replay_json(
+                *files, *more, "--now", APPLY_NOW, "--rules", rules_file, "--jobs", jobs,
+                "--output", out,
+            )  # fmt: skip
+            engine = make_engine(url)
+            with engine.connect() as connection:
+                rows = {
+                    table.name: sorted(
+                        (
+                            tuple(v for k, v in row._mapping.items() if k not in batch_clock)
+                            for row in connection.execute(select(table))
+                        ),
+                        key=repr,
+                    )
+                    for table in Base.metadata.sorted_tables
+                }
+            engine.dispose()
+            del result["elapsed_s"], result["events_per_s"]
+            states.append((result, out.read_bytes(), rows))
+        finally:
+            reset_process_state()
+            postgres.drop_database(url)
+
+    assert states[0] == states[1]
+    assert states[2] == states[3]
+    assert states[2][0]["summary"]["actions"]["duplicate"] == 1
+    assert len(states[0][2]["events"]) > 1000
 
 
 # --- 7. bad rows ---------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Container
 from dataclasses import dataclass
 from datetime import UTC as UTC_ZONE
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from functools import cache, lru_cache
 from typing import Any, Literal
 
@@ -189,10 +189,10 @@ def _rule_verdict(event: CallResult, rules: Rules, plan: Plan) -> tuple[_Verdict
     return _Verdict("sip_code", row.rule, "sip_recall", text, row.recall_after), warnings
 
 
-def next_opening(moment: pendulum.DateTime, hours: CallingHours) -> pendulum.DateTime:
+def next_opening(moment: datetime, hours: CallingHours) -> datetime:
     """The first instant at or after ``moment`` inside the calling hours, in moment's zone."""
-    zone = moment.timezone_name
-    assert zone is not None, "calling hours need a named zone"
+    assert isinstance(moment.tzinfo, pendulum.Timezone), "calling hours need a named zone"
+    zone = moment.tzinfo.key
     first = moment.date().toordinal()
     for ordinal in range(first, first + 8):
         for start, end in hours.days[(ordinal - 1) % 7]:  # ordinal 1 was a Monday
@@ -206,27 +206,26 @@ def next_opening(moment: pendulum.DateTime, hours: CallingHours) -> pendulum.Dat
 # Openings and closings repeat for every phone of a zone on a day: compute each once. 64k entries
 # cover every zone a dialler uses over years of days, at a few MB.
 @lru_cache(maxsize=65536)
-def _wall_clock(ordinal: int, minutes: int, zone: str) -> pendulum.DateTime:
+def _wall_clock(ordinal: int, minutes: int, zone: str) -> datetime:
     """The first instant at or after local wall-clock ``minutes`` past midnight of a day."""
     day = date.fromordinal(ordinal)
     if minutes == 24 * 60:
         day, minutes = date.fromordinal(ordinal + 1), 0
-    moment = pendulum.datetime(
-        day.year, day.month, day.day, minutes // 60, minutes % 60, tz=timezone(zone)
-    )
-    wanted = pendulum.naive(day.year, day.month, day.day, minutes // 60, minutes % 60)
-    if moment.naive() == wanted:
+    tz = timezone(zone)
+    wanted = datetime(day.year, day.month, day.day, minutes // 60, minutes % 60)  # noqa: DTZ001 (wall clock)
+    moment = tz.datetime(day.year, day.month, day.day, minutes // 60, minutes % 60)
+    if moment.replace(tzinfo=None) == wanted:
         return moment
     # The time falls in a DST gap: clocks jump over it, so the first instant at or after it is the
     # jump itself. Find it by bisection over the (at most three) hours before.
     low, high = int(moment.timestamp()) - 3 * 3600, int(moment.timestamp())
     while high - low > 1:
         middle = (low + high) // 2
-        if pendulum.from_timestamp(middle, tz=timezone(zone)).naive() >= wanted:
+        if datetime.fromtimestamp(middle, tz).replace(tzinfo=None) >= wanted:
             high = middle
         else:
             low = middle
-    return pendulum.from_timestamp(high, tz=timezone(zone))
+    return datetime.fromtimestamp(high, tz)
 
 
 def _local(moment: datetime) -> str:
@@ -235,30 +234,30 @@ def _local(moment: datetime) -> str:
 
 # A call's window end is needed again by every later decision for its phone: compute it once.
 @lru_cache(maxsize=65_536)  # a few MB; recent calls are the ones asked for again
-def _window_end(attempt: datetime, zone: str, within: Duration) -> pendulum.DateTime:
-    return within.add_to(pendulum.instance(attempt).in_timezone(timezone(zone)))
+def _window_end(attempt: datetime, zone: pendulum.Timezone, within: Duration) -> datetime:
+    return within.add_to(attempt.astimezone(zone))
 
 
 def _respect_caps_and_hours(
-    due: pendulum.DateTime,
+    due: datetime,
     plan: Plan,
     attempts: tuple[datetime, ...],
     zone: pendulum.Timezone,
     adjustments: list[str],
     notes: list[str],
-) -> pendulum.DateTime:
+) -> datetime:
     """Move ``due`` later as the plan's attempt caps and then its calling hours require."""
     for cap in plan.max_attempts:
         # Only attempts whose window can still be open at `due` count; skipping the rest
         # before any zone arithmetic keeps a long history cheap.
-        horizon = due.timestamp() - cap.within.longest.total_seconds()
+        horizon = due.timestamp() - cap.within.longest_seconds
         recent = [attempt for attempt in attempts if attempt.timestamp() > horizon]
         if len(recent) < cap.count:
             continue
         # An attempt holds a place in the window until its end; count-1 may stay, so wait
         # for the count-th latest end. Ends, not attempts, are sorted: adding calendar days
         # need not keep the order of times inside a repeated DST hour.
-        ends = sorted((_window_end(a, zone.name, cap.within) for a in recent), reverse=True)
+        ends = sorted((_window_end(a, zone, cap.within) for a in recent), reverse=True)
         allowed = ends[cap.count - 1]
         if allowed > due:
             due = allowed
@@ -299,7 +298,7 @@ def decide(event: CallResult, rules: Rules, history: PhoneHistory, now: datetime
         # It changes no decision, but it was a call: the pending recall must still respect the
         # caps with it counted, as it would have had the calls arrived in order.
         zone = timezone(phone_zone(rules, event))
-        due = pendulum.instance(pending.due_at).in_timezone(zone)
+        due = pending.due_at.astimezone(zone)
         notes: list[str] = []
         moved = _respect_caps_and_hours(
             due, plan, (*history.attempts, event.occurred_at), zone, [], notes
@@ -328,13 +327,14 @@ def decide(event: CallResult, rules: Rules, history: PhoneHistory, now: datetime
 
     # 7. Adjustments, in the contract's order.
     zone = timezone(phone_zone(rules, event))
-    occurred = pendulum.instance(event.occurred_at).in_timezone(zone)
+    occurred = event.occurred_at.astimezone(zone)
     due = verdict.after.add_to(occurred)
     adjustments: list[str] = []
     notes = [verdict.text]
 
     if event.retry_after_s is not None:
-        floor = occurred.add(seconds=event.retry_after_s)
+        held = timedelta(seconds=event.retry_after_s)  # elapsed time: added to the UTC instant
+        floor = (occurred.astimezone(UTC_ZONE) + held).astimezone(zone)
         if floor > due:
             due = floor
             adjustments.append("retry_after")
@@ -349,7 +349,7 @@ def decide(event: CallResult, rules: Rules, history: PhoneHistory, now: datetime
         return suppress(verdict.source, plan.rule, "max_recalls", text)
 
     if due < now:
-        due = pendulum.instance(now).in_timezone(zone)
+        due = now.astimezone(zone)
         notes.append("already due when decided, so due now")
 
     due = _respect_caps_and_hours(

@@ -8,32 +8,40 @@ uses. Memory grows with the number of distinct phones, not with the number of ev
 
 from __future__ import annotations
 
+import gc
 import heapq
 import os
 import shutil
 import tempfile
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from types import MappingProxyType
 from typing import IO, Any
 
 import orjson
 
 from worker.engine import Decision, decide, phone_zone, timezone
-from worker.events import CallResult, parse_event
+from worker.events import CallResult
 from worker.pipeline import Rejected, accept, raw_text
 from worker.rules import Rules
 from worker.sources import iter_records
 from worker.state import PhoneState, attempt_lookback
+from worker.store import apply_events
 
 __all__ = [
     "CHUNK_EVENTS",
     "Rejection",
     "Simulation",
     "Summary",
+    "apply",
+    "fewer_collections",
+    "share_of",
+    "simulate",
     "sorted_events",
 ]
 
@@ -43,6 +51,7 @@ MAX_OPEN_RUNS = 64
 CHUNK_EVENTS = 100_000
 # Delay histogram resolution: one bucket per minute up to a day, then per hour (bounded memory).
 _DAY_MINUTES = 24 * 60
+_NO_EXTRA: MappingProxyType[str, Any] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +64,8 @@ class Rejection:
     detail: str
     payload: str
     event_id: str | None = None
+    #: Where its file stands among the files replayed (orders rejections across processes).
+    file_index: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -67,26 +78,76 @@ class Rejection:
         }
 
 
+#: Where an event stands in the replay order: (microseconds since the epoch, file index, line).
+Position = tuple[int, int, int]
+
+
+def share_of(raw: object, shares: int) -> int:
+    """Which of ``shares`` processes replays a record: a stable hash of its phone id.
+
+    A record with no readable phone id goes to the first, which rejects it.
+    """
+    phone_id = raw.get("phone_id") if isinstance(raw, dict) else None
+    if not isinstance(phone_id, str):
+        return 0
+    return zlib.crc32(phone_id.encode("utf-8", "surrogatepass")) % shares
+
+
 def _sort_key(event: CallResult) -> int:
     # Microseconds since the epoch: exact, and cheap to compare and to store.
     return round(event.occurred_at.timestamp() * 1_000_000)
 
 
+@contextmanager
+def fewer_collections() -> Iterator[None]:
+    """Run the cyclic garbage collector rarely while the block runs.
+
+    A replay keeps millions of long-lived objects (phone states, their attempts): with the default
+    thresholds the collector re-scans them so often that it took half of a million-event replay.
+    Replay makes no reference cycles per event, so collecting every 100,000 allocations is plenty.
+    """
+    thresholds = gc.get_threshold()
+    gc.freeze()  # what exists already (modules, rules) is never collected again
+    gc.set_threshold(100_000, 50, 100)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
+
+
+def _row(key: int, file_index: int, number: int, event: CallResult) -> tuple[Any, ...]:
+    # A spilled event: its sort position, then its fields, already validated.
+    return (
+        key, file_index, number, event.event_id, event.plan_id, event.lead_id, event.phone_id,
+        event.sip_code, event.occurred_at.isoformat(), event.outcome_code, event.timezone,
+        event.retry_after_s, event.call_id, dict(event.extra) or None,
+    )  # fmt: skip
+
+
+def _event(row: list[Any]) -> CallResult:
+    # The event back from its spilled row, without validating again: it was validated on reading.
+    extra = row[13]
+    return CallResult(
+        row[3], row[4], row[5], row[6], row[7], datetime.fromisoformat(row[8]),
+        row[9], row[10], row[11], row[12],
+        MappingProxyType(extra) if extra else _NO_EXTRA,
+    )  # fmt: skip
+
+
 def _spill(run: list[tuple[int, int, int, CallResult]], directory: str) -> str:
-    run.sort(key=lambda item: item[:3])
+    # (key, file, line) is unique, so tuples sort by it without a key function, at C speed.
+    run.sort()
     handle, path = tempfile.mkstemp(prefix="recall-replay-", suffix=".jsonl", dir=directory)
     with os.fdopen(handle, "wb") as out:
-        for key, file_index, number, event in run:
-            out.write(orjson.dumps((key, file_index, number, event.to_json())) + b"\n")
+        out.writelines(orjson.dumps(_row(*item), option=orjson.OPT_APPEND_NEWLINE) for item in run)
     run.clear()
     return path
 
 
-def _read_run(path: str) -> Iterator[tuple[int, int, int, dict[str, Any]]]:
+def _read_run(path: str) -> Iterator[list[Any]]:
     with open(path, "rb") as handle:
-        for line in handle:
-            key, file_index, number, data = orjson.loads(line)
-            yield key, file_index, number, data
+        yield from map(orjson.loads, handle)
 
 
 class SortedEvents:
@@ -104,7 +165,11 @@ class SortedEvents:
         *,
         chunk: int = CHUNK_EVENTS,
         on_read: Callable[[int], None] | None = None,
+        share: tuple[int, int] = (0, 1),
+        on_accept: Callable[[CallResult], None] | None = None,
     ) -> None:
+        self._share = share
+        self._on_accept = on_accept
         self._run: list[tuple[int, int, int, CallResult]] = []
         self._spilled: list[str] = []
         self._directory: str | None = None
@@ -123,8 +188,11 @@ class SortedEvents:
         chunk: int,
         on_read: Callable[[int], None] | None,
     ) -> None:
+        index, shares = self._share
         for file_index, path in enumerate(files):
             for number, raw in iter_records(path):
+                if shares > 1 and share_of(raw, shares) != index:
+                    continue
                 try:
                     event = accept(raw, rules)
                 except Rejected as error:
@@ -132,10 +200,12 @@ class SortedEvents:
                     on_reject(
                         Rejection(
                             str(path), number, error.reason, error.detail, raw_text(raw),
-                            event_id if isinstance(event_id, str) else None,
+                            event_id if isinstance(event_id, str) else None, file_index,
                         )
                     )  # fmt: skip
                     continue
+                if self._on_accept is not None:
+                    self._on_accept(event)
                 self._run.append((_sort_key(event), file_index, number, event))
                 self.count += 1
                 if on_read is not None and self.count % 10_000 == 0:
@@ -149,10 +219,15 @@ class SortedEvents:
         self._spilled.append(_spill(self._run, self._directory))
 
     def __iter__(self) -> Iterator[CallResult]:
+        for _, event in self.positioned():
+            yield event
+
+    def positioned(self) -> Iterator[tuple[Position, CallResult]]:
+        """The events in order, each with its position: (time key, file index, line)."""
         if not self._spilled:
-            self._run.sort(key=lambda item: item[:3])
-            for _, _, _, event in self._run:
-                yield event
+            self._run.sort()
+            for key, file_index, number, event in self._run:
+                yield (key, file_index, number), event
             return
         if self._run:
             self._spill()
@@ -160,8 +235,8 @@ class SortedEvents:
             group, self._spilled = self._spilled[:MAX_OPEN_RUNS], self._spilled[MAX_OPEN_RUNS:]
             self._spilled.append(self._merge_to_file(group))
         streams = [_read_run(path) for path in self._spilled]
-        for _, _, _, data in heapq.merge(*streams, key=lambda item: item[:3]):
-            yield parse_event(data)
+        for row in heapq.merge(*streams):
+            yield (row[0], row[1], row[2]), _event(row)
 
     def _merge_to_file(self, paths: list[str]) -> str:
         assert self._directory is not None
@@ -169,8 +244,10 @@ class SortedEvents:
                                           dir=self._directory)  # fmt: skip
         with os.fdopen(handle, "wb") as out:
             streams = [_read_run(path) for path in paths]
-            for item in heapq.merge(*streams, key=lambda item: item[:3]):
-                out.write(orjson.dumps(item) + b"\n")
+            merged_rows = heapq.merge(*streams)
+            out.writelines(
+                orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE) for row in merged_rows
+            )
         for path in paths:
             Path(path).unlink(missing_ok=True)
         return merged
@@ -234,6 +311,16 @@ class Summary:
         self.delay_minutes[minutes] += 1
         self.recalls_by_local_hour[decision.due_at.astimezone(timezone(zone)).hour] += 1
 
+    def merge(self, other: Summary) -> None:
+        """Add ``other``'s counts (another process's share of the phones) to these."""
+        self.events += other.events
+        for name in ("actions", "reasons", "sources", "recalls_by_sip_class"):
+            getattr(self, name).update(getattr(other, name))
+        self.recalls_by_local_hour.update(other.recalls_by_local_hour)
+        self.delay_minutes.update(other.delay_minutes)
+        self.fired += other.fired
+        self.dead_letters += other.dead_letters
+
     def delay_percentile(self, fraction: float) -> float | None:
         """The recall delay at ``fraction`` (0.5 = median), in seconds, to a minute's accuracy."""
         total = sum(self.delay_minutes.values())
@@ -274,6 +361,7 @@ class Simulation:
         #: Event ids taken lately, across phones; forgotten after the lookback (see _compact).
         self.recent_ids: dict[str, datetime] = {}
         self._taken = 0
+        self._next_compaction = 50_000
 
     def advance(self, until: datetime) -> None:
         """Fire every recall due at or before ``until``, at its due time."""
@@ -316,8 +404,11 @@ class Simulation:
             )
         self.summary.add(event, decision, phone_zone(self.rules, event))
         self._taken += 1
-        if self._taken % 50_000 == 0:
+        # Compaction visits every phone: run it once per phone-count of events (at least 50,000)
+        # so that its cost per event stays constant however many phones there are.
+        if self._taken >= self._next_compaction:
             self._compact(event.occurred_at)
+            self._next_compaction = self._taken + max(50_000, len(self.phones))
         return decision
 
     def _compact(self, now: datetime) -> None:
@@ -353,6 +444,8 @@ class Difference:
     phone_id: str
     base: dict[str, Any]
     other: dict[str, Any]
+    #: Where the event stands in the replay (orders samples from several processes).
+    position: Position = (0, 0, 0)
 
     def to_json(self) -> dict[str, Any]:
         keys = ("action", "due_at", "reason", "rule", "adjustments")
@@ -374,17 +467,83 @@ class Comparison:
     sample: list[Difference] = field(default_factory=list)
     sample_size: int = 20
 
-    def add(self, event: CallResult, base: Decision) -> None:
+    def add(self, event: CallResult, base: Decision, position: Position = (0, 0, 0)) -> None:
         other = self.simulation.take(event)
         first, second = base.to_json(), other.to_json()
         if all(first[key] == second[key] for key in ("action", "due_at", "reason", "rule")):
             return
         self.differing += 1
         if len(self.sample) < self.sample_size:
-            self.sample.append(Difference(event.event_id, event.phone_id, first, second))
+            sample = Difference(event.event_id, event.phone_id, first, second, position)
+            self.sample.append(sample)
 
 
 def finish(simulation: Simulation, until: datetime) -> int:
     """End of the simulation: fire what is due by ``until``; return the recalls still pending."""
     simulation.advance(until)
     return sum(1 for state in simulation.phones.values() if state.pending_recall_id is not None)
+
+
+OnDecision = Callable[[Position, Decision], None]
+
+
+def simulate(
+    events: Iterable[tuple[Position, CallResult]],
+    simulation: Simulation,
+    comparison: Comparison | None = None,
+    *,
+    on_decision: OnDecision | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> None:
+    """Take ``events`` (in replay order) into the simulation, and into the what-if beside it."""
+    for position, event in events:
+        decision = simulation.take(event)
+        if on_decision is not None:
+            on_decision(position, decision)
+        if comparison is not None:
+            comparison.add(event, decision, position)
+        if on_progress is not None:
+            on_progress(1)
+
+
+# Events per transaction when applying: big enough for bulk statements to pay, small enough
+# that a transaction never holds locks for long while a live worker runs beside it.
+APPLY_BATCH = 5000
+
+
+def apply(
+    events: Iterable[tuple[Position, CallResult]],
+    rules: Rules,
+    summary: Summary,
+    *,
+    on_decision: OnDecision | None = None,
+    on_progress: Callable[[int], None] | None = None,
+    batch_size: int = APPLY_BATCH,
+) -> None:
+    """Write ``events`` (in replay order) to the database through the worker's own code.
+
+    Each batch is one transaction of ``apply_events`` on the simulated clock (each event decided
+    as of its own time, recalls due before it fired first); ``summary`` counts what was decided.
+    """
+    from worker.db import session_scope  # dry runs never load it
+
+    batch: list[tuple[Position, CallResult]] = []
+
+    def flush() -> None:
+        with session_scope() as session:
+            applied = apply_events(session, [event for _, event in batch], rules, None)
+        for (position, event), decision in zip(batch, applied.decisions, strict=True):
+            summary.add(event, decision, phone_zone(rules, event))
+            if on_decision is not None:
+                on_decision(position, decision)
+        summary.fired += applied.fired
+        if on_progress is not None:
+            on_progress(len(batch))
+        batch.clear()
+
+    for item in events:
+        batch.append(item)
+        if len(batch) >= batch_size:
+            flush()
+    if batch:
+        flush()

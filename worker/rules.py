@@ -11,7 +11,7 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
 from types import MappingProxyType
@@ -61,20 +61,45 @@ class Duration:
     days: int = 0
     hours: int = 0
     minutes: int = 0
+    #: Worked out once: every decision asks for them.
+    longest_seconds: float = field(init=False, repr=False, compare=False)
+    text: str = field(init=False, repr=False, compare=False)
 
-    def add_to(self, moment: pendulum.DateTime) -> pendulum.DateTime:
-        """Return ``moment`` plus this duration, days on the local calendar (DST-correct)."""
+    def __post_init__(self) -> None:
+        slack = timedelta(hours=1) if self.days else timedelta(0)
+        longest = timedelta(days=self.days, hours=self.hours, minutes=self.minutes) + slack
+        object.__setattr__(self, "longest_seconds", longest.total_seconds())
+        parts = [
+            f"{value}{unit}"
+            for value, unit in ((self.days, "d"), (self.hours, "h"), (self.minutes, "m"))
+            if value
+        ]
+        object.__setattr__(self, "text", " ".join(parts) or "0m")
+
+    def add_to(self, moment: datetime) -> datetime:
+        """Return ``moment`` plus this duration: days on the local calendar, hours elapsed.
+
+        ``moment`` is an instant in its phone's zone (tzinfo a pendulum ``Timezone``). This is
+        pendulum's ``DateTime.add``: days move the wall clock and pendulum's zone resolves it
+        (``Timezone.convert``, a wall time in a DST gap moves forward by the gap, a repeated one
+        is taken after the change); hours and minutes are added to the UTC instant. It works on
+        the standard datetime rather than pendulum's subclass, whose Python-level methods cost
+        ten times as much (``tests/test_engine_properties.py`` checks the two agree).
+        """
         if self.days:
-            moment = moment.add(days=self.days)
+            wall = moment.replace(tzinfo=None) + timedelta(days=self.days)
+            zone = moment.tzinfo
+            assert isinstance(zone, pendulum.Timezone), "calendar days need a named zone"
+            moment = zone.convert(wall.replace(fold=1))
         if self.hours or self.minutes:
-            moment = moment.add(hours=self.hours, minutes=self.minutes)
+            elapsed = timedelta(hours=self.hours, minutes=self.minutes)
+            moment = (moment.astimezone(UTC) + elapsed).astimezone(moment.tzinfo)
         return moment
 
     @property
     def longest(self) -> timedelta:
         """The most elapsed time this duration can span (a calendar day may last 25 hours)."""
-        slack = timedelta(hours=1) if self.days else timedelta(0)
-        return timedelta(days=self.days, hours=self.hours, minutes=self.minutes) + slack
+        return timedelta(seconds=self.longest_seconds)
 
     def to_table(self) -> dict[str, int]:
         return {
@@ -88,12 +113,7 @@ class Duration:
         } or {"minutes": 0}
 
     def __str__(self) -> str:
-        parts = [
-            f"{value}{unit}"
-            for value, unit in ((self.days, "d"), (self.hours, "h"), (self.minutes, "m"))
-            if value
-        ]
-        return " ".join(parts) or "0m"
+        return self.text
 
 
 @dataclass(frozen=True, slots=True)

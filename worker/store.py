@@ -15,9 +15,24 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import orjson
-from sqlalchemy import JSON, and_, delete, insert, or_, select, update
+from sqlalchemy import (
+    JSON,
+    Column,
+    MetaData,
+    String,
+    Table,
+    and_,
+    any_,
+    bindparam,
+    delete,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
+from sqlalchemy.schema import CreateTable
 
 from worker.engine import Decision, PendingRecall, decide
 from worker.events import CallResult, parse_event
@@ -51,17 +66,27 @@ def chunks(items: Sequence[T], size: int = CHUNK) -> Iterator[Sequence[T]]:
         yield items[start : start + size]
 
 
-def _insert_rows(session: Session, model: type[Any], rows: list[dict[str, Any]]) -> None:
-    """Insert ``rows`` (all with the same keys) in bulk.
+def _among(session: Session, column: Any, values: Sequence[str]) -> Iterator[Any]:
+    """Conditions ``column IN values`` covering ``values``, as few statements as can carry them.
 
-    PostgreSQL gets one COPY per table, inside the transaction: an order of magnitude faster than
-    executemany, which handles parameters row by row. SQLite's executemany is already fast.
+    PostgreSQL takes the whole list as one array parameter (``= ANY``): one statement, and no
+    per-value placeholders to render and bind; SQLite gets ``IN`` lists of ``CHUNK`` values.
     """
-    if not rows:
+    if session.get_bind().dialect.name == "postgresql":
+        if values:
+            yield column == any_(bindparam(None, list(values), type_=postgresql.ARRAY(String)))
         return
-    if len(rows) < COPY_FROM_ROWS or session.get_bind().dialect.name != "postgresql":
-        session.execute(insert(model), rows)
-        return
+    for part in chunks(values):
+        yield column.in_(part)
+
+
+def _copying(session: Session, rows: Sequence[object]) -> bool:
+    """Whether ``rows`` go through COPY: on PostgreSQL, from ``COPY_FROM_ROWS`` rows."""
+    return len(rows) >= COPY_FROM_ROWS and session.get_bind().dialect.name == "postgresql"
+
+
+def _copy(session: Session, model: type[Any], rows: list[dict[str, Any]], into: str) -> None:
+    """COPY ``rows`` (all with the same keys, columns of ``model``) into the table ``into``."""
     table = model.__table__
     columns = list(rows[0])
     json_columns = {name for name in columns if isinstance(table.c[name].type, JSON)}
@@ -70,7 +95,7 @@ def _insert_rows(session: Session, model: type[Any], rows: list[dict[str, Any]])
     connection: Any = session.connection().connection.dbapi_connection
     with (
         connection.cursor() as cursor,
-        cursor.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy,
+        cursor.copy(f"COPY {into} ({names}) FROM STDIN") as copy,
     ):
         for row in rows:
             copy.write_row(
@@ -83,6 +108,67 @@ def _insert_rows(session: Session, model: type[Any], rows: list[dict[str, Any]])
                     for name in columns
                 ]
             )
+
+
+def _insert_rows(session: Session, model: type[Any], rows: list[dict[str, Any]]) -> None:
+    """Insert ``rows`` (all with the same keys) in bulk.
+
+    PostgreSQL gets one COPY per table, inside the transaction: an order of magnitude faster than
+    executemany, which handles parameters row by row. SQLite's executemany is already fast.
+    """
+    if not rows:
+        return
+    if not _copying(session, rows):
+        session.execute(insert(model), rows)
+        return
+    _copy(session, model, rows, model.__table__.name)
+
+
+def _staged(session: Session, model: type[Any], rows: list[dict[str, Any]]) -> Table:
+    """COPY ``rows`` into an empty temporary table shaped like ``model``'s; return that table.
+
+    The table lives as long as the connection and is emptied at every commit, so a batch costs
+    one COPY and one statement instead of a statement per row.
+    """
+    table = model.__table__
+    staged = Table(
+        f"staged_{table.name}",
+        MetaData(),
+        *(Column(column.name, column.type) for column in table.c),
+        prefixes=["TEMPORARY"],
+        postgresql_on_commit="DELETE ROWS",
+    )
+    session.execute(CreateTable(staged, if_not_exists=True))
+    session.execute(delete(staged))  # rows of an earlier batch in this same transaction
+    _copy(session, model, rows, staged.name)
+    return staged
+
+
+def _insert_new_phones(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Insert the phones of ``rows`` that do not exist yet (others are left as they are)."""
+    dialect = session.get_bind().dialect.name
+    builder = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    if not _copying(session, rows):
+        for part in chunks(rows):
+            session.execute(builder(Phone).on_conflict_do_nothing(), part)
+        return
+    staged = _staged(session, Phone, rows)
+    names = list(rows[0])
+    chosen = select(*(staged.c[name] for name in names)).order_by(staged.c.phone_id)
+    session.execute(builder(Phone).from_select(names, chosen).on_conflict_do_nothing())
+
+
+def _update_phones(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Write ``rows`` (full phone states, keyed by phone_id) over the phones' rows."""
+    if not _copying(session, rows):
+        session.execute(update(Phone), rows)
+        return
+    staged = _staged(session, Phone, rows)
+    session.execute(
+        update(Phone)
+        .where(Phone.phone_id == staged.c.phone_id)
+        .values({name: staged.c[name] for name in rows[0] if name != "phone_id"})
+    )
 
 
 def _utc(moment: datetime | None) -> datetime | None:
@@ -112,8 +198,9 @@ def _load_phones(
     for event in events:
         firsts.setdefault(event.phone_id, event)
     phone_ids = sorted(firsts)
-    for part in chunks(phone_ids):
-        rows = [
+    _insert_new_phones(
+        session,
+        [
             {
                 "phone_id": pid,
                 "lead_id": firsts[pid].lead_id,
@@ -123,22 +210,20 @@ def _load_phones(
                 "system_recalls": 0,
                 "updated_at": now,
             }
-            for pid in part
-        ]
-        dialect = session.get_bind().dialect.name
-        builder = postgresql.insert if dialect == "postgresql" else sqlite.insert
-        session.execute(builder(Phone).on_conflict_do_nothing(), rows)
+            for pid in phone_ids
+        ],
+    )
     states: dict[str, PhoneState] = {}
     columns = [getattr(Phone, name) for name in _PHONE_COLUMNS]
-    for part in chunks(phone_ids):
-        query = select(*columns).where(Phone.phone_id.in_(part)).order_by(Phone.phone_id)
+    for among in _among(session, Phone.phone_id, phone_ids):
+        query = select(*columns).where(among).order_by(Phone.phone_id)
         for row in session.execute(query.with_for_update()).mappings():
             states[row["phone_id"]] = PhoneState(**row)
 
     pending_ids = [s.pending_recall_id for s in states.values() if s.pending_recall_id]
-    for part in chunks(pending_ids):
+    for among in _among(session, Recall.recall_id, pending_ids):
         query = select(Recall.phone_id, Recall.due_at, Recall.source, Recall.rule).where(
-            Recall.recall_id.in_(part), Recall.state.in_(WAITING)
+            among, Recall.state.in_(WAITING)
         )
         for phone_id, due_at, source, rule in session.execute(query):
             states[phone_id].pending = PendingRecall(due_at, source, rule)
@@ -146,18 +231,16 @@ def _load_phones(
     lookback = attempt_lookback(rules)
     if lookback:
         since = min(event.occurred_at for event in events) - lookback
-        for part in chunks(phone_ids):
+        for among in _among(session, Attempt.phone_id, phone_ids):
             query = select(Attempt.phone_id, Attempt.occurred_at).where(
-                Attempt.phone_id.in_(part), Attempt.occurred_at >= since
+                among, Attempt.occurred_at >= since
             )
             for phone_id, occurred_at in session.execute(query):
                 states[phone_id].attempts.append(occurred_at)
 
     event_ids = sorted({event.event_id for event in events})
-    for part in chunks(event_ids):
-        query = select(ProcessedEvent.event_id, ProcessedEvent.occurred_at).where(
-            ProcessedEvent.event_id.in_(part)
-        )
+    for among in _among(session, ProcessedEvent.event_id, event_ids):
+        query = select(ProcessedEvent.event_id, ProcessedEvent.occurred_at).where(among)
         known = dict(session.execute(query).all())
         for event in events:
             if event.event_id in known:
@@ -260,17 +343,17 @@ def _rewind_late_phones(
         redecided.extend(sorted(later, key=lambda event: (event.occurred_at, event.event_id)))
 
     undone = [event.event_id for event in redecided]
-    for part in chunks(undone):
-        for model, key in (
-            (Attempt, Attempt.event_id),
-            (ProcessedEvent, ProcessedEvent.event_id),
-            (Recall, Recall.recall_id),
-        ):
-            session.execute(delete(model).where(key.in_(part)))
-    for part in chunks(waiting_again):
+    for model, key in (
+        (Attempt, Attempt.event_id),
+        (ProcessedEvent, ProcessedEvent.event_id),
+        (Recall, Recall.recall_id),
+    ):
+        for among in _among(session, key, undone):
+            session.execute(delete(model).where(among))
+    for among in _among(session, Recall.recall_id, waiting_again):
         session.execute(
             update(Recall)
-            .where(Recall.recall_id.in_(part))
+            .where(among)
             .values(state="pending" if now is not None else "held", dispatched_at=None)
         )
     return redecided
@@ -407,15 +490,13 @@ def apply_events(
                 for rid, due in rescheduled.items()
             ],
         )
-    for part in chunks(superseded):
+    for among in _among(session, Recall.recall_id, superseded):
         session.execute(
-            update(Recall)
-            .where(Recall.recall_id.in_(part), Recall.state.in_(WAITING))
-            .values(state="superseded")
+            update(Recall).where(among, Recall.state.in_(WAITING)).values(state="superseded")
         )
     if changed:
-        session.execute(
-            update(Phone),
+        _update_phones(
+            session,
             [
                 {
                     **{name: getattr(states[pid], name) for name in _PHONE_COLUMNS},

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterable
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,24 +20,22 @@ from worker.cli.common import (
     read_rules,
     rules_option,
 )
-from worker.engine import phone_zone
-from worker.events import CallResult
 from worker.replay import (
     Comparison,
     JsonLinesWriter,
     Rejection,
     Simulation,
     Summary,
+    apply,
+    fewer_collections,
     finish,
+    simulate,
     sorted_events,
 )
 from worker.rules import Rules
+from worker.shares import default_shares, replay_in_shares
 from worker.sources import SourceError
 
-# Events per transaction when applying: big enough for bulk statements to pay, small enough
-# that a transaction never holds locks for long while a live worker runs beside it.
-APPLY_BATCH = 5000
-FILE = click.Path(dir_okay=False, path_type=Path)
 FILE = click.Path(dir_okay=False, path_type=Path)
 # Rejections listed in the summary (all of them go to --dead-letters FILE).
 SHOWN_REJECTIONS = 5
@@ -47,25 +44,30 @@ SHOWN_REJECTIONS = 5
 class Progress:
     """Events done, rate and time left, on one refreshed line, only when stderr is a terminal."""
 
-    def __init__(self, total: int, enabled: bool) -> None:
+    def __init__(self, total: int, enabled: bool, started: float) -> None:
         self.total, self.enabled = total, enabled
-        self.started = self.shown = time.monotonic()
+        self.started, self.shown = started, time.monotonic()
         self.done = 0
 
     def tick(self, count: int = 1) -> None:
-        self.done += count
+        self.at(self.done + count)
+
+    def at(self, done: int) -> None:
+        self.done = done
         now = time.monotonic()
         if self.enabled and now - self.shown >= 0.5:
             self.shown = now
             rate = self.done / max(now - self.started, 1e-9)
-            left = (self.total - self.done) / rate if rate else 0
-            percent = 100 * self.done / max(self.total, 1)
-            click.echo(
-                f"\rreplayed {self.done:,}/{self.total:,} ({percent:.0f}%)"
-                f"  {rate:,.0f} events/s  {left:,.0f}s left   ",
-                nl=False,
-                err=True,
-            )
+            if not self.total:  # processes in parallel: their total is theirs to know
+                line = f"replayed {self.done:,}  {rate:,.0f} events/s"
+            else:
+                left = (self.total - self.done) / rate if rate else 0
+                percent = 100 * self.done / max(self.total, 1)
+                line = (
+                    f"replayed {self.done:,}/{self.total:,} ({percent:.0f}%)"
+                    f"  {rate:,.0f} events/s  {left:,.0f}s left"
+                )
+            click.echo(f"\r{line}   ", nl=False, err=True)
 
     def close(self) -> float:
         if self.enabled:
@@ -96,6 +98,12 @@ class Progress:
     metavar="ISO",
     help="End of the simulation (default: now): recalls due later stay pending.",
 )
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    help="Processes, each taking a share of the phones (default: one per core); applied to"
+    " SQLite, one.",
+)
 @rules_option
 @json_option
 def replay(
@@ -106,6 +114,7 @@ def replay(
     report: Path | None,
     rejects_path: Path | None,
     now_text: str | None,
+    jobs: int | None,
     rules_path: Path | None,
     as_json: bool,
 ) -> None:
@@ -127,6 +136,7 @@ def replay(
     interactive = sys.stderr.isatty() and not as_json
     summary_rejections: list[Rejection] = []
     with ExitStack() as stack:
+        stack.enter_context(fewer_collections())
         rejects = JsonLinesWriter(stack, rejects_path)
         decisions_out = JsonLinesWriter(stack, output)
         rejected: list[Rejection] = []
@@ -145,22 +155,56 @@ def replay(
             if interactive:
                 click.echo(f"\rreading {count:,} events", nl=False, err=True)
 
+        shares = jobs or default_shares()
         if not dry_run:  # refuse an unmigrated database before reading gigabytes of input
             from worker.cli.services import ready_database
 
             ready_database(migrate=get_settings().embedded)
-        try:
-            events = stack.enter_context(sorted_events(files, rules, on_reject, on_read=on_read))
-        except SourceError as error:
-            raise CommandError(str(error)) from None
-        progress = Progress(events.count, interactive)
-        if dry_run:
-            summary, pending, comparison = _dry(
-                events, rules, compare_rules, until, progress, decisions_out
-            )
-        else:
-            summary, pending = _applied(events, rules, until, progress, decisions_out, rejected)
+            if not _many_writers():
+                shares = 1
+        started = time.monotonic()  # the rate counts reading and sorting too
+        shared = None
+        if shares > 1:
+            progress = Progress(0, interactive, started)
+            try:
+                shared = replay_in_shares(
+                    files, rules, compare_rules, until, shares, applied=not dry_run,
+                    on_reject=on_reject, on_decision=decisions_out.write if output else None,
+                    on_progress=progress.at,
+                )  # fmt: skip
+            except SourceError as error:
+                raise CommandError(str(error)) from None
+        if shared is not None:
+            summary, pending, comparison = shared.summary, shared.pending, shared.comparison
+            progress.done = summary.events
+        else:  # one process; also when an event id was sent for phones of two processes
+            try:
+                events = stack.enter_context(
+                    sorted_events(files, rules, on_reject, on_read=on_read)
+                )
+            except SourceError as error:
+                raise CommandError(str(error)) from None
+            progress = Progress(events.count, interactive, started)
+            keep = (lambda _, decision: decisions_out.write(decision.to_json())) if output else None
             comparison = None
+            if dry_run:
+                simulation = Simulation(rules)
+                if compare_rules is not None:
+                    comparison = Comparison(Simulation(compare_rules))
+                simulate(
+                    events.positioned(), simulation, comparison,
+                    on_decision=keep, on_progress=progress.tick,
+                )  # fmt: skip
+                summary, pending = simulation.summary, finish(simulation, until)
+                if comparison is not None:
+                    comparison.pending = finish(comparison.simulation, until)
+            else:
+                summary = Summary()
+                apply(
+                    events.positioned(), rules, summary, on_decision=keep, on_progress=progress.tick
+                )
+        if not dry_run:
+            pending = _finish_applied(summary, until, rejected)
         summary.dead_letters = rejection_count
         elapsed = progress.close()
 
@@ -175,61 +219,24 @@ def replay(
         click.echo(_text(result))
 
 
-def _dry(
-    events: Iterable[CallResult],
-    rules: Rules,
-    compare_rules: Rules | None,
-    until: Any,
-    progress: Progress,
-    out: JsonLinesWriter,
-) -> tuple[Summary, int, Comparison | None]:
-    simulation = Simulation(rules)
-    comparison = Comparison(Simulation(compare_rules)) if compare_rules is not None else None
-    for event in events:
-        decision = simulation.take(event)
-        out.write(decision.to_json())
-        if comparison is not None:
-            comparison.add(event, decision)
-        progress.tick()
-    pending = finish(simulation, until)
-    if comparison is not None:
-        comparison.pending = finish(comparison.simulation, until)
-    return simulation.summary, pending, comparison
+def _many_writers() -> bool:
+    """Whether the database takes writers in parallel (PostgreSQL; SQLite has one at a time)."""
+    from worker.db import get_engine
+
+    return get_engine().dialect.name == "postgresql"
 
 
-def _applied(
-    events: Iterable[CallResult],
-    rules: Rules,
-    until: Any,
-    progress: Progress,
-    out: JsonLinesWriter,
-    rejected: list[Rejection],
-) -> tuple[Summary, int]:
+def _finish_applied(summary: Summary, until: datetime, rejected: list[Rejection]) -> int:
+    """End of an applied replay: fire or release its held recalls, file its dead letters.
+
+    Returns the recalls pending in the database.
+    """
     from sqlalchemy import func, select
 
     from worker.db import session_scope
     from worker.models import DeadLetter, Recall
-    from worker.store import Letter, apply_events, chunks, fire_due, record_dead_letters
+    from worker.store import Letter, chunks, fire_due, record_dead_letters
 
-    summary = Summary()
-    batch: list[CallResult] = []
-
-    def flush() -> None:
-        with session_scope() as session:
-            applied = apply_events(session, batch, rules, None)
-        for event, decision in zip(batch, applied.decisions, strict=True):
-            summary.add(event, decision, phone_zone(rules, event))
-            out.write(decision.to_json())
-        summary.fired += applied.fired
-        progress.tick(len(batch))
-        batch.clear()
-
-    for event in events:
-        batch.append(event)
-        if len(batch) >= APPLY_BATCH:
-            flush()
-    if batch:
-        flush()
     with session_scope() as session:
         summary.fired += fire_due(session, until)
         letters = {
@@ -257,7 +264,7 @@ def _applied(
         pending = session.scalar(
             select(func.count()).select_from(Recall).where(Recall.state == "pending")
         )
-    return summary, pending or 0
+    return pending or 0
 
 
 def _result(
