@@ -607,7 +607,7 @@ def test_events_in_and_recalls_fire(
     run_events_and_firing(deployment.label, worker, client_for(broker), db, broker, rules)
 
 
-# --- scenarios 3, 4 and 5: supersede, duplicate and stale, dead letters ----------------------
+# --- scenarios 3, 4 and 5: supersede, duplicate and late calls, dead letters -----------------
 
 
 def test_supersede_duplicate_stale_and_dead_letters(
@@ -646,15 +646,17 @@ def test_supersede_duplicate_stale_and_dead_letters(
     assert recalls["sup-2"].state == "pending"
     assert recalls["sup-2"].generation == 2
 
-    # Scenario 4: the same event again is a duplicate (nothing written); an older one is stale.
+    # Scenario 4: the same event again is a duplicate (nothing written); an older one is
+    # decided in its place, and the two after it again (as had they arrived in order).
     client.publish(second)
     client.publish(first)
-    stale_at = first_at - timedelta(minutes=1)
-    client.publish(event("sup-old", phone, stale_at, sip_code=404))
-    stale = wait_until(
-        lambda: db.events("sup-old").get("sup-old"), what="the stale event", workers=(worker,)
+    late_at = first_at - timedelta(minutes=1)
+    client.publish(event("sup-old", phone, late_at, sip_code=404))
+    late = wait_until(
+        lambda: db.events("sup-old").get("sup-old"), what="the late event", workers=(worker,)
     )
-    assert (stale.action, stale.reason) == ("stale", "stale")
+    assert late.processed_at < second_at + BUSY, "test too slow: the second recall fired already"
+    assert (late.action, late.reason) == ("suppress", "sip_no_recall")
     wait_until(
         lambda: (
             f"event sup-2 phone {phone}: duplicate" in worker.text()
@@ -664,11 +666,15 @@ def test_supersede_duplicate_stale_and_dead_letters(
         workers=(worker,),
     )
     assert db.count(ProcessedEvent, ProcessedEvent.phone_id == phone) == 3
-    assert db.count(Attempt, Attempt.phone_id == phone) == 3  # the stale call counts as a call
-    assert db.count(Recall, Recall.phone_id == phone) == 2  # no recall from duplicate or stale
+    assert db.count(Attempt, Attempt.phone_id == phone) == 3
+    assert db.count(Recall, Recall.phone_id == phone) == 2  # no recall from duplicate or 404
+    assert {r.recall_id: r.state for r in db.recalls_of(phone)} == {
+        "sup-1": "superseded",
+        "sup-2": "pending",
+    }
     row = db.phone_row(phone)
     assert row is not None
-    assert row.generation == 2
+    assert row.generation == 3
     assert row.last_event_id == "sup-2"
     assert row.last_result_at == second_at
     assert row.pending_recall_id == "sup-2"

@@ -7,6 +7,7 @@ backends through the ``db_engine`` fixture. Every test reads back what was writt
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 import warnings
@@ -287,32 +288,6 @@ def test_an_event_id_reused_for_another_phone_in_one_batch_is_a_duplicate(
     assert [row.event_id for row in table(db_engine, ProcessedEvent)] == ["e1", "g1"]
 
 
-def test_an_older_event_is_stale_an_attempt_and_changes_nothing(
-    db_engine: Engine, rules: Rules
-) -> None:
-    newer = event(event_id="e2", occurred_at="2026-01-14T10:30:00+00:00")
-    run_ingest(db_engine, [newer], rules, at("2026-01-14T10:31:00+00:00"))
-    shown, recalls = phone_json(db_engine, "P1"), recall_states(db_engine)
-
-    # Same instant as 09:45 UTC, written with another offset: compared as instants.
-    older = event(event_id="e1", occurred_at="2026-01-14T10:45:00+01:00", sip_code=480)
-    report = run_ingest(db_engine, [older], rules, at("2026-01-14T10:32:00+00:00"))
-
-    (decision,) = report.decisions
-    assert (decision.action, decision.reason, decision.due_at) == ("stale", "stale", None)
-    attempts = {a.event_id: a.occurred_at for a in table(db_engine, Attempt)}
-    assert attempts == {
-        "e1": at("2026-01-14T09:45:00+00:00"),
-        "e2": at("2026-01-14T10:30:00+00:00"),
-    }
-    stored = {row.event_id: row.action for row in table(db_engine, ProcessedEvent)}
-    assert stored == {"e1": "stale", "e2": "recall"}
-    assert phone_json(db_engine, "P1") == shown
-    assert recall_states(db_engine) == recalls == {"e2": "pending"}
-    phone = phone_row(db_engine, "P1")
-    assert (phone.generation, phone.last_event_id, phone.pending_recall_id) == (1, "e2", "e2")
-
-
 @pytest.mark.parametrize("delivery", ["two_ingests", "one_batch", "one_batch_reversed"])
 def test_a_later_event_supersedes_the_pending_recall(
     db_engine: Engine, rules: Rules, delivery: str
@@ -531,6 +506,28 @@ def test_an_id_that_is_not_valid_unicode_is_a_dead_letter(db_engine: Engine, rul
     (letter,) = table(db_engine, DeadLetter)
     assert letter.reason == "invalid_event"
     assert letter.detail.startswith("event_id:")
+
+
+@pytest.mark.parametrize(
+    ("changes", "detail"),
+    [
+        ({"sip_code": 2**70}, f"sip_code: must be between 100 and 699, got {2**70}"),
+        ({"retry_after_s": -(2**64)}, "retry_after_s: must be between 0 and 31622400, got"),
+        ({"note": 2**64}, "note: cannot be stored as JSON (a lone surrogate or an integer past"),
+        ({"note": "x\udfff"}, "note: cannot be stored as JSON (a lone surrogate or an integer"),
+    ],
+)
+def test_what_json_cannot_store_is_refused_with_the_right_reason(
+    db_engine: Engine, rules: Rules, changes: dict[str, Any], detail: str
+) -> None:
+    """Integers past 64 bits (valid JSON, decoded by Celery) read as out of range, not as bad
+    Unicode; in an extra field, they and lone surrogates are refused as unstorable."""
+    report = run_ingest(db_engine, [event(**changes), event(event_id="g1", phone_id="P2")], rules)
+
+    assert actions(report) == ["recall"]
+    (letter,) = table(db_engine, DeadLetter)
+    assert (letter.reason, letter.event_id) == ("invalid_event", "e1")
+    assert letter.detail.startswith(detail), letter.detail
 
 
 def test_the_longest_plan_id_with_a_plan_level_recall_is_stored(
@@ -852,25 +849,18 @@ def test_two_workers_on_one_phone_serialise(db_engine: Engine, rules: Rules) -> 
         results = race(db_engine, *jobs)
         decisions = {d.event_id: d for found in results for d in found}
         d_new, d_old = decisions[f"{phone}-new"], decisions[f"{phone}-old"]
-        # Whatever the commit order, the newer event is applied and owns the pending recall.
-        assert d_new.action == "recall"
-        assert d_old.action in ("recall", "stale")
+        # Whatever the commit order, the phone ends as in order: the older call's recall was
+        # replaced by the newer's (re-decided after it when the older one committed second).
+        assert (d_new.action, d_old.action) == ("recall", "recall")
 
         recalls = {r.recall_id: r.state for r in table(db_engine, Recall) if r.phone_id == phone}
         attempts = [a for a in table(db_engine, Attempt) if a.phone_id == phone]
         row = phone_row(db_engine, phone)
         assert len(attempts) == 2
-        assert [rid for rid, state in recalls.items() if state == "pending"] == [f"{phone}-new"]
+        assert recalls == {f"{phone}-old": "superseded", f"{phone}-new": "pending"}
         assert (row.pending_recall_id, row.last_event_id) == (f"{phone}-new", f"{phone}-new")
         assert row.last_result_at == at("2026-01-14T10:05:00+00:00")
-        if d_old.action == "stale":  # the older one committed second
-            assert recalls == {f"{phone}-new": "pending"}
-            assert row.generation == 1
-            assert d_new.supersedes is None
-        else:  # the older one committed first, and the newer replaced its recall
-            assert recalls == {f"{phone}-old": "superseded", f"{phone}-new": "pending"}
-            assert row.generation == 2
-            assert d_new.supersedes is not None
+        assert row.generation == 2
         assert row.system_recalls == row.generation
 
 
@@ -958,7 +948,38 @@ def test_firing_and_superseding_one_recall_at_once_stay_consistent(
 # --- calls that arrive out of order --------------------------------------------------------------
 
 
-def test_late_calls_still_hold_the_pending_recall_to_the_attempt_cap(
+def test_an_older_call_is_decided_in_its_place_and_the_newer_one_again(
+    db_engine: Engine, rules: Rules
+) -> None:
+    newer = event(event_id="e2", occurred_at="2026-01-14T10:30:00+00:00")
+    run_ingest(db_engine, [newer], rules, at("2026-01-14T10:31:00+00:00"))
+    assert recall_states(db_engine) == {"e2": "pending"}
+
+    # Same instant as 09:45 UTC, written with another offset: compared as instants.
+    older = event(event_id="e1", occurred_at="2026-01-14T10:45:00+01:00", sip_code=480)
+    report = run_ingest(db_engine, [older], rules, at("2026-01-14T10:32:00+00:00"))
+
+    (decision,) = report.decisions  # 480 recalls after an hour, as it would have in order
+    assert (decision.action, decision.reason) == ("recall", "sip_recall")
+    assert decision.due_at == at("2026-01-14T10:45:00+00:00")
+    stored = {row.event_id: (row.action, row.decision) for row in table(db_engine, ProcessedEvent)}
+    assert stored["e1"] == ("recall", decision.to_json())
+    assert stored["e2"][0] == "recall"
+    assert (
+        "replaces the pending recall due 2026-01-14T10:45:00+00:00"
+        in (stored["e2"][1]["explanation"])
+    )
+    assert recall_states(db_engine) == {"e1": "superseded", "e2": "pending"}
+    assert {a.event_id for a in table(db_engine, Attempt)} == {"e1", "e2"}
+    phone = phone_row(db_engine, "P1")
+    assert (phone.generation, phone.system_recalls) == (2, 2)
+    assert (phone.last_event_id, phone.pending_recall_id) == ("e2", "e2")
+    assert phone.last_decision == stored["e2"][1]
+    assert len(run_ingest(db_engine, [older, newer], rules).decisions) == 2  # duplicates now
+    assert recall_states(db_engine) == {"e1": "superseded", "e2": "pending"}
+
+
+def test_late_calls_hold_the_pending_recall_to_the_attempt_cap(
     db_engine: Engine, rules: Rules
 ) -> None:
     """Plan default allows 3 calls in 24 hours: three busy calls at 10:00, 10:05 and 10:10 put
@@ -969,20 +990,132 @@ def test_late_calls_still_hold_the_pending_recall_to_the_attempt_cap(
     ]
     in_order_at = at("2026-01-15T10:00:00+00:00")
 
-    late = [calls[2], calls[0], calls[1]]  # the newest first: the other two are stale
+    late = [calls[2], calls[0], calls[1]]  # the newest first: the other two are late
     decisions = [run_ingest(db_engine, [call], rules).decisions[0] for call in late]
 
-    assert [d.action for d in decisions] == ["recall", "stale", "stale"]
-    assert decisions[0].due_at == at("2026-01-14T10:25:00+00:00")
-    assert decisions[1].reschedules is None  # two calls in the window: still allowed
-    assert decisions[2].reschedules == in_order_at
-    (recall,) = table(db_engine, Recall)
-    assert (recall.recall_id, recall.state, recall.due_at) == ("c2", "pending", in_order_at)
-    assert recall.dispatched_at is None
+    assert [(d.action, d.due_at) for d in decisions] == [
+        ("recall", at("2026-01-14T10:25:00+00:00")),
+        ("recall", at("2026-01-14T10:15:00+00:00")),
+        ("recall", at("2026-01-14T10:20:00+00:00")),
+    ]
+    recalls = {r.recall_id: (r.state, r.due_at, r.generation) for r in table(db_engine, Recall)}
+    assert recalls == {
+        "c0": ("superseded", at("2026-01-14T10:15:00+00:00"), 1),
+        "c1": ("superseded", at("2026-01-14T10:20:00+00:00"), 2),
+        "c2": ("pending", in_order_at, 3),
+    }
     with Session(db_engine) as session:
         shown = queries.phone(session, "P1")
     assert shown is not None
     assert shown["pending_recall"]["due_at"] == in_order_at.isoformat()
+    assert shown["last_decision"]["adjustments"] == ["max_attempts"]
+
+
+def test_a_late_call_never_unfires_a_recall_it_would_have_replaced(
+    db_engine: Engine, rules: Rules
+) -> None:
+    """The 10:00 call's recall fired at 10:15; a 10:10 call that arrives after it would have
+    replaced it in order, but a firing was announced and cannot be taken back: the late call
+    is stale (an attempt, which still holds the pending recall to the 3-in-24-hours cap)."""
+    run_ingest(db_engine, [event(event_id="e1")], rules)
+    fire(db_engine, ["e1"], at("2026-01-14T10:15:00+00:00"))
+    newer = event(event_id="e2", occurred_at="2026-01-14T10:20:00+00:00")
+    run_ingest(db_engine, [newer], rules, at("2026-01-14T10:21:00+00:00"))
+    before = {row.event_id: row.decision for row in table(db_engine, ProcessedEvent)}
+
+    late = event(event_id="e0", occurred_at="2026-01-14T10:10:00+00:00")
+    (decision,) = run_ingest(db_engine, [late], rules, at("2026-01-14T10:22:00+00:00")).decisions
+
+    assert (decision.action, decision.reason) == ("stale", "stale")
+    assert decision.reschedules == at("2026-01-15T10:00:00+00:00")
+    assert recall_states(db_engine) == {"e1": "fired", "e2": "pending"}
+    stored = {row.event_id: row.decision for row in table(db_engine, ProcessedEvent)}
+    assert {key: stored[key] for key in before} == before
+    phone = phone_row(db_engine, "P1")
+    assert (phone.generation, phone.pending_recall_id, phone.eligible) == (2, "e2", False)
+
+
+def test_a_late_call_after_a_firing_keeps_it_and_redecides_what_followed(
+    db_engine: Engine, rules: Rules
+) -> None:
+    """The 10:00 call's recall fired at 10:15, before the late call's time (10:20): in order it
+    fired too. The call at 10:30 is decided again after the late one."""
+    run_ingest(db_engine, [event(event_id="e1")], rules)
+    fired_at = at("2026-01-14T10:15:00.300000+00:00")
+    fire(db_engine, ["e1"], fired_at)
+    run_ingest(db_engine, [event(event_id="e3", occurred_at="2026-01-14T10:30:00+00:00")], rules)
+
+    late = event(event_id="e2", occurred_at="2026-01-14T10:20:00+00:00")
+    (decision,) = run_ingest(db_engine, [late], rules).decisions
+
+    assert (decision.action, decision.due_at) == ("recall", at("2026-01-14T10:35:00+00:00"))
+    assert "replaces" not in decision.explanation  # the phone was eligible, nothing pending
+    assert recall_states(db_engine) == {"e1": "fired", "e2": "superseded", "e3": "pending"}
+    recalls = {r.recall_id: r for r in table(db_engine, Recall)}
+    assert recalls["e1"].fired_at == fired_at
+    # The late call is the third in 24 hours: the 10:30 call's recall waits for the next day.
+    assert recalls["e3"].due_at == at("2026-01-15T10:00:00+00:00")
+    phone = phone_row(db_engine, "P1")
+    assert (phone.generation, phone.pending_recall_id, phone.eligible) == (3, "e3", False)
+
+
+def _phone_story(engine: Engine, phone_id: str, prefix: str) -> dict[str, Any]:
+    """Everything stored about one phone, with its event ids made relative to ``prefix``."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, str):
+            return value.replace(prefix, "#")
+        if isinstance(value, dict):
+            return {key: plain(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [plain(item) for item in value]
+        return value
+
+    def rows(model: type[Any], *skip: str) -> list[dict[str, Any]]:
+        names = [a.key for a in inspect(model).column_attrs if a.key not in skip]
+        found = [{name: plain(getattr(row, name)) for name in names}
+                 for row in table(engine, model) if row.phone_id == phone_id]  # fmt: skip
+        return sorted(found, key=lambda row: str(row))
+
+    return {
+        "events": rows(ProcessedEvent, "processed_at"),
+        "attempts": rows(Attempt),
+        "recalls": rows(Recall, "created_at"),
+        "phone": rows(Phone, "updated_at"),
+    }
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_any_arrival_order_ends_as_the_in_order_run(
+    db_engine: Engine, rules: Rules, seed: int
+) -> None:
+    """Random histories on a capped plan with calling hours (busy, no answer, agent callbacks,
+    a final code), delivered shuffled in random batches with redeliveries, end exactly as the
+    same calls delivered in order, one by one."""
+    rng = random.Random(seed)
+    codes = [(486, None), (480, None), (487, None), (200, "CALLBACK"), (404, None), (486, None)]
+    for story in range(8):
+        moments = sorted(rng.sample(range(0, 36 * 60, 7), rng.randint(2, 7)))
+        drawn = list(zip(moments, rng.choices(codes, k=len(moments)), strict=True))
+        calls = {
+            name: [
+                event(event_id=f"{name}{story}-{k}", phone_id=f"{name}{story}",
+                      occurred_at=(NOW + timedelta(minutes=minute)).isoformat(),
+                      sip_code=code, outcome_code=outcome)
+                for k, (minute, (code, outcome)) in enumerate(drawn)
+            ]
+            for name in ("ordered", "shuffled")
+        }  # fmt: skip
+        for call in calls["ordered"]:
+            run_ingest(db_engine, [call], rules)
+        arriving = calls["shuffled"] + rng.sample(calls["shuffled"], len(moments) // 2)
+        rng.shuffle(arriving)
+        while arriving:
+            size = rng.randint(1, 3)
+            run_ingest(db_engine, arriving[:size], rules)
+            arriving = arriving[size:]
+        want = _phone_story(db_engine, f"ordered{story}", "ordered")
+        assert _phone_story(db_engine, f"shuffled{story}", "shuffled") == want
 
 
 # --- an applied replay beside live workers -------------------------------------------------------

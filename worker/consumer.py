@@ -40,6 +40,12 @@ def _task_name(message: Any) -> str:
     return str(name) if name else "unknown"
 
 
+def _payload(body: object, message: Any) -> object:
+    # Celery hands the decoded body only for protocol 1; for protocol 2 (what every sender uses
+    # now) it is None, and the raw body, undecoded (a refused pickle stays unpickled), is kept.
+    return body if body is not None else getattr(message, "body", None)
+
+
 class RecallConsumer(Consumer):  # type: ignore[misc]  # celery ships no type hints
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         content_type = getattr(message, "content_type", None)
@@ -53,9 +59,10 @@ class RecallConsumer(Consumer):  # type: ignore[misc]  # celery ships no type hi
 
     def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
         name = _task_name(message)
-        keep_refused_message(name, f"message: unknown task {name!r}", body)
+        keep_refused_message(name, f"message: unknown task {name!r}", _payload(body, message))
         super().on_unknown_task(body, message, exc)
 
     def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
-        keep_refused_message(_task_name(message), f"message: invalid task message: {exc}", body)
+        detail = f"message: invalid task message: {exc}"
+        keep_refused_message(_task_name(message), detail, _payload(body, message))
         super().on_invalid_task(body, message, exc)

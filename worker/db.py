@@ -14,6 +14,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.settings import Settings, get_settings, mask_url
@@ -106,8 +107,17 @@ def _alembic_config(url: str) -> Config:
 
 def upgrade(url: str) -> str:
     """Bring the database at ``url`` to the latest migration; return the revision."""
-    command.upgrade(_alembic_config(url), "head")
+    try:
+        command.upgrade(_alembic_config(url), "head")
+    except (OperationalError, InterfaceError) as error:
+        raise _unreachable(url, error) from None
     return _head(url)
+
+
+def _unreachable(url: str, error: Exception) -> DatabaseNotReady:
+    # One line, with the URL's password masked: the driver's message may run to several.
+    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return DatabaseNotReady(f"cannot reach the database {mask_url(url)}: {reason}")
 
 
 def _head(url: str) -> str:
@@ -124,8 +134,7 @@ def ensure_migrated(engine: Engine) -> None:
         with engine.connect() as connection:
             current = MigrationContext.configure(connection).get_current_revision()
     except Exception as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise DatabaseNotReady(f"cannot reach the database {mask_url(url)}: {reason}") from None
+        raise _unreachable(url, error) from None
     if current != head:
         raise DatabaseNotReady(
             f"the database {mask_url(url)} is at migration {current or 'none'}, not {head}:"

@@ -87,8 +87,13 @@ def accept(raw: object, rules: Rules) -> CallResult:
         else:
             try:
                 size = len(orjson.dumps(raw))
-            except TypeError:  # orjson refuses lone surrogates (and non-JSON values)
-                raise InvalidEvent(_unencodable_field(raw), "is not valid Unicode") from None
+            except TypeError:
+                # A lone surrogate or an integer past 64 bits, which no JSON column can store. In
+                # a field of the schema, its check says precisely what is wrong (an out-of-range
+                # sip_code must not read as bad Unicode); else it is in an extra field.
+                parse_event(raw)
+                detail = "cannot be stored as JSON (a lone surrogate or an integer past 64 bits)"
+                raise InvalidEvent(_unencodable_field(raw), detail) from None
             if size > MAX_EVENT_BYTES:
                 raise InvalidEvent("event", f"payload is over the {MAX_EVENT_BYTES}-byte limit")
             event = parse_event(raw)

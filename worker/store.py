@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.schema import CreateTable
 
 from worker.engine import Decision, PendingRecall, decide
-from worker.events import CallResult
+from worker.events import CallResult, parse_event
 from worker.models import Attempt, DeadLetter, Phone, ProcessedEvent, Recall, UTCDateTime
 from worker.rules import Rules
 from worker.state import PhoneState, attempt_lookback, decision_json
@@ -248,6 +248,117 @@ def _load_phones(
     return states
 
 
+# The actions that change a phone (Decision.applies): the others leave its schedule alone.
+APPLIED = ("recall", "suppress")
+
+
+def _rewind_late_phones(
+    session: Session,
+    events: Sequence[CallResult],
+    states: dict[str, PhoneState],
+    rules: Rules,
+    now: datetime | None,
+) -> list[CallResult]:
+    """Put phones that get a late call back as they were before it; return what to re-decide.
+
+    A call older than the last result applied to its phone would have been decided before that
+    result had the calls arrived in order. So the phone is wound back to just before the
+    earliest such call (its stored events from then on are un-written: events, attempts and the
+    recalls they made, and the recall pending at that moment is waiting again) and those stored
+    events are returned, to be decided again with the late calls in event-time order. The phones
+    are already locked, so this is part of the batch's transaction.
+
+    A recall that fired cannot be un-fired (the phone was made eligible and the dialer told): a
+    phone with a recall fired at or after the late call's time is not wound back, and the late
+    call is taken as before, as ``stale``. So is one whose history names a plan no longer in the
+    rules. Re-decided events use the rules and the clock of now, as the late call does.
+    """
+    starts: dict[str, datetime] = {}
+    for event in events:
+        state = states[event.phone_id]
+        last = state.last_result_at
+        if (
+            last is not None
+            and event.occurred_at < last
+            and event.event_id not in state.seen
+            and event.plan_id in rules.plans
+        ):
+            start = starts.get(event.phone_id, event.occurred_at)
+            starts[event.phone_id] = min(start, event.occurred_at)
+
+    redecided: list[CallResult] = []
+    waiting_again: list[str] = []
+    for phone_id in sorted(starts):
+        start, state = starts[phone_id], states[phone_id]
+        fired_since = select(Recall.recall_id).where(
+            Recall.phone_id == phone_id, Recall.state == "fired", Recall.due_at >= start
+        )
+        if session.scalar(fired_since.limit(1)) is not None:
+            continue
+        stored = ProcessedEvent
+        later_rows = session.execute(
+            select(stored.event_id, stored.action, stored.decision, stored.payload).where(
+                stored.phone_id == phone_id, stored.occurred_at >= start
+            )
+        ).all()
+        later = [parse_event(row.payload) for row in later_rows]
+        if any(event.plan_id not in rules.plans for event in later):
+            continue
+        before = session.execute(
+            select(stored.event_id, stored.occurred_at, stored.lead_id, stored.plan_id,
+                   stored.decision)
+            .where(stored.phone_id == phone_id, stored.occurred_at < start,
+                   stored.action.in_(APPLIED))
+            .order_by(stored.occurred_at.desc(), stored.event_id.desc())
+            .limit(1)
+        ).first()  # fmt: skip
+
+        applied = [row for row in later_rows if row.action in APPLIED]
+        state.generation -= len(applied)
+        state.system_recalls -= sum(
+            row.action == "recall" and row.decision.get("source") != "user_outcome"
+            for row in applied
+        )
+        state.attempts = [attempt for attempt in state.attempts if attempt < start]
+        for event in later:
+            state.seen.pop(event.event_id, None)
+        state.eligible, state.eligible_at = False, None
+        state.pending_recall_id, state.pending = None, None
+        state.last_result_at = state.last_event_id = state.last_decision = None
+        if before is not None:
+            state.last_result_at, state.last_event_id = before.occurred_at, before.event_id
+            state.lead_id, state.plan_id = before.lead_id, before.plan_id
+            state.last_decision = before.decision
+            recall = session.execute(
+                select(Recall.state, Recall.due_at, Recall.source, Recall.rule, Recall.fired_at)
+                .where(Recall.recall_id == before.event_id)
+            ).first()  # fmt: skip
+            if recall is not None and recall.state == "fired":  # before the late call
+                state.eligible, state.eligible_at = True, recall.fired_at
+            elif recall is not None:
+                state.pending_recall_id = before.event_id
+                state.pending = PendingRecall(recall.due_at, recall.source, recall.rule)
+                if recall.state == "superseded":
+                    waiting_again.append(before.event_id)
+        redecided.extend(sorted(later, key=lambda event: (event.occurred_at, event.event_id)))
+
+    undone = [event.event_id for event in redecided]
+    for model, key in (
+        (Attempt, Attempt.event_id),
+        (ProcessedEvent, ProcessedEvent.event_id),
+        (Recall, Recall.recall_id),
+    ):
+        for among in _among(session, key, undone):
+            session.execute(delete(model).where(among))
+    for among in _among(session, Recall.recall_id, waiting_again):
+        session.execute(
+            update(Recall)
+            .where(among)
+            .values(state="pending" if now is not None else "held", dispatched_at=None)
+        )
+    return redecided
+
+
 @dataclass(frozen=True, slots=True)
 class Applied:
     """What ``apply_events`` did: one decision per event (in the order given), recalls fired."""
@@ -270,6 +381,10 @@ def apply_events(
         return Applied([])
     wall = now or max(event.occurred_at for event in events)
     states = _load_phones(session, events, rules, wall)
+    # Late calls: their phones' later stored events are decided again, in order, with them.
+    # Put first, a stored event wins over a redelivered copy of it in this batch.
+    redecided = _rewind_late_phones(session, events, states, rules, now)
+    events = [*redecided, *events]
     order = sorted(range(len(events)), key=lambda i: (events[i].phone_id, events[i].occurred_at))
     decisions: list[Decision | None] = [None] * len(events)
     event_rows: list[dict[str, Any]] = []
@@ -277,7 +392,7 @@ def apply_events(
     superseded: list[str] = []
     rescheduled: dict[str, datetime] = {}
     fired: dict[str, datetime] = {}
-    changed: set[str] = set()
+    changed: set[str] = {event.phone_id for event in redecided}
 
     # The event id is the key across phones: of copies in this batch, the earliest in event
     # time (then in the given order) is taken and the others are duplicates.
@@ -391,7 +506,8 @@ def apply_events(
                 for pid in sorted(changed)
             ],
         )
-    return Applied([decision for decision in decisions if decision is not None], len(fired))
+    taken = decisions[len(redecided) :]
+    return Applied([decision for decision in taken if decision is not None], len(fired))
 
 
 # A dead letter keeps the payload for diagnosis and replay; past this it keeps the start.

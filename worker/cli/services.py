@@ -124,7 +124,10 @@ def db() -> None:
 def db_upgrade() -> None:
     """Bring the database to the latest migration (safe to run again)."""
     url = database_url(get_settings())
-    revision = upgrade(url)
+    try:
+        revision = upgrade(url)
+    except DatabaseNotReady as error:
+        raise CommandError(str(error)) from None
     click.echo(f"database {mask_url(url)} is at migration {revision}")
 
 
