@@ -945,6 +945,33 @@ def test_firing_and_superseding_one_recall_at_once_stay_consistent(
     assert pending == ([expected] if expected else [])
 
 
+def recall_rows(engine: Engine) -> dict[str, tuple[str, datetime, datetime | None]]:
+    return {r.recall_id: (r.state, r.due_at, r.fired_at) for r in table(engine, Recall)}
+
+
+def test_a_firing_queued_behind_a_late_call_reads_the_recall_it_moved(
+    db_engine: Engine, custom_rules: Rules
+) -> None:
+    """The firing learns which recalls to fire before it gets the phone's lock; the due time it
+    checks must be the one after the lock (a late call moved the recall meanwhile)."""
+    require_postgresql(db_engine)
+    capped = {"plan_id": "capped"}
+    run_ingest(db_engine, [event(**capped)], custom_rules, at("2026-01-14T10:01:00+00:00"))
+    assert recall_rows(db_engine)["e1"] == ("pending", at("2026-01-14T10:15:00+00:00"), None)
+    # Calls at 09:50 and 10:00 fill the cap of 2 in an hour: 10:00's recall waits for 10:50.
+    late = event(event_id="e0", occurred_at="2026-01-14T09:50:00+00:00", **capped)
+    now = at("2026-01-14T10:15:01+00:00")
+
+    def firing(session: Session) -> list[Fired]:
+        return fire_recalls(session, ["e1"], now, early_tolerance=TOLERANCE)
+
+    _, fired = queued_race(db_engine, "P1", ingesting(late, custom_rules, now), firing)
+
+    assert fired == []
+    assert recall_rows(db_engine)["e1"] == ("pending", at("2026-01-14T10:50:00+00:00"), None)
+    assert phone_row(db_engine, "P1").pending_recall_id == "e1"
+
+
 # --- calls that arrive out of order --------------------------------------------------------------
 
 

@@ -633,23 +633,33 @@ def fire_recalls(
     delivered before its time (clock skew) is handed back to the dispatcher. With
     ``at_due_time`` (replay's simulated clock) a recall fires at its due time, not at ``now``.
     """
-    recalls: dict[str, Recall] = {}
-    for part in chunks(sorted(set(recall_ids))):
-        query = select(Recall).where(Recall.recall_id.in_(part), Recall.state == state)
-        recalls.update((recall.recall_id, recall) for recall in session.scalars(query))
-    if not recalls:
+    wanted = sorted(set(recall_ids))
+    phone_ids: set[str] = set()
+    for among in _among(session, Recall.recall_id, wanted):
+        phone_ids.update(
+            session.scalars(select(Recall.phone_id).where(among, Recall.state == state))
+        )
+    if not phone_ids:
         return []
     # Lock the phones first, as ingestion does; the phone's pending recall is the real guard.
-    phone_ids = sorted({recall.phone_id for recall in recalls.values()})
     current: dict[str, str | None] = {}
-    for part in chunks(phone_ids):
+    for among in _among(session, Phone.phone_id, sorted(phone_ids)):
         lock = (
             select(Phone.phone_id, Phone.pending_recall_id)
-            .where(Phone.phone_id.in_(part))
+            .where(among)
             .order_by(Phone.phone_id)
             .with_for_update()
         )
         current.update(session.execute(lock).all())
+    # Read the recalls only now: ingestion may have moved (or rewritten) one while we waited.
+    recalls: dict[str, Recall] = {}
+    for among in _among(session, Recall.recall_id, wanted):
+        fresh = (
+            select(Recall)
+            .where(among, Recall.state == state)
+            .execution_options(populate_existing=True)
+        )
+        recalls.update((recall.recall_id, recall) for recall in session.scalars(fresh))
 
     fired: list[Fired] = []
     early: list[str] = []
