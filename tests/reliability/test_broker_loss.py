@@ -34,6 +34,7 @@ from tests.test_integration import (
     RULES,
     Db,
     assert_no_errors,
+    busy_due_in,
     event,
     notifications,
     utcnow,
@@ -43,7 +44,7 @@ from tests.workers import WorkerProcess
 from worker.client import RecallClient
 from worker.models import Phone, ProcessedEvent, Recall
 
-pytestmark = [pytest.mark.reliability, pytest.mark.integration]
+pytestmark = pytest.mark.integration
 
 RECALLS = 10_000
 #: Seconds from the first event published to the fault: time to take 10,000 events.
@@ -76,6 +77,7 @@ def schedule(fault_at: datetime) -> tuple[list[dict[str, Any]], dict[str, str]]:
     return events, group_of
 
 
+@pytest.mark.reliability
 @pytest.mark.timeout(900)
 def test_broker_loss(
     postgres: PostgresServer,
@@ -167,3 +169,48 @@ def test_broker_loss(
     for late in lateness[GROUPS[2][0]]:
         assert late < ON_TIME
     assert_no_errors(worker)
+
+
+def test_worker_outlives_a_broker_restart(
+    postgres: PostgresServer,
+    fresh_database: Callable[[PostgresServer], str],
+    own_redis: RedisServer,
+    open_db: Callable[[str], Db],
+    worker_process: Callable[..., WorkerProcess],
+    tmp_path: Path,
+) -> None:
+    """Regression: with a firing held for its due time, losing Redis made the worker exit
+    (worker/consumer.py). It must reconnect, fire the recall and take new events."""
+    url = fresh_database(postgres)
+    rules = tmp_path / "rules.toml"
+    rules.write_text(RULES, encoding="utf-8")
+    worker = worker_process(
+        worker_env(own_redis.url, url, tmp_path / "home", RECALL_RULES=str(rules))
+    )
+    db = open_db(url)
+    client = RecallClient(own_redis.url)
+    client.publish(event("blip-1", "P-blip-1", busy_due_in(10)))
+    client.app.close()
+    wait_until(
+        lambda: (r := db.recalls("blip-1").get("blip-1")) is not None and r.dispatched_at,
+        what="the firing to be held by the worker",
+        workers=(worker,),
+    )
+    own_redis.stop()
+    time.sleep(2)
+    own_redis.start()
+    fired = wait_until(
+        lambda: (r := db.recalls("blip-1")["blip-1"]).state == "fired" and r,
+        timeout=60,
+        what="the recall to fire after the broker came back",
+        workers=(worker,),
+    )
+    assert fired.fired_at is not None
+    assert fired.fired_at - fired.due_at < REDISPATCH_AFTER + timedelta(seconds=10)
+    client = RecallClient(own_redis.url)
+    client.publish(event("blip-2", "P-blip-2", utcnow(), sip_code=404))
+    client.app.close()
+    wait_until(lambda: db.events("blip-2"), what="an event after the restart", workers=(worker,))
+    assert worker.process is not None
+    assert worker.process.poll() is None, worker.text()[-3000:]
+    assert "Unrecoverable error" not in worker.text()
