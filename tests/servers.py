@@ -13,7 +13,6 @@ import contextlib
 import glob
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -105,6 +104,7 @@ class PostgresServer:
         self.process: subprocess.Popen[bytes] | None = None
         self.tmp: str | None = None
         self.launch: list[str] = []
+        self.pg_ctl: list[str] = []
         dsn = os.environ.get("RECALL_TEST_POSTGRES_DSN")
         if dsn and not own:
             self.admin_dsn = dsn
@@ -135,6 +135,7 @@ class PostgresServer:
         )  # fmt: skip
         self.port = free_port()
         self.host = str(sockets)
+        self.pg_ctl = [*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-w", "-t", "60"]
         self.launch = [
             *run_as, str(bindir / "postgres"), "-D", str(data), "-p", str(self.port),
             "-k", str(sockets), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
@@ -155,7 +156,7 @@ class PostgresServer:
     def halt(self) -> None:
         """Stop our own server as ``pg_ctl stop -m fast`` does: clients are cut off, data kept."""
         assert self.process is not None, "not our own server, or not running"
-        self.process.send_signal(signal.SIGINT)
+        subprocess.run([*self.pg_ctl, "stop", "-m", "fast"], check=True, stdout=subprocess.DEVNULL)
         self.process.wait(timeout=60)
         self.process = None
 

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import statistics
 from datetime import timedelta
 from pathlib import Path
+
+from tests.workers import WorkerProcess
+
+#: What a worker logs while its broker is away: the consumer's and the dispatcher's failed
+#: connection attempts (each followed by its traceback). Anything else logged as an error is not.
+BROKER_AWAY = re.compile(r"Connection refused|Cannot connect to redis")
 
 
 def worker_env(broker: str, database: str, home: Path, **more: str) -> dict[str, str]:
@@ -22,3 +29,15 @@ def seconds(values: list[timedelta]) -> tuple[float, float]:
     """(max, median) of durations, in seconds."""
     found = [value.total_seconds() for value in values]
     return max(found), statistics.median(found)
+
+
+def errors_besides_broker_away(worker: WorkerProcess) -> tuple[int, list[str]]:
+    """(error lines about the broker being away, every other ERROR or CRITICAL line)."""
+    away, other = 0, []
+    for line in worker.text().splitlines():
+        if re.search(r"ERROR/|CRITICAL/", line):
+            if BROKER_AWAY.search(line):
+                away += 1
+            else:
+                other.append(line)
+    return away, other
