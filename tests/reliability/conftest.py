@@ -11,13 +11,15 @@ measures is printed on its own line as it is measured (visible with ``-s``) and 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from tests.reliability.support import worker_env
 from tests.servers import PostgresServer, RedisServer
-from tests.test_integration import open_db
-from tests.workers import dispose_engines
+from tests.test_integration import Db, open_db
+from tests.workers import WorkerProcess, dispose_engines
 from worker.db import upgrade
 
 __all__ = ["open_db"]  # the integration suite's database reader, shared
@@ -92,3 +94,35 @@ def fresh_database() -> Iterator[Callable[[PostgresServer], str]]:
         if server.launch and server.process is None:
             server.start()  # a scenario that failed while its server was stopped
         server.drop_database(url)
+
+
+@dataclass
+class Stack:
+    """A worker started on a fresh database: its URL, a reader, the worker and its environment."""
+
+    url: str
+    db: Db
+    worker: WorkerProcess
+    env: dict[str, str]
+
+
+@pytest.fixture
+def stack(
+    fresh_database: Callable[[PostgresServer], str],
+    open_db: Callable[[str], Db],
+    worker_process: Callable[..., WorkerProcess],
+    tmp_path: Path,
+) -> Callable[..., Stack]:
+    """``stack(broker_url, postgres_server, rules_text=None, **env)``: a fresh, migrated database
+    on that server and a ``recall worker`` on it and that broker (stopped first at the end)."""
+
+    def start(broker: str, server: PostgresServer, rules: str | None = None, **more: str) -> Stack:
+        url = fresh_database(server)
+        if rules is not None:
+            path = tmp_path / "rules.toml"
+            path.write_text(rules, encoding="utf-8")
+            more["RECALL_RULES"] = str(path)
+        env = worker_env(broker, url, tmp_path / "home", **more)
+        return Stack(url, open_db(url), worker_process(env), env)
+
+    return start

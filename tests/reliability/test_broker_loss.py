@@ -18,28 +18,25 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
-from tests.reliability.conftest import Figures
-from tests.reliability.support import errors_besides_broker_away, seconds, worker_env
+from tests.reliability.conftest import Figures, Stack
+from tests.reliability.support import errors_besides_broker_away, seconds
 from tests.servers import PostgresServer, RedisServer
 from tests.test_integration import (
     BUSY,
     EARLY_TOLERANCE,
     REDISPATCH_AFTER,
     RULES,
-    Db,
     busy_due_in,
     event,
     notifications,
     utcnow,
     wait_until,
 )
-from tests.workers import WorkerProcess
 from worker.client import RecallClient
 from worker.models import Phone, ProcessedEvent, Recall
 
@@ -80,20 +77,12 @@ def schedule(fault_at: datetime) -> tuple[list[dict[str, Any]], dict[str, str]]:
 @pytest.mark.timeout(900)
 def test_broker_loss(
     postgres: PostgresServer,
-    fresh_database: Callable[[PostgresServer], str],
     own_redis: RedisServer,
-    open_db: Callable[[str], Db],
-    worker_process: Callable[..., WorkerProcess],
-    tmp_path: Path,
+    stack: Callable[..., Stack],
     figures: Figures,
 ) -> None:
-    url = fresh_database(postgres)
-    rules = tmp_path / "rules.toml"
-    rules.write_text(RULES, encoding="utf-8")
-    worker = worker_process(
-        worker_env(own_redis.url, url, tmp_path / "home", RECALL_RULES=str(rules))
-    )
-    db = open_db(url)
+    started = stack(own_redis.url, postgres, RULES)
+    worker, db = started.worker, started.db
     client = RecallClient(own_redis.url)
     fault_at = utcnow() + timedelta(seconds=LEAD_S)
     events, group_of = schedule(fault_at)
@@ -175,21 +164,13 @@ def test_broker_loss(
 
 def test_worker_outlives_a_broker_restart(
     postgres: PostgresServer,
-    fresh_database: Callable[[PostgresServer], str],
     own_redis: RedisServer,
-    open_db: Callable[[str], Db],
-    worker_process: Callable[..., WorkerProcess],
-    tmp_path: Path,
+    stack: Callable[..., Stack],
 ) -> None:
     """Regression: with a firing held for its due time, losing Redis made the worker exit
     (worker/consumer.py). It must reconnect, fire the recall and take new events."""
-    url = fresh_database(postgres)
-    rules = tmp_path / "rules.toml"
-    rules.write_text(RULES, encoding="utf-8")
-    worker = worker_process(
-        worker_env(own_redis.url, url, tmp_path / "home", RECALL_RULES=str(rules))
-    )
-    db = open_db(url)
+    started = stack(own_redis.url, postgres, RULES)
+    worker, db = started.worker, started.db
     client = RecallClient(own_redis.url)
     client.publish(event("blip-1", "P-blip-1", busy_due_in(10)))
     client.app.close()

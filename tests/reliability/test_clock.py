@@ -21,18 +21,15 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
 
 from tests.helpers import at
-from tests.reliability.conftest import Figures
-from tests.reliability.support import worker_env
+from tests.reliability.conftest import Figures, Stack
 from tests.servers import PostgresServer
-from tests.test_integration import BUSY, EARLY_TOLERANCE, Db, utcnow, wait_until
-from tests.workers import WorkerProcess
+from tests.test_integration import BUSY, EARLY_TOLERANCE, utcnow, wait_until
 from worker.client import RecallClient
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
@@ -152,22 +149,16 @@ def base_event(event_id: str, plan: str, **fields: Any) -> dict[str, Any]:
 @pytest.mark.timeout(600)
 def test_clock(
     postgres: PostgresServer,
-    fresh_database: Callable[[PostgresServer], str],
     broker_url: str,
-    open_db: Callable[[str], Db],
-    worker_process: Callable[..., WorkerProcess],
-    tmp_path: Path,
+    stack: Callable[..., Stack],
     figures: Figures,
 ) -> None:
     now = utcnow()
     # Decided "now", a past day's recall would be due at once: the DST days must be ahead.
     assert now < min(at(fields["occurred_at"]) for _, _, fields, _ in CASES), "move CASES on"
     opening = (now + timedelta(seconds=75)).replace(second=0, microsecond=0) + timedelta(minutes=1)
-    rules = tmp_path / "rules.toml"
-    rules.write_text(live_rules(opening), encoding="utf-8")
-    url = fresh_database(postgres)
-    worker = worker_process(worker_env(broker_url, url, tmp_path / "home", RECALL_RULES=str(rules)))
-    db = open_db(url)
+    started = stack(broker_url, postgres, live_rules(opening))
+    worker, db = started.worker, started.db
     client = RecallClient(broker_url)
     called = utcnow() - BUSY + timedelta(minutes=1)  # its 15-minute recall: outside the hours
     live: dict[str, str] = {}

@@ -22,12 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability.conftest import Figures
-from tests.reliability.support import worker_env
+from tests.reliability.conftest import Figures, Stack
 from tests.servers import PostgresServer
 from tests.test_integration import (
     RULES,
-    Db,
     assert_no_errors,
     busy_due_in,
     event,
@@ -118,18 +116,12 @@ class Watch(threading.Thread):
 @pytest.mark.timeout(900)
 def test_database_outage(
     own_postgres: PostgresServer,
-    fresh_database: Callable[[PostgresServer], str],
     broker_url: str,
-    open_db: Callable[[str], Db],
-    worker_process: Callable[..., WorkerProcess],
-    tmp_path: Path,
+    stack: Callable[..., Stack],
     figures: Figures,
 ) -> None:
-    url = fresh_database(own_postgres)
-    rules = tmp_path / "rules.toml"
-    rules.write_text(RULES, encoding="utf-8")
-    worker = worker_process(worker_env(broker_url, url, tmp_path / "home", RECALL_RULES=str(rules)))
-    db = open_db(url)
+    started = stack(broker_url, own_postgres, RULES)
+    worker, db = started.worker, started.db
     watch = Watch(worker)
     watch.start()
     client = RecallClient(broker_url)

@@ -17,17 +17,15 @@ import re
 from collections import Counter
 from collections.abc import Callable
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 from sqlalchemy import func, select
 
-from tests.reliability.conftest import Figures
-from tests.reliability.support import worker_env
+from tests.reliability.conftest import Figures, Stack
 from tests.servers import PostgresServer
-from tests.test_integration import Db, assert_no_errors, utcnow, wait_until
+from tests.test_integration import assert_no_errors, utcnow, wait_until
 from tests.workers import WorkerProcess
 from worker.client import RecallClient
 from worker.events import parse_event
@@ -119,22 +117,15 @@ def replay_in_order(events: list[dict[str, Any]]) -> tuple[Simulation, dict[str,
 @pytest.mark.timeout(1200)
 def test_worker_crash(
     postgres: PostgresServer,
-    fresh_database: Callable[[PostgresServer], str],
     broker_url: str,
-    open_db: Callable[[str], Db],
+    stack: Callable[..., Stack],
     worker_process: Callable[..., WorkerProcess],
-    tmp_path: Path,
     figures: Figures,
 ) -> None:
-    url = fresh_database(postgres)
-    env = worker_env(
-        broker_url, url, tmp_path / "home", RECALL_VISIBILITY_TIMEOUT_S=str(VISIBILITY_TIMEOUT_S)
-    )
-    first = worker_process(env, name="crashed")
-    db = open_db(url)
+    crashed = stack(broker_url, postgres, RECALL_VISIBILITY_TIMEOUT_S=str(VISIBILITY_TIMEOUT_S))
+    first, db = crashed.worker, crashed.db
     client = RecallClient(broker_url)
-    started = utcnow()
-    rounds = generate(started, random.Random(20_000))
+    rounds = generate(utcnow(), random.Random(20_000))
     events = [item for events in rounds for item in events]
     ids = {item["event_id"] for item in events}
     singles, lists = publish(client, rounds)
@@ -160,7 +151,7 @@ def test_worker_crash(
     assert at_kill < len(events), "test too fast: the stream was over before the kill"
     assert stored <= at_kill
 
-    second = worker_process(env, name="restarted")
+    second = worker_process(crashed.env, name="restarted")
     wait_until(
         lambda: db.count(ProcessedEvent) >= len(events),
         timeout=600,
