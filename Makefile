@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint types pytest bench bench-quick bench-engine bench-replay bench-ingest clean
+.PHONY: install demo test lint types pytest reliability bench bench-quick bench-engine bench-replay bench-ingest clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ bench: install
 ## bench-quick: the same at small sizes, a smoke run (fails on errors, never on speed)
 bench-quick: install
 	$(BIN)/python bench/run.py --quick --out bench/results-quick.json
+
+## reliability: the whole reliability suite (tests/reliability), the slow fault scenarios included:
+## worker crash, broker loss, database outage, clock; prints each figure (see docs/RELIABILITY.md)
+reliability: install
+	$(BIN)/pytest tests/reliability -m "" -v
 
 ## bench-engine: per-decision cost of the core engine, in microseconds
 bench-engine: install

@@ -9,7 +9,17 @@ from functools import cache
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["ENVIRONMENT", "Settings", "SettingsError", "get_settings", "mask_url"]
+__all__ = [
+    "ENVIRONMENT",
+    "RETRY_BACKOFF_MAX_S",
+    "Settings",
+    "SettingsError",
+    "get_settings",
+    "mask_url",
+]
+
+#: The longest wait between two retries of a task (exponential backoff from 1 s, with jitter).
+RETRY_BACKOFF_MAX_S = 30
 
 
 class SettingsError(ValueError):
@@ -46,6 +56,7 @@ ENVIRONMENT = (
     "RECALL_DISPATCH_INTERVAL_S",
     "RECALL_DISPATCH_HORIZON_S",
     "RECALL_REDISPATCH_AFTER_S",
+    "RECALL_VISIBILITY_TIMEOUT_S",
     "RECALL_MAX_BATCH",
     "RECALL_METRICS_PORT",
     "RECALL_LOG_FORMAT",
@@ -70,6 +81,11 @@ class Settings:
     #: A dispatched recall still pending this long after its due time was lost with the broker
     #: (restart, flush): it is handed over again. Firing is idempotent, so an early retry is safe.
     redispatch_after_s: float = 15.0
+    #: A message a worker took but never acknowledged (the worker was killed, the host lost) goes
+    #: back to its queue after this long. Short, so that a crash delays events by minutes, not
+    #: an hour (kombu's default); longer than anything a live worker holds unacknowledged: a
+    #: firing up to the dispatch horizon, a retry up to RETRY_BACKOFF_MAX_S, a running task.
+    visibility_timeout_s: float = 300.0
     #: Most events accepted in one `recall.process_call_results` message.
     max_batch: int = 5000
     #: Port of each worker's Prometheus endpoint (/metrics); 0 turns it off.
@@ -94,6 +110,7 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         rules = env.get("RECALL_RULES", "").strip()
+        horizon = _number(env, "RECALL_DISPATCH_HORIZON_S", 30.0, 1.0)
         return cls(
             home=Path(env.get("RECALL_HOME", "").strip() or ".recall").absolute(),
             broker_url=env.get("RECALL_BROKER_URL", "").strip() or None,
@@ -101,8 +118,12 @@ class Settings:
             rules_path=Path(rules) if rules else None,
             notify_queue=env.get("RECALL_NOTIFY_QUEUE", "").strip() or "recall.eligible",
             dispatch_interval_s=_number(env, "RECALL_DISPATCH_INTERVAL_S", 1.0, 0.1),
-            dispatch_horizon_s=_number(env, "RECALL_DISPATCH_HORIZON_S", 30.0, 1.0),
+            dispatch_horizon_s=horizon,
             redispatch_after_s=_number(env, "RECALL_REDISPATCH_AFTER_S", 15.0, 1.0),
+            # Held firings and retries would be given back while still held: sent twice.
+            visibility_timeout_s=_number(
+                env, "RECALL_VISIBILITY_TIMEOUT_S", 300.0, horizon + RETRY_BACKOFF_MAX_S
+            ),
             max_batch=int(_number(env, "RECALL_MAX_BATCH", 5000, 1)),
             metrics_port=int(_number(env, "RECALL_METRICS_PORT", 9547, 0)),
             log_format=_choice(env, "RECALL_LOG_FORMAT", ("text", "json")),

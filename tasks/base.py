@@ -11,6 +11,7 @@ from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
+from config.settings import RETRY_BACKOFF_MAX_S
 from worker.db import DatabaseNotReady, session_scope
 from worker.rules import RulesError
 
@@ -37,7 +38,7 @@ class RecallTask(Task):  # type: ignore[misc]  # celery ships no type hints
     )
     max_retries = None
     retry_backoff = 1
-    retry_backoff_max = 30
+    retry_backoff_max = RETRY_BACKOFF_MAX_S
     retry_jitter = True
 
     @staticmethod

@@ -99,11 +99,14 @@ class RedisServer:
 class PostgresServer:
     """Where to create test databases: CI's cluster, or a throwaway one started here."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, own: bool = False) -> None:
+        """``own``: always a throwaway server of our own (one a fault test may stop and start)."""
         self.process: subprocess.Popen[bytes] | None = None
         self.tmp: str | None = None
+        self.launch: list[str] = []
+        self.pg_ctl: list[str] = []
         dsn = os.environ.get("RECALL_TEST_POSTGRES_DSN")
-        if dsn:
+        if dsn and not own:
             self.admin_dsn = dsn
             self.host = psycopg.conninfo.conninfo_to_dict(dsn).get("host") or "localhost"
             self.port = int(psycopg.conninfo.conninfo_to_dict(dsn).get("port") or 5432)
@@ -132,15 +135,30 @@ class PostgresServer:
         )  # fmt: skip
         self.port = free_port()
         self.host = str(sockets)
-        self.process = subprocess.Popen(
-            [*run_as, str(bindir / "postgres"), "-D", str(data), "-p", str(self.port),
-             "-k", str(sockets), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
-             "-c", "max_connections=200"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
+        self.pg_ctl = [*run_as, str(bindir / "pg_ctl"), "-D", str(data), "-w", "-t", "60"]
+        self.launch = [
+            *run_as, str(bindir / "postgres"), "-D", str(data), "-p", str(self.port),
+            "-k", str(sockets), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
+            "-c", "max_connections=200",
+        ]  # fmt: skip
         user = f" user={self.user}" if self.user else ""
         self.admin_dsn = f"host={self.host} port={self.port} dbname=postgres{user}"
+        self.start()
+
+    def start(self) -> None:
+        """Start our own server (again, after ``halt``: same data, same port)."""
+        assert self.launch, "not our own server"
+        self.process = subprocess.Popen(
+            self.launch, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         wait_for(lambda: psycopg.connect(self.admin_dsn).close() is None, 30, "PostgreSQL")
+
+    def halt(self) -> None:
+        """Stop our own server as ``pg_ctl stop -m fast`` does: clients are cut off, data kept."""
+        assert self.process is not None, "not our own server, or not running"
+        subprocess.run([*self.pg_ctl, "stop", "-m", "fast"], check=True, stdout=subprocess.DEVNULL)
+        self.process.wait(timeout=60)
+        self.process = None
 
     def create_database(self) -> str:
         """A fresh, empty database; returns its SQLAlchemy URL."""

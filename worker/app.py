@@ -38,9 +38,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     return {
         "broker_url": broker_url(settings),
         "broker_connection_retry_on_startup": True,
-        # Unacknowledged messages return to the queue after this long. It must exceed the
-        # dispatch horizon, or ETA'd firings would be delivered twice (harmless, but wasteful).
-        "broker_transport_options": {"visibility_timeout": 3600},
+        # A message taken but never acknowledged (its worker was killed) returns to the queue
+        # after the visibility timeout (see Settings.visibility_timeout_s); each worker looks for
+        # such messages every 10 s (kombu's default looks only every 100 s).
+        "broker_transport_options": {
+            "visibility_timeout": settings.visibility_timeout_s,
+            "unacked_restore_interval": 10,
+            "unacked_restore_throttle": 1,
+        },
         # JSON only: a pickled message is refused before anything runs (security).
         "accept_content": ["json"],
         "task_serializer": "json",

@@ -1,4 +1,5 @@
-"""The worker's message consumer: Celery's own, plus a dead letter for every message it refuses.
+"""The worker's message consumer: Celery's own, plus a dead letter for every message it refuses,
+and a worker that outlives the loss of its broker.
 
 Celery drops a message it cannot decode (not JSON: pickle is refused by design) or that names an
 unknown task, with only a log line. Operators need those too, with the raw payload, so that a
@@ -47,6 +48,27 @@ def _payload(body: object, message: Any) -> object:
 
 
 class RecallConsumer(Consumer):  # type: ignore[misc]  # celery ships no type hints
+    def on_connection_error_after_connected(self, exc: Exception) -> None:
+        # Celery 5.7 first collects the broken connection (which drops its transport's client),
+        # then closes it. If the worker held unacknowledged messages (it always holds firings
+        # waiting for their time), closing the Redis channel tries to give them back through
+        # that dropped client and raises AttributeError, which Celery takes for an unrecoverable
+        # error: the worker exits instead of reconnecting (found by the reliability suite,
+        # broker loss). The messages cannot be given back to a broker that is gone anyway: they
+        # return after the visibility timeout, and lost firings are re-sent by the dispatcher.
+        connection = self.connection
+        if connection is not None:
+            close = connection.close
+
+            def close_broken_connection() -> None:
+                try:
+                    close()
+                except AttributeError as error:
+                    log.warning("broker connection lost; closed it as far as possible (%r)", error)
+
+            connection.close = close_broken_connection
+        super().on_connection_error_after_connected(exc)
+
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         content_type = getattr(message, "content_type", None)
         detail = f"message: cannot decode a {content_type} body ({type(exc).__name__}: {exc})"

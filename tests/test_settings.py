@@ -1,0 +1,38 @@
+"""Settings that guard delivery: how soon a dead worker's messages go back to their queue."""
+
+from __future__ import annotations
+
+import pytest
+
+from config.settings import RETRY_BACKOFF_MAX_S, Settings, SettingsError
+from worker.app import celery_config
+
+BASE = {"RECALL_BROKER_URL": "redis://127.0.0.1:1", "RECALL_DATABASE_URL": "x://"}
+
+
+def test_a_dead_workers_messages_return_within_minutes() -> None:
+    # Regression (reliability suite, worker crash): kombu's one-hour default kept the messages
+    # of a worker killed with kill -9 away for an hour, and looked for them every 100 s only.
+    options = celery_config(Settings.from_env(BASE))["broker_transport_options"]
+    assert options["visibility_timeout"] == 300.0
+    assert options["unacked_restore_interval"] * options["unacked_restore_throttle"] <= 10
+    tuned = Settings.from_env({**BASE, "RECALL_VISIBILITY_TIMEOUT_S": "90"})
+    assert celery_config(tuned)["broker_transport_options"]["visibility_timeout"] == 90.0
+
+
+@pytest.mark.parametrize(
+    ("horizon", "timeout"),
+    [(None, "59"), ("60", "89"), (None, "soon")],
+)
+def test_the_visibility_timeout_outlasts_what_a_live_worker_holds(
+    horizon: str | None, timeout: str
+) -> None:
+    # A live worker holds firings up to the dispatch horizon and retries up to the longest
+    # backoff: a shorter timeout would give them back while held, and send them twice.
+    env = {**BASE, "RECALL_VISIBILITY_TIMEOUT_S": timeout}
+    if horizon is not None:
+        env["RECALL_DISPATCH_HORIZON_S"] = horizon
+    with pytest.raises(SettingsError, match="RECALL_VISIBILITY_TIMEOUT_S"):
+        Settings.from_env(env)
+    least = float(horizon or 30) + RETRY_BACKOFF_MAX_S
+    assert Settings.from_env({**env, "RECALL_VISIBILITY_TIMEOUT_S": str(least)})
