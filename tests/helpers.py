@@ -5,6 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+import orjson
+from click.testing import Result
+
 import worker.db
 from config.settings import get_settings
 from worker.events import CallResult, parse_event
@@ -62,3 +65,32 @@ def reset_process_state() -> None:
         worker.db.get_engine().dispose()
     worker.db.get_engine.cache_clear()
     worker.db._session_factory.cache_clear()
+
+
+def json_of(result: Result) -> Any:
+    """What a ``recall ... --json`` run printed: exit 0, nothing on stderr, one line of JSON."""
+    assert result.exit_code == 0, (result.output, result.stderr, result.exception)
+    assert result.exception is None
+    assert result.stderr == ""
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1, result.stdout
+    return orjson.loads(lines[0])
+
+
+def one_line_error(result: Result, *parts: str) -> str:
+    """Exit 1, nothing on stdout, exactly one stderr line starting 'error:', no traceback.
+
+    Each of ``parts`` must be in that line; the line is returned.
+    """
+    assert result.exit_code == 1, (result.output, result.exception)
+    # a clean exit is SystemExit(1); anything else is a crash caught by the runner
+    assert isinstance(result.exception, SystemExit), repr(result.exception)
+    assert result.stdout == ""
+    assert "Traceback" not in result.output
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: "), lines[0]
+    for part in parts:
+        assert part in lines[0], (part, lines[0])
+    return lines[0]

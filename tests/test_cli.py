@@ -14,7 +14,7 @@ import orjson
 import pytest
 from click.testing import CliRunner, Result
 
-from tests.helpers import DECISION_KEYS
+from tests.helpers import DECISION_KEYS, json_of, one_line_error
 from worker.cli import main
 from worker.events import event_from_csv_row, parse_event
 from worker.rules import DEFAULT_RULES_PATH, Rules, load_rules
@@ -75,29 +75,6 @@ def assert_ok(result: Result) -> None:
     assert result.exit_code == 0, (result.output, result.exception)
     assert result.exception is None
     assert result.stderr == ""
-
-
-def assert_one_line_error(result: Result, *parts: str) -> str:
-    """Exit 1, nothing on stdout, exactly one stderr line starting with 'error:', no traceback."""
-    assert result.exit_code == 1, (result.output, result.exception)
-    # a clean exit is SystemExit(1); anything else is a crash caught by the runner
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    assert result.stdout == ""
-    assert "Traceback" not in result.output
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: "), lines[0]
-    for part in parts:
-        assert part in lines[0], (part, lines[0])
-    return lines[0]
-
-
-def json_of(result: Result) -> dict[str, Any]:
-    assert_ok(result)
-    lines = result.stdout.splitlines()
-    assert len(lines) == 1, result.stdout
-    data: dict[str, Any] = orjson.loads(lines[0])
-    return data
 
 
 def same_rules(a: Rules, b: Rules) -> bool:
@@ -308,18 +285,18 @@ def test_rules_option_wins_over_env(
     ],
 )
 def test_decide_invalid_event(runner: CliRunner, payload: str, parts: tuple[str, ...]) -> None:
-    assert_one_line_error(run(runner, "decide", "--json", "--now", NOW, input=payload), *parts)
+    one_line_error(run(runner, "decide", "--json", "--now", NOW, input=payload), *parts)
 
 
 def test_decide_invalid_event_from_file(runner: CliRunner, tmp_path: Path) -> None:
     path = tmp_path / "bad.json"
     path.write_text(event_json(sip_code=700), encoding="utf-8")
-    assert_one_line_error(run(runner, "decide", str(path)), "invalid event", "sip_code: ")
+    one_line_error(run(runner, "decide", str(path)), "invalid event", "sip_code: ")
 
 
 def test_decide_unknown_plan(runner: CliRunner) -> None:
     result = run(runner, "decide", "--json", "--now", NOW, input=event_json(plan_id="nope"))
-    assert_one_line_error(result, "unknown_plan", "nope")
+    one_line_error(result, "unknown_plan", "nope")
 
 
 def test_decide_plan_from_operator_rules(runner: CliRunner, tmp_path: Path) -> None:
@@ -332,20 +309,20 @@ def test_decide_plan_from_operator_rules(runner: CliRunner, tmp_path: Path) -> N
 
 def test_decide_broken_rules(runner: CliRunner, event_file: Path, broken_rules: Path) -> None:
     result = run(runner, "decide", str(event_file), "--rules", str(broken_rules))
-    assert_one_line_error(result, str(broken_rules), "sip_codes[0] (code 486)", "recall")
+    one_line_error(result, str(broken_rules), "sip_codes[0] (code 486)", "recall")
 
 
 def test_decide_broken_rules_from_env(
     runner: CliRunner, event_file: Path, broken_rules: Path
 ) -> None:
     result = run(runner, "decide", str(event_file), env={"RECALL_RULES": str(broken_rules)})
-    assert_one_line_error(result, str(broken_rules))
+    one_line_error(result, str(broken_rules))
 
 
 def test_decide_missing_rules_file(runner: CliRunner, event_file: Path, tmp_path: Path) -> None:
     missing = tmp_path / "missing.toml"
     result = run(runner, "decide", str(event_file), "--rules", str(missing))
-    assert_one_line_error(result, str(missing), "no such rules file")
+    one_line_error(result, str(missing), "no such rules file")
 
 
 @pytest.mark.parametrize(
@@ -359,7 +336,7 @@ def test_decide_missing_rules_file(runner: CliRunner, event_file: Path, tmp_path
 )
 def test_decide_bad_now(runner: CliRunner, event_file: Path, now: str, part: str) -> None:
     result = run(runner, "decide", str(event_file), "--now", now)
-    assert_one_line_error(result, "--now", part)
+    one_line_error(result, "--now", part)
 
 
 @pytest.mark.parametrize(
@@ -379,7 +356,7 @@ def test_decide_extreme_timestamps_fail_cleanly(
     result = run(
         runner, "decide", "--json", "--now", now, input=event_json(occurred_at=occurred_at)
     )
-    assert_one_line_error(result)
+    one_line_error(result)
 
 
 def test_decide_missing_event_file_is_an_error(runner: CliRunner, tmp_path: Path) -> None:
@@ -430,13 +407,13 @@ def test_rules_check_env(runner: CliRunner, operator_rules: Path) -> None:
 
 def test_rules_check_broken(runner: CliRunner, broken_rules: Path) -> None:
     result = run(runner, "rules", "check", "--rules", str(broken_rules))
-    assert_one_line_error(result, str(broken_rules), "sip_codes[0] (code 486)", "recall")
+    one_line_error(result, str(broken_rules), "sip_codes[0] (code 486)", "recall")
 
 
 def test_rules_check_broken_toml(runner: CliRunner, tmp_path: Path) -> None:
     path = tmp_path / "syntax.toml"
     path.write_text("[[plans]\nid = 1\n", encoding="utf-8")
-    assert_one_line_error(run(runner, "rules", "check", "--rules", str(path)), "not valid TOML")
+    one_line_error(run(runner, "rules", "check", "--rules", str(path)), "not valid TOML")
 
 
 def test_rules_show_text(runner: CliRunner, operator_rules: Path) -> None:
@@ -461,8 +438,8 @@ def test_rules_show_json(runner: CliRunner, operator_rules: Path) -> None:
 
 
 def test_rules_show_broken(runner: CliRunner, broken_rules: Path) -> None:
-    assert_one_line_error(run(runner, "rules", "show", "--rules", str(broken_rules)))
-    assert_one_line_error(run(runner, "rules", "show", "--json", "--rules", str(broken_rules)))
+    one_line_error(run(runner, "rules", "show", "--rules", str(broken_rules)))
+    one_line_error(run(runner, "rules", "show", "--json", "--rules", str(broken_rules)))
 
 
 @pytest.mark.parametrize("with_operator_file", [False, True], ids=["defaults", "operator"])
@@ -497,7 +474,7 @@ def test_rules_export_to_file(runner: CliRunner, tmp_path: Path, operator_rules:
 def test_rules_export_broken(runner: CliRunner, tmp_path: Path, broken_rules: Path) -> None:
     path = tmp_path / "never.toml"
     result = run(runner, "rules", "export", "-o", str(path), "--rules", str(broken_rules))
-    assert_one_line_error(result, str(broken_rules))
+    one_line_error(result, str(broken_rules))
     assert not path.exists()
 
 
@@ -559,7 +536,7 @@ def test_sample_events_decide(runner: CliRunner, tmp_path: Path) -> None:
 )
 def test_sample_bad_start(runner: CliRunner, tmp_path: Path, args: tuple[str, ...]) -> None:
     result = run(runner, "sample", "-o", str(tmp_path / "x.jsonl"), *args)
-    assert_one_line_error(result, "--start")
+    one_line_error(result, "--start")
 
 
 # --- the installed console script -----------------------------------------------------------

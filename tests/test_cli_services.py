@@ -18,7 +18,14 @@ from click.testing import CliRunner, Result
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from tests.helpers import DECISION_KEYS, EVENT_DEFAULTS, at, reset_process_state
+from tests.helpers import (
+    DECISION_KEYS,
+    EVENT_DEFAULTS,
+    at,
+    json_of,
+    one_line_error,
+    reset_process_state,
+)
 from worker.cli import main
 from worker.engine import Decision
 from worker.pipeline import ingest
@@ -100,22 +107,6 @@ def filled(db_engine: Engine, default_rules: Rules) -> dict[str, Decision]:
     return {decision.phone_id: decision for decision in report.decisions}
 
 
-def json_of(result: Result) -> Any:
-    assert result.exit_code == 0, (result.output, result.stderr, result.exception)
-    assert result.stderr == ""
-    return orjson.loads(result.stdout)
-
-
-def assert_one_line_error(result: Result) -> str:
-    assert result.exit_code == 1, (result.output, result.exception)
-    assert result.stdout == ""
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
-    assert "Traceback" not in result.stderr
-    return lines[0]
-
-
 # --- recall db upgrade ---------------------------------------------------------------------------
 
 
@@ -159,7 +150,7 @@ def test_an_unmigrated_database_is_refused_with_the_fix(
 ) -> None:
     recall = invoker(f"sqlite:///{tmp_path / 'empty.db'}", monkeypatch)
 
-    line = assert_one_line_error(recall(*args))
+    line = one_line_error(recall(*args))
 
     assert "recall db upgrade" in line
     assert "migration none" in line
@@ -218,7 +209,7 @@ def test_phones_show_an_unknown_phone_is_a_one_line_error(
 ) -> None:
     args = ("phones", "show", "NOPE", *(("--json",) if as_json else ()))
 
-    assert assert_one_line_error(recall(*args)) == "error: no phone 'NOPE'"
+    assert one_line_error(recall(*args)) == "error: no phone 'NOPE'"
 
 
 def test_phones_list_filters_waiting_and_eligible(
@@ -335,7 +326,7 @@ def test_dead_letters_replay_with_broken_rules_is_a_one_line_error(
 ) -> None:
     broken = write_rules('[[plans]]\nid = "newplan"\nmax_recalls = "many"\n', "broken.toml")
 
-    line = assert_one_line_error(recall("dead-letters", "replay", "--rules", str(broken)))
+    line = one_line_error(recall("dead-letters", "replay", "--rules", str(broken)))
 
     assert "broken.toml" in line
     assert "max_recalls" in line

@@ -29,7 +29,7 @@ import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import select
 
-from tests.helpers import reset_process_state
+from tests.helpers import json_of, one_line_error, reset_process_state
 from worker import shares
 from worker.cli import main
 from worker.db import make_engine, upgrade
@@ -111,23 +111,8 @@ def recall(*args: str | Path) -> Result:
     return CliRunner().invoke(main, [str(arg) for arg in args], prog_name="recall")
 
 
-def json_of(result: Result) -> Any:
-    assert result.exit_code == 0, (result.output, result.stderr, result.exception)
-    assert result.stderr == ""
-    return orjson.loads(result.stdout)
-
-
 def replay_json(*args: str | Path) -> dict[str, Any]:
     return json_of(recall("replay", *args, "--json"))  # type: ignore[no-any-return]
-
-
-def one_line_error(result: Result) -> str:
-    assert result.exit_code == 1, (result.output, result.exception)
-    assert result.stdout == ""
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
-    return lines[0]
 
 
 def ev(event_id: str, phone_id: str, occurred_at: str, **fields: Any) -> dict[str, Any]:
