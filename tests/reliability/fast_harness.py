@@ -4,15 +4,18 @@ and waiting on what the workers logged. The slow fault scenarios have their own 
 from __future__ import annotations
 
 import contextlib
+import random
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine
 
 from tests.servers import PostgresServer
 from tests.workers import WorkerProcess, dispose_engines
+from worker.client import RecallClient
 from worker.db import make_engine, upgrade
 
 #: A decision line of the ingestion tasks: "event <id> phone <id>: <action> (<reason>)".
@@ -59,3 +62,25 @@ def wait_for_decisions(count: int, *workers: WorkerProcess, timeout: float = 240
             )
         time.sleep(0.5)
     return time.monotonic() - started
+
+
+def publish_mixed(
+    client: RecallClient,
+    events: Sequence[Any],
+    rng: random.Random,
+    single_share: float,
+    largest_batch: int,
+) -> int:
+    """Publish ``events`` in order, each message alone (``single_share`` of the time) or a batch
+    of 2 to ``largest_batch``, as a dialer mixing both tasks would; return the message count."""
+    messages = position = 0
+    while position < len(events):
+        size = 1 if rng.random() < single_share else rng.randint(2, largest_batch)
+        part = events[position : position + size]
+        if size == 1:
+            client.publish(part[0])
+        else:
+            client.publish_many(part, batch=size)
+        messages += 1
+        position += size
+    return messages

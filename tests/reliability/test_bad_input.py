@@ -30,7 +30,7 @@ from kombu import Connection, Exchange
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tests.reliability.fast_harness import fresh_database, worker_env
+from tests.reliability.fast_harness import fresh_database, publish_mixed, worker_env
 from tests.servers import PostgresServer
 from tests.workers import WorkerProcess
 from worker.client import RecallClient
@@ -380,18 +380,9 @@ def test_malformed_events_and_messages_become_dead_letters_and_good_ones_are_app
         pid = worker.process.pid
         client = RecallClient(broker_url)
         sender = Celery("sender", broker=broker_url)
-        sent_messages = 0
-        position = 0
         published = time.monotonic()
-        while position < len(mixed):  # half alone, half in batches of up to 20, good and bad mixed
-            size = 1 if rng.random() < 0.5 else rng.randint(2, 20)
-            part = mixed[position : position + size]
-            if size == 1:
-                client.publish(part[0])
-            else:
-                client.publish_many(part, batch=size)
-            sent_messages += 1
-            position += size
+        # Half alone, half in batches of up to 20, good and bad mixed.
+        sent_messages = publish_mixed(client, mixed, rng, single_share=0.5, largest_batch=20)
         for how, what, _ in messages:
             if how == "args":
                 name, args, kwargs = what

@@ -25,7 +25,12 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from tests.reliability.fast_harness import fresh_database, wait_for_decisions, worker_env
+from tests.reliability.fast_harness import (
+    fresh_database,
+    publish_mixed,
+    wait_for_decisions,
+    worker_env,
+)
 from tests.servers import PostgresServer
 from tests.test_integration import assert_no_errors
 from tests.workers import WorkerProcess
@@ -151,17 +156,9 @@ def test_shuffled_and_redelivered_events_on_two_workers_end_as_in_order(
             for name in ("a", "b")
         )
         client = RecallClient(broker_url)
-        messages, position = 0, 0
         published = time.monotonic()
-        while position < len(sent):  # about 40% single messages, the rest in batches of 2-40
-            size = 1 if rng.random() < 0.4 else rng.randint(2, 40)
-            part = sent[position : position + size]
-            if size == 1:
-                client.publish(part[0])
-            else:
-                client.publish_many(part, batch=size)
-            messages += 1
-            position += size
+        # About 40% single messages, the rest in batches of 2-40.
+        messages = publish_mixed(client, sent, rng, single_share=0.4, largest_batch=40)
         client.app.close()
         elapsed = wait_for_decisions(len(sent), *workers)
         took = time.monotonic() - published
