@@ -585,8 +585,8 @@ def claim_due(
         .with_for_update(skip_locked=True)
     )
     claimed = [(recall_id, due_at) for recall_id, due_at in session.execute(query)]
-    for part in chunks([recall_id for recall_id, _ in claimed]):
-        session.execute(update(Recall).where(Recall.recall_id.in_(part)).values(dispatched_at=now))
+    for among in _among(session, Recall.recall_id, [recall_id for recall_id, _ in claimed]):
+        session.execute(update(Recall).where(among).values(dispatched_at=now))
     return claimed
 
 
@@ -700,8 +700,8 @@ def fire_recalls(
                 for f in fired
             ],
         )
-    for part in chunks(early):
-        session.execute(update(Recall).where(Recall.recall_id.in_(part)).values(dispatched_at=None))
+    for among in _among(session, Recall.recall_id, early):
+        session.execute(update(Recall).where(among).values(dispatched_at=None))
     return fired
 
 
