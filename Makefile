@@ -49,9 +49,9 @@ reliability: install
 bench-engine: install
 	$(BIN)/python bench/engine.py
 
-## bench-ingest: events/s through both ingestion tasks, and fire lateness, on Redis + PostgreSQL
+## bench-ingest: make bench's ingestion figures only (Celery baseline, both ingestion tasks)
 bench-ingest: install
-	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/run.py --only ingestion --out bench/results-ingest.json
 
 ## bench-replay: replay of 1,000,000 generated events, dry and applied to PostgreSQL (events/s, RSS)
 bench-replay: install

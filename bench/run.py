@@ -19,6 +19,9 @@ How each figure is taken (see docs/PERFORMANCE.md):
 - ``fire_lateness_p99_s``: recalls due at a steady 200 a second; p99 of fired minus due.
 - ``engine_decide_us``: ``bench/engine.py``'s median cost of one decision.
 
+``--only PART`` (repeatable: ingestion, recalls, replay, engine) takes some of them;
+``make bench-ingest`` is ``--only ingestion``.
+
 Speed is reported, never asserted: the quick run fails only on errors.
 """
 
@@ -280,36 +283,48 @@ def engine(quick: bool, results: dict[str, Any]) -> None:
 def table(results: dict[str, Any]) -> str:
     lines = [f"{'figure':<28}{'value':>14}  {'target':<20}met"]
     for key, target, check in TARGETS:
-        value = results.get(key)
-        met = "-" if check is None or value is None else ("yes" if check(value, results) else "NO")
-        shown = "-" if value is None else f"{value:,}"
-        lines.append(f"{key:<28}{shown:>14}  {target:<20}{met}")
+        if key not in results:  # a part left out with --only
+            continue
+        value = results[key]
+        met = "-" if check is None else ("yes" if check(value, results) else "NO")
+        lines.append(f"{key:<28}{value:>14,}  {target:<20}{met}")
     return "\n".join(lines)
+
+
+PARTS = ("ingestion", "recalls", "replay", "engine")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
+    parser.add_argument("--only", action="append", choices=PARTS, help="these parts (repeatable)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
     args = parser.parse_args()
+    parts = set(args.only or PARTS)
     sizes = QUICK if args.quick else FULL
     results: dict[str, Any] = {}
     started = time.monotonic()
-    tmp = Path(tempfile.mkdtemp(prefix="recall-bench-"))
-    postgres = PostgresServer()
-    try:
-        with redis_for_tests(tmp) as broker:
-            bench = Bench(tmp, broker, postgres)
-            os.environ["RECALL_BROKER_URL"] = broker  # app.send_task publishes there
-            app.conf.broker_url = broker
-            ingestion(bench, sizes, results)
-            recalls(bench, sizes, results)
+    if parts & {"ingestion", "recalls"}:
+        tmp = Path(tempfile.mkdtemp(prefix="recall-bench-"))
+        postgres = PostgresServer()
+        try:
+            with redis_for_tests(tmp) as broker:
+                bench = Bench(tmp, broker, postgres)
+                os.environ["RECALL_BROKER_URL"] = broker  # app.send_task publishes there
+                app.conf.broker_url = broker
+                if "ingestion" in parts:
+                    ingestion(bench, sizes, results)
+                if "recalls" in parts:
+                    recalls(bench, sizes, results)
+        finally:
+            postgres.stop()
+    if "replay" in parts:
         replay(sizes, results)
+    if "engine" in parts:
         engine(args.quick, results)
-    finally:
-        postgres.stop()
     results["run"] = {
         "quick": args.quick,
+        "parts": [part for part in PARTS if part in parts],
         "sizes": asdict(sizes),
         "seconds": round(time.monotonic() - started),
         "cores": len(os.sched_getaffinity(0)),
