@@ -314,8 +314,10 @@ class Summary:
     def merge(self, other: Summary) -> None:
         """Add ``other``'s counts (another process's share of the phones) to these."""
         self.events += other.events
-        for name in ("actions", "reasons", "sources", "recalls_by_sip_class"):
-            getattr(self, name).update(getattr(other, name))
+        self.actions.update(other.actions)
+        self.reasons.update(other.reasons)
+        self.sources.update(other.sources)
+        self.recalls_by_sip_class.update(other.recalls_by_sip_class)
         self.recalls_by_local_hour.update(other.recalls_by_local_hour)
         self.delay_minutes.update(other.delay_minutes)
         self.fired += other.fired

@@ -111,7 +111,9 @@ class _IdHashes:
 
     def finish(self) -> None:
         self._spill()
-        merged = _distinct(heapq.merge(*(_read_ids(path) for path in self._runs)))
+        merged = (value for value, _ in itertools.groupby(
+            heapq.merge(*(_read_ids(path) for path in self._runs))
+        ))  # fmt: skip
         with open(self.path, "wb") as out:
             while block := array("q", itertools.islice(merged, _ID_BLOCK)):
                 block.tofile(out)
@@ -125,22 +127,10 @@ def _read_ids(path: str) -> Iterator[int]:
             yield from array("q", block)
 
 
-def _distinct(values: Iterator[int]) -> Iterator[int]:
-    last = None
-    for value in values:
-        if value != last:
-            yield value
-            last = value
-
-
 def _ids_cross(paths: Sequence[str]) -> bool:
     """Whether any hash is in two of the files (each sorted and distinct)."""
-    last = None
-    for value in heapq.merge(*(_read_ids(path) for path in paths)):
-        if value == last:
-            return True
-        last = value
-    return False
+    merged = heapq.merge(*(_read_ids(path) for path in paths))
+    return any(first == second for first, second in itertools.pairwise(merged))
 
 
 def _run_share(job: _Job, index: int, shares: int, counter: Any, parent: Any) -> _Part | None:
