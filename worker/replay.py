@@ -491,13 +491,19 @@ OnDecision = Callable[[Position, Decision], None]
 
 def simulate(
     events: Iterable[tuple[Position, CallResult]],
-    simulation: Simulation,
-    comparison: Comparison | None = None,
+    rules: Rules,
+    compare_rules: Rules | None,
+    until: datetime,
     *,
     on_decision: OnDecision | None = None,
     on_progress: Callable[[int], None] | None = None,
-) -> None:
-    """Take ``events`` (in replay order) into the simulation, and into the what-if beside it."""
+) -> tuple[Summary, int, Comparison | None]:
+    """Simulate ``events`` (in replay order) to ``until``, under ``compare_rules`` too if given.
+
+    Returns the summary, the recalls still pending at the end, and the what-if beside it.
+    """
+    simulation = Simulation(rules)
+    comparison = Comparison(Simulation(compare_rules)) if compare_rules is not None else None
     for position, event in events:
         decision = simulation.take(event)
         if on_decision is not None:
@@ -506,6 +512,9 @@ def simulate(
             comparison.add(event, decision, position)
         if on_progress is not None:
             on_progress(1)
+    if comparison is not None:
+        comparison.pending = finish(comparison.simulation, until)
+    return simulation.summary, finish(simulation, until), comparison
 
 
 # Events per transaction when applying: big enough for bulk statements to pay, small enough
@@ -516,19 +525,19 @@ APPLY_BATCH = 5000
 def apply(
     events: Iterable[tuple[Position, CallResult]],
     rules: Rules,
-    summary: Summary,
     *,
     on_decision: OnDecision | None = None,
     on_progress: Callable[[int], None] | None = None,
     batch_size: int = APPLY_BATCH,
-) -> None:
+) -> Summary:
     """Write ``events`` (in replay order) to the database through the worker's own code.
 
     Each batch is one transaction of ``apply_events`` on the simulated clock (each event decided
-    as of its own time, recalls due before it fired first); ``summary`` counts what was decided.
+    as of its own time, recalls due before it fired first). Returns the summary of what was decided.
     """
     from worker.db import session_scope  # dry runs never load it
 
+    summary = Summary()
     batch: list[tuple[Position, CallResult]] = []
 
     def flush() -> None:
@@ -549,3 +558,4 @@ def apply(
             flush()
     if batch:
         flush()
+    return summary

@@ -37,7 +37,6 @@ from worker.replay import (
     SortedEvents,
     Summary,
     apply,
-    finish,
     simulate,
 )
 from worker.rules import Rules
@@ -165,25 +164,18 @@ def _run_share(job: _Job, index: int, shares: int, counter: Any, parent: Any) ->
                 from worker.db import get_engine  # dry runs never load it
 
                 get_engine().dispose(close=False)  # the parent's pooled connections stay its own
-                part = _Part(Summary())
-                apply(
-                    events.positioned(), job.rules, part.summary,
-                    on_decision=keep, on_progress=on_progress,
-                )  # fmt: skip
-                return part
-            simulation = Simulation(job.rules)
-            comparison = None
-            if job.compare_rules is not None:
-                comparison = Comparison(Simulation(job.compare_rules))
-            simulate(
-                events.positioned(), simulation, comparison,
+                return _Part(
+                    apply(events.positioned(), job.rules, on_decision=keep, on_progress=on_progress)
+                )
+            summary, pending, comparison = simulate(
+                events.positioned(), job.rules, job.compare_rules, job.until,
                 on_decision=keep, on_progress=on_progress,
             )  # fmt: skip
-    part = _Part(simulation.summary, finish(simulation, job.until))
+    part = _Part(summary, pending)
     if comparison is not None:  # its counts only: the phones (and the rules) stay here
         part.compare_summary = comparison.simulation.summary
-        part.compare_pending = finish(comparison.simulation, job.until)
-        part.differing, part.sample = comparison.differing, comparison.sample
+        part.compare_pending, part.differing = comparison.pending, comparison.differing
+        part.sample = comparison.sample
     return part
 
 

@@ -24,11 +24,9 @@ from worker.replay import (
     Comparison,
     JsonLinesWriter,
     Rejection,
-    Simulation,
     Summary,
     apply,
     fewer_collections,
-    finish,
     simulate,
     sorted_events,
 )
@@ -176,7 +174,6 @@ def replay(
                 raise CommandError(str(error)) from None
         if shared is not None:
             summary, pending, comparison = shared.summary, shared.pending, shared.comparison
-            progress.done = summary.events
         else:  # one process; also when an event id was sent for phones of two processes
             try:
                 events = stack.enter_context(
@@ -188,20 +185,13 @@ def replay(
             keep = (lambda _, decision: decisions_out.write(decision.to_json())) if output else None
             comparison = None
             if dry_run:
-                simulation = Simulation(rules)
-                if compare_rules is not None:
-                    comparison = Comparison(Simulation(compare_rules))
-                simulate(
-                    events.positioned(), simulation, comparison,
+                summary, pending, comparison = simulate(
+                    events.positioned(), rules, compare_rules, until,
                     on_decision=keep, on_progress=progress.tick,
                 )  # fmt: skip
-                summary, pending = simulation.summary, finish(simulation, until)
-                if comparison is not None:
-                    comparison.pending = finish(comparison.simulation, until)
             else:
-                summary = Summary()
-                apply(
-                    events.positioned(), rules, summary, on_decision=keep, on_progress=progress.tick
+                summary = apply(
+                    events.positioned(), rules, on_decision=keep, on_progress=progress.tick
                 )
         if not dry_run:
             pending = _finish_applied(summary, until, rejected)
