@@ -61,7 +61,8 @@ class Duration:
     days: int = 0
     hours: int = 0
     minutes: int = 0
-    #: Worked out once: every decision asks for them.
+    #: Worked out once, every decision asks: the most elapsed time this duration can span (a
+    #: calendar day may last 25 hours), and its text.
     longest_seconds: float = field(init=False, repr=False, compare=False)
     text: str = field(init=False, repr=False, compare=False)
 
@@ -95,11 +96,6 @@ class Duration:
             elapsed = timedelta(hours=self.hours, minutes=self.minutes)
             moment = (moment.astimezone(UTC) + elapsed).astimezone(moment.tzinfo)
         return moment
-
-    @property
-    def longest(self) -> timedelta:
-        """The most elapsed time this duration can span (a calendar day may last 25 hours)."""
-        return timedelta(seconds=self.longest_seconds)
 
     def to_table(self) -> dict[str, int]:
         return {
