@@ -107,8 +107,13 @@ class Bench:
             self.postgres.drop_database(url)
 
     @contextmanager
-    def worker(self, url: str, *args: str) -> Iterator[WorkerProcess]:
+    def worker(
+        self, url: str, *args: str, before: Callable[[], object] | None = None
+    ) -> Iterator[WorkerProcess]:
+        """A worker on an empty broker; ``before`` runs first (to queue messages up for it)."""
         self.redis.flushall()
+        if before is not None:
+            before()
         env = {"RECALL_BROKER_URL": self.broker, "RECALL_DATABASE_URL": url,
                "RECALL_RULES": str(self.rules), "RECALL_HOME": str(self.tmp / "home")}  # fmt: skip
         process = WorkerProcess(env, self.tmp / f"worker-{time.monotonic_ns()}.log", args)
@@ -155,14 +160,15 @@ def stored(url: str) -> Callable[[], int]:
 
 def ingestion(bench: Bench, sizes: Sizes, results: dict[str, Any]) -> None:
     queue = bench.redis
-    with (
-        bench.database() as url,
-        bench.worker(url, "--no-beat", "--include", "bench.noop") as worker,
-    ):
-        worker.stop()  # publish first, then drain
+
+    def noops() -> None:
         for _ in range(sizes.noop):
             app.send_task("bench.noop", queue=CALL_RESULTS_QUEUE)
-        worker.start()
+
+    with (
+        bench.database() as url,
+        bench.worker(url, "--no-beat", "--include", "bench.noop", before=noops) as worker,
+    ):
 
         def taken() -> int:
             return sizes.noop - queue.llen(CALL_RESULTS_QUEUE) - queue.hlen("unacked")
@@ -172,15 +178,16 @@ def ingestion(bench: Bench, sizes: Sizes, results: dict[str, Any]) -> None:
     client = RecallClient(bench.broker)
     for key, count, batch in (("ingest_single_per_s", sizes.single, None),
                               ("ingest_batch_per_s", sizes.batch, 500)):  # fmt: skip
-        with bench.database() as url, bench.worker(url, "--no-beat") as worker:
-            worker.stop()
-            events = [event(key, n, past) for n in range(count)]
+        events = [event(key, n, past) for n in range(count)]
+
+        def publish(events: list[dict[str, Any]] = events, batch: int | None = batch) -> None:
             if batch is None:
                 for item in events:
                     client.publish(item)
             else:
                 client.publish_many(events, batch=batch)
-            worker.start()
+
+        with bench.database() as url, bench.worker(url, "--no-beat", before=publish) as worker:
             results[key] = round(drain(worker, stored(url), count, 1800))
 
 
