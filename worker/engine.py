@@ -18,9 +18,19 @@ import pendulum
 from worker.events import CallResult
 from worker.rules import CallingHours, Duration, Plan, Rules
 
-__all__ = ["Decision", "PendingRecall", "PhoneHistory", "decide", "next_opening", "phone_zone"]
+__all__ = [
+    "APPLYING_ACTIONS",
+    "Decision",
+    "PendingRecall",
+    "PhoneHistory",
+    "decide",
+    "next_opening",
+    "phone_zone",
+]
 
 Action = Literal["recall", "suppress", "duplicate", "stale", "reject"]
+#: The actions that change a phone (``Decision.applies``); the others leave its schedule alone.
+APPLYING_ACTIONS: tuple[Action, ...] = ("recall", "suppress")
 Source = Literal["user_outcome", "system_outcome", "sip_code"]
 
 
@@ -77,7 +87,7 @@ class Decision:
     @property
     def applies(self) -> bool:
         """Whether the decision changes the phone (recall or suppress); the others do not."""
-        return self.action in ("recall", "suppress")
+        return self.action in APPLYING_ACTIONS
 
     def to_json(self) -> dict[str, Any]:
         """The contract's JSON shape (DESIGN.md section 7)."""

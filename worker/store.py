@@ -34,7 +34,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 from sqlalchemy.schema import CreateTable
 
-from worker.engine import Decision, PendingRecall, decide
+from worker.engine import APPLYING_ACTIONS, Decision, PendingRecall, decide
 from worker.events import CallResult, parse_event
 from worker.models import Attempt, DeadLetter, Phone, ProcessedEvent, Recall, UTCDateTime
 from worker.rules import Rules
@@ -248,10 +248,6 @@ def _load_phones(
     return states
 
 
-# The actions that change a phone (Decision.applies): the others leave its schedule alone.
-APPLIED = ("recall", "suppress")
-
-
 def _rewind_late_phones(
     session: Session,
     events: Sequence[CallResult],
@@ -308,12 +304,12 @@ def _rewind_late_phones(
             select(stored.event_id, stored.occurred_at, stored.lead_id, stored.plan_id,
                    stored.decision)
             .where(stored.phone_id == phone_id, stored.occurred_at < start,
-                   stored.action.in_(APPLIED))
+                   stored.action.in_(APPLYING_ACTIONS))
             .order_by(stored.occurred_at.desc(), stored.event_id.desc())
             .limit(1)
         ).first()  # fmt: skip
 
-        applied = [row for row in later_rows if row.action in APPLIED]
+        applied = [row for row in later_rows if row.action in APPLYING_ACTIONS]
         state.generation -= len(applied)
         state.system_recalls -= sum(
             row.action == "recall" and row.decision.get("source") != "user_outcome"
