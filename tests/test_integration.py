@@ -398,34 +398,31 @@ def deployment(
         yield Deployment(kind, env, home, url, broker, own_redis)
 
 
+def _closed_at_the_end(
+    make: Callable[[str], T], close: Callable[[T], object]
+) -> Iterator[Callable[[str], T]]:
+    """A fixture's factory: everything it made is closed when the test ends."""
+    made: list[T] = []
+
+    def factory(url: str) -> T:
+        made.append(make(url))
+        return made[-1]
+
+    yield factory
+    for item in made:
+        close(item)
+
+
 @pytest.fixture
 def open_db() -> Iterator[Callable[[str], Db]]:
     """Open a database reader; all are disposed at the end (before the database is dropped)."""
-    opened: list[Db] = []
-
-    def open_(url: str) -> Db:
-        db = Db(url)
-        opened.append(db)
-        return db
-
-    yield open_
-    for db in opened:
-        db.close()
+    yield from _closed_at_the_end(Db, Db.close)
 
 
 @pytest.fixture
 def client_for() -> Iterator[Callable[[str], RecallClient]]:
     """A ``RecallClient`` per broker URL, closed at the end."""
-    made: list[RecallClient] = []
-
-    def make(url: str) -> RecallClient:
-        client = RecallClient(url)
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        client.app.close()
+    yield from _closed_at_the_end(RecallClient, lambda client: client.app.close())
 
 
 # --- scenario 1 and 2: events in, decisions out, recalls fire when due ------------------------
