@@ -12,11 +12,41 @@ import logging
 from datetime import UTC, datetime
 from typing import Any
 
+import redis.exceptions
 from celery.worker.consumer import Consumer
+from kombu.transport import redis as kombu_redis
 
 log = logging.getLogger(__name__)
 
 __all__ = ["RecallConsumer", "keep_refused_message"]
+
+
+def _dead_channels_raise_connection_errors() -> None:
+    """A Redis channel whose connection is gone raises a connection error, not AttributeError.
+
+    When Redis goes away, Celery 5.7 collects the broken connection, which drops its
+    transport's client. A channel of that connection asked for a Redis client afterwards (to
+    give a message back, to acknowledge or reject one whose task ended meanwhile, to close)
+    reads ``self.connection.client.hostname`` and raises AttributeError, which Celery takes for
+    an unrecoverable error: the worker exits instead of reconnecting (found by the reliability
+    suite, broker loss). Raised as the connection error it is, every path already handles it:
+    Celery reconnects, and a message of the dead connection returns after the visibility
+    timeout (lost firings are re-sent by the dispatcher).
+    """
+    connparams: Any = kombu_redis.Channel._connparams
+    if getattr(connparams, "dead_channel_guard", False):
+        return
+
+    def guarded(channel: Any, asynchronous: bool = False) -> Any:
+        if channel.connection.client is None:
+            raise redis.exceptions.ConnectionError("broker connection is closed")
+        return connparams(channel, asynchronous=asynchronous)
+
+    guarded.dead_channel_guard = True  # type: ignore[attr-defined]
+    setattr(kombu_redis.Channel, "_connparams", guarded)  # noqa: B010 (a library's method)
+
+
+_dead_channels_raise_connection_errors()
 
 
 def keep_refused_message(task: str, detail: str, body: object) -> None:
@@ -49,21 +79,19 @@ def _payload(body: object, message: Any) -> object:
 
 class RecallConsumer(Consumer):  # type: ignore[misc]  # celery ships no type hints
     def on_connection_error_after_connected(self, exc: Exception) -> None:
-        # Celery 5.7 first collects the broken connection (which drops its transport's client),
-        # then closes it. If the worker held unacknowledged messages (it always holds firings
-        # waiting for their time), closing the Redis channel tries to give them back through
-        # that dropped client and raises AttributeError, which Celery takes for an unrecoverable
-        # error: the worker exits instead of reconnecting (found by the reliability suite,
-        # broker loss). The messages cannot be given back to a broker that is gone anyway: they
-        # return after the visibility timeout, and lost firings are re-sent by the dispatcher.
+        # Celery 5.7 first collects the broken connection, then closes it: closing its Redis
+        # channels tries to give the held messages (firings waiting for their time) back through
+        # the dropped client, which now raises a connection error (see above). Nothing can be
+        # given back to a broker that is gone: close as far as possible, then reconnect.
         connection = self.connection
         if connection is not None:
             close = connection.close
+            lost = (AttributeError, *self.connection_errors)
 
             def close_broken_connection() -> None:
                 try:
                     close()
-                except AttributeError as error:
+                except lost as error:
                     log.warning("broker connection lost; closed it as far as possible (%r)", error)
 
             connection.close = close_broken_connection
