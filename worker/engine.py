@@ -16,7 +16,7 @@ from typing import Any, Literal
 import pendulum
 
 from worker.events import CallResult
-from worker.rules import CallingHours, Duration, Plan, Rules
+from worker.rules import CallingHours, Duration, Outcome, Plan, Rules
 
 __all__ = [
     "APPLYING_ACTIONS",
@@ -137,30 +137,40 @@ class _Verdict:
 
 
 def _rule_verdict(event: CallResult, rules: Rules, plan: Plan) -> tuple[_Verdict, tuple[str, ...]]:
+    """Steps 3-6 for ``event``, worked out once per (plan, known outcome, SIP code)."""
     outcome = rules.outcomes.get(event.outcome_code) if event.outcome_code else None
     warnings = (
         (f"unknown_outcome:{event.outcome_code}",) if event.outcome_code and not outcome else ()
     )
+    # An unknown outcome code is no outcome for the rules: keying by the known code only keeps
+    # the memo bounded whatever senders put in the field.
+    key = (plan.id, outcome.code if outcome is not None else None, event.sip_code)
+    verdict: _Verdict | None = rules.verdicts.get(key)
+    if verdict is None:
+        verdict = rules.verdicts[key] = _precedence(outcome, event.sip_code, rules, plan)
+    return verdict, warnings
 
+
+def _precedence(outcome: Outcome | None, code: int, rules: Rules, plan: Plan) -> _Verdict:
     # 3. A user outcome (agent disposition) decides, whatever the plan's Can Recall says.
     if outcome is not None and outcome.kind == "user" and outcome.recall != "inherit":
         name = f"user outcome {outcome.code} ({outcome.description})"
         rule = f"outcome:{outcome.code}"
         if outcome.recall == "never":
-            return _Verdict("user_outcome", rule, "user_final", f"{name} is final"), warnings
+            return _Verdict("user_outcome", rule, "user_final", f"{name} is final")
         return _Verdict(
             "user_outcome",
             rule,
             "user_recall",
             f"{name} recalls after {outcome.recall_after}",
             outcome.recall_after,
-        ), warnings
+        )
 
     # 4. Can Recall off: no system recall of any kind on this plan.
     if not plan.can_recall:
         return _Verdict(
             None, plan.rule, "plan_can_recall_off", f"plan {plan.id} has Can Recall off"
-        ), warnings
+        )
 
     # 5. A system outcome: the plan's own timing, else the outcome table.
     if outcome is not None and outcome.kind == "system":
@@ -168,35 +178,28 @@ def _rule_verdict(event: CallResult, rules: Rules, plan: Plan) -> tuple[_Verdict
         planned = plan.system_recalls.get(outcome.code)
         if planned is not None:
             text = f"plan {plan.id} recalls {name} after {planned}"
-            return _Verdict(
-                "system_outcome", plan.rule, "system_outcome_recall", text, planned
-            ), warnings
+            return _Verdict("system_outcome", plan.rule, "system_outcome_recall", text, planned)
         rule = f"outcome:{outcome.code}"
         if outcome.recall == "never":
-            return _Verdict(
-                "system_outcome", rule, "system_outcome_final", f"{name} is final"
-            ), warnings
+            return _Verdict("system_outcome", rule, "system_outcome_final", f"{name} is final")
         if outcome.recall == "after":
             text = f"{name} recalls after {outcome.recall_after}"
             return _Verdict(
                 "system_outcome", rule, "system_outcome_recall", text, outcome.recall_after
-            ), warnings
+            )
 
     # 6. The SIP code: its active row, else its class fallback.
-    code = event.sip_code
     if code < 400:
-        return _Verdict(
-            "sip_code", f"sip:{code}", "no_failure", f"SIP {code} is not a failure"
-        ), warnings
+        return _Verdict("sip_code", f"sip:{code}", "no_failure", f"SIP {code} is not a failure")
     row = rules.sip_rule_for(code)
     if row is None:
         text = f"SIP {code} has no active row and no class fallback"
-        return _Verdict("sip_code", f"sip:{code}", "unknown_sip_code", text), warnings
+        return _Verdict("sip_code", f"sip:{code}", "unknown_sip_code", text)
     name = f"SIP {code} {row.description}" if row.code == code else f"SIP {code} (by {row.rule})"
     if not row.recall:
-        return _Verdict("sip_code", row.rule, "sip_no_recall", f"{name} does not recall"), warnings
+        return _Verdict("sip_code", row.rule, "sip_no_recall", f"{name} does not recall")
     text = f"{name} recalls after {row.recall_after}"
-    return _Verdict("sip_code", row.rule, "sip_recall", text, row.recall_after), warnings
+    return _Verdict("sip_code", row.rule, "sip_recall", text, row.recall_after)
 
 
 def next_opening(moment: datetime, hours: CallingHours) -> datetime:
@@ -239,6 +242,14 @@ def _wall_clock(ordinal: int, minutes: int, zone: str) -> datetime:
 
 
 def _local(moment: datetime) -> str:
+    # Keyed by zone and fold too: equal instants in two zones read differently, and datetimes of
+    # one zone compare by wall clock alone, so a repeated hour's two halves would be one key.
+    return _local_text(moment, moment.tzinfo, moment.fold)
+
+
+# Calling-hours openings repeat for every phone of a zone: format each once.
+@lru_cache(maxsize=4096)
+def _local_text(moment: datetime, _zone: object, _fold: int) -> str:
     return moment.strftime("%a %Y-%m-%d %H:%M %Z")
 
 
@@ -257,11 +268,12 @@ def _respect_caps_and_hours(
     notes: list[str],
 ) -> datetime:
     """Move ``due`` later as the plan's attempt caps and then its calling hours require."""
+    stamps = [attempt.timestamp() for attempt in attempts] if plan.max_attempts else []
     for cap in plan.max_attempts:
         # Only attempts whose window can still be open at `due` count; skipping the rest
         # before any zone arithmetic keeps a long history cheap.
         horizon = due.timestamp() - cap.within.longest_seconds
-        recent = [attempt for attempt in attempts if attempt.timestamp() > horizon]
+        recent = [a for a, stamp in zip(attempts, stamps, strict=True) if stamp > horizon]
         if len(recent) < cap.count:
             continue
         # An attempt holds a place in the window until its end; count-1 may stay, so wait

@@ -19,6 +19,7 @@ from worker.rules import is_valid_timezone
 __all__ = [
     "EVENT_FIELDS",
     "MAX_EVENT_BYTES",
+    "NO_EXTRA",
     "CallResult",
     "InvalidEvent",
     "event_from_csv_row",
@@ -39,6 +40,7 @@ EVENT_FIELDS = (
     "retry_after_s",
     "call_id",
 )
+_KNOWN_FIELDS = frozenset(EVENT_FIELDS)
 _REQUIRED_TEXT = ("event_id", "plan_id", "lead_id", "phone_id")
 _INTEGER_FIELDS = ("sip_code", "retry_after_s")
 
@@ -52,6 +54,10 @@ MAX_RETRY_AFTER_S = 366 * 24 * 3600
 MIN_YEAR, MAX_YEAR = 1970, 9000
 # One event is a few hundred bytes; 64 KiB leaves room for the dialer's extra fields.
 MAX_EVENT_BYTES = 64 * 1024
+
+
+#: The extra fields of an event that has none (shared: a mapping proxy cannot be changed).
+NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
 
 
 class InvalidEvent(ValueError):
@@ -76,7 +82,7 @@ class CallResult:
     timezone: str | None = None
     retry_after_s: int | None = None
     call_id: str | None = None
-    extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    extra: Mapping[str, Any] = field(default_factory=lambda: NO_EXTRA)
 
     def to_json(self) -> dict[str, Any]:
         """The event in its wire form (absent optional fields left out, extras kept)."""
@@ -171,7 +177,13 @@ def parse_event(data: object) -> CallResult:
     timezone = _text(data, "timezone", MAX_CODE_LENGTH, required=False)
     if timezone is not None and not is_valid_timezone(timezone):
         raise InvalidEvent("timezone", f"unknown IANA time zone {timezone!r}")
-    extra = {key: value for key, value in data.items() if key not in EVENT_FIELDS}
+    # Most senders add nothing: one set comparison (C speed) spares the per-key loop.
+    if data.keys() <= _KNOWN_FIELDS:
+        extra: Mapping[str, Any] = NO_EXTRA
+    else:
+        extra = MappingProxyType(
+            {key: value for key, value in data.items() if key not in _KNOWN_FIELDS}
+        )
     return CallResult(
         event_id=event_id,  # type: ignore[arg-type]  # required=True never returns None
         plan_id=plan_id,  # type: ignore[arg-type]
@@ -183,7 +195,7 @@ def parse_event(data: object) -> CallResult:
         timezone=timezone,
         retry_after_s=_integer(data, "retry_after_s", 0, MAX_RETRY_AFTER_S),
         call_id=_text(data, "call_id", MAX_ID_LENGTH, required=False),
-        extra=MappingProxyType(extra),
+        extra=extra,
     )
 
 

@@ -26,7 +26,7 @@ from typing import IO, Any
 import orjson
 
 from worker.engine import Decision, decide, phone_zone, timezone
-from worker.events import CallResult
+from worker.events import NO_EXTRA, CallResult
 from worker.pipeline import Rejected, accept, raw_text
 from worker.rules import Rules
 from worker.sources import iter_records
@@ -51,7 +51,6 @@ MAX_OPEN_RUNS = 64
 CHUNK_EVENTS = 100_000
 # Delay histogram resolution: one bucket per minute up to a day, then per hour (bounded memory).
 _DAY_MINUTES = 24 * 60
-_NO_EXTRA: MappingProxyType[str, Any] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +130,7 @@ def _event(row: list[Any]) -> CallResult:
     return CallResult(
         row[3], row[4], row[5], row[6], row[7], datetime.fromisoformat(row[8]),
         row[9], row[10], row[11], row[12],
-        MappingProxyType(extra) if extra else _NO_EXTRA,
+        MappingProxyType(extra) if extra else NO_EXTRA,
     )  # fmt: skip
 
 

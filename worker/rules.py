@@ -191,6 +191,11 @@ class Rules:
     outcomes: Mapping[str, Outcome]
     plans: Mapping[str, Plan]
     sources: tuple[str, ...] = field(default=())
+    #: The engine's memo of what the precedence rules say per (plan, outcome, SIP code): rules
+    #: never change once loaded, so each answer is worked out once (a few hundred entries).
+    verdicts: dict[tuple[str, str | None, int], Any] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def sip_rule_for(self, code: int) -> SipRule | None:
         """The active row for ``code``, else the active fallback of its class, else None."""
