@@ -129,14 +129,13 @@ def _unnest(
     """``unnest(...) AS v(names)`` over one array parameter per column, and those arrays.
 
     One statement with a handful of parameters carries any number of rows: no per-row
-    placeholders, no staging table.
+    placeholders, no staging table. The arrays go in binary (``%b``): psycopg's text form of an
+    array escapes every element with a regular expression, ten times the cost.
     """
-    arrays = sql.SQL(", ").join(
-        sql.SQL("%s::{}[]").format(sql.SQL(_pg_type(model.__table__.name, name))) for name in names
-    )
-    source = sql.SQL("unnest({}) AS v({})").format(
-        arrays, sql.SQL(", ").join(map(sql.Identifier, names))
-    )
+    table = model.__table__.name
+    arrays = sql.SQL(", ".join(f"%b::{_pg_type(table, name)}[]" for name in names))
+    columns = sql.SQL(", ").join(map(sql.Identifier, names))
+    source = sql.SQL("unnest({}) AS v({})").format(arrays, columns)
     values: list[Any] = []
     for index, name in enumerate(names):
         column = [row[index] for row in rows]
@@ -157,7 +156,7 @@ def _update_rows(
         return
     source, values = _unnest(model, names, rows)
     table, key = sql.Identifier(model.__table__.name), sql.Identifier(names[0])
-    statement = sql.SQL(
+    template = sql.SQL(
         "UPDATE {table} SET {assignments} FROM {source} WHERE {table}.{key} = v.{key}"
     )
     assignments = sql.SQL(", ").join(
@@ -165,9 +164,8 @@ def _update_rows(
         for name in names[1:]
     )
     with _dbapi(session).cursor() as cursor:
-        cursor.execute(
-            statement.format(table=table, assignments=assignments, source=source, key=key), values
-        )
+        statement = template.format(table=table, assignments=assignments, source=source, key=key)
+        cursor.execute(statement, values)
 
 
 # The columns of a phone made on its first event: the rest keep their defaults until it is written.
