@@ -504,7 +504,10 @@ def apply_events(
     )
     for among in _among(session, Recall.recall_id, superseded):
         session.execute(
-            update(Recall).where(among, Recall.state.in_(WAITING)).values(state="superseded")
+            update(Recall)
+            .where(among, Recall.state.in_(WAITING))
+            .values(state="superseded")
+            .execution_options(synchronize_session=False)  # no Recall objects are loaded here
         )
     _update_rows(
         session,
@@ -658,14 +661,12 @@ def fire_recalls(
         )
         current.update(session.execute(lock).all())
     # Read the recalls only now: ingestion may have moved (or rewritten) one while we waited.
-    recalls: dict[str, Recall] = {}
+    recalls: dict[str, Any] = {}
+    columns = (Recall.recall_id, Recall.phone_id, Recall.lead_id, Recall.plan_id, Recall.due_at,
+               Recall.source, Recall.rule)  # fmt: skip
     for among in _among(session, Recall.recall_id, wanted):
-        fresh = (
-            select(Recall)
-            .where(among, Recall.state == state)
-            .execution_options(populate_existing=True)
-        )
-        recalls.update((recall.recall_id, recall) for recall in session.scalars(fresh))
+        fresh = select(*columns).where(among, Recall.state == state)
+        recalls.update((recall.recall_id, recall) for recall in session.execute(fresh))
 
     fired: list[Fired] = []
     early: list[str] = []
@@ -709,23 +710,22 @@ def fire_due(session: Session, until: datetime, *, limit: int = CHUNK) -> int:
     """End of a replay: fire its held recalls due by ``until`` at their due times, release the rest.
 
     Only the replay's own (held) recalls are touched: live pending recalls stay the live
-    dispatcher's, however overdue.
+    dispatcher's, however overdue. The due ones are read once and fired ``limit`` at a time:
+    querying again after each part would walk the index entries of every recall fired so far
+    (dead until a vacuum), a cost growing with the square of the recalls.
     """
+    query = (
+        select(Recall.recall_id)
+        .where(Recall.state == "held", Recall.due_at <= until)
+        .order_by(Recall.due_at, Recall.recall_id)
+    )
     total = 0
-    while True:
-        query = (
-            select(Recall.recall_id)
-            .where(Recall.state == "held", Recall.due_at <= until)
-            .order_by(Recall.due_at)
-            .limit(limit)
+    for part in chunks(session.scalars(query).all(), limit):
+        total += len(
+            fire_recalls(
+                session, part, until, early_tolerance=timedelta(0), at_due_time=True, state="held"
+            )
         )
-        ids = list(session.scalars(query))
-        fired = fire_recalls(
-            session, ids, until, early_tolerance=timedelta(0), at_due_time=True, state="held"
-        )
-        total += len(fired)
-        if len(ids) < limit or not fired:
-            break
     # Recalls due after the end of the replay are live from now on.
     session.execute(update(Recall).where(Recall.state == "held").values(state="pending"))
     return total
