@@ -174,22 +174,24 @@ _NEW_PHONE_COLUMNS = (
 )  # fmt: skip
 
 
-def _insert_new_phones(session: Session, rows: Sequence[Sequence[Any]]) -> set[str]:
-    """Insert the phones of ``rows`` (``_NEW_PHONE_COLUMNS``) that do not exist yet.
+def _insert_new_phones(
+    session: Session, names: Sequence[str], rows: Sequence[Sequence[Any]]
+) -> set[str]:
+    """Insert the phones of ``rows`` (the columns ``names``) that do not exist yet.
 
     Others are left as they are. Returns the phone ids inserted, where the backend can tell
     (PostgreSQL): phones new in this transaction, with no history to look up.
     """
     if session.get_bind().dialect.name != "postgresql":
-        dicts = [dict(zip(_NEW_PHONE_COLUMNS, row, strict=True)) for row in rows]
+        dicts = [dict(zip(names, row, strict=True)) for row in rows]
         for part in chunks(dicts):
             session.execute(sqlite.insert(Phone).on_conflict_do_nothing(), part)
         return set()
-    source, values = _unnest(Phone, _NEW_PHONE_COLUMNS, rows)
+    source, values = _unnest(Phone, names, rows)
     statement = sql.SQL(
         "INSERT INTO phones ({}) SELECT * FROM {} ORDER BY phone_id"
         " ON CONFLICT DO NOTHING RETURNING phone_id"
-    ).format(sql.SQL(", ").join(map(sql.Identifier, _NEW_PHONE_COLUMNS)), source)
+    ).format(sql.SQL(", ").join(map(sql.Identifier, names)), source)
     with _dbapi(session).cursor() as cursor:
         cursor.execute(statement, values)
         return {phone_id for (phone_id,) in cursor.fetchall()}
@@ -211,25 +213,42 @@ _PHONE_COLUMNS = (
 
 
 def _load_phones(
-    session: Session, events: Sequence[CallResult], rules: Rules, now: datetime
-) -> dict[str, PhoneState]:
-    """Lock (creating if new) the phones of ``events`` and load their state in bulk."""
+    session: Session,
+    events: Sequence[CallResult],
+    rules: Rules,
+    now: datetime,
+    *,
+    optimistic: bool = False,
+) -> tuple[dict[str, PhoneState], set[str]]:
+    """Lock the phones of ``events`` and load their state in bulk; return it and the new ones.
+
+    New phones are created here (locked, as rows of this transaction), or, ``optimistic``, left
+    to be inserted with their final state when the batch is written (see ``apply_events``).
+    """
     firsts: dict[str, CallResult] = {}
     for event in events:
         firsts.setdefault(event.phone_id, event)
     phone_ids = sorted(firsts)
-    fresh = _insert_new_phones(
-        session,
-        [(pid, firsts[pid].lead_id, firsts[pid].plan_id, False, 0, 0, now) for pid in phone_ids],
-    )
+
+    def new(pid: str) -> PhoneState:
+        return PhoneState(pid, firsts[pid].lead_id, firsts[pid].plan_id)
+
+    fresh: set[str] = set()
+    if not optimistic:
+        rows = [(pid, firsts[pid].lead_id, firsts[pid].plan_id, False, 0, 0, now)
+                for pid in phone_ids]  # fmt: skip
+        fresh = _insert_new_phones(session, _NEW_PHONE_COLUMNS, rows)
     # A phone inserted just now has no history (phones are never deleted): nothing to read.
-    states = {pid: PhoneState(pid, firsts[pid].lead_id, firsts[pid].plan_id) for pid in fresh}
+    states = {pid: new(pid) for pid in fresh}
     phone_ids = [pid for pid in phone_ids if pid not in fresh]
     columns = [getattr(Phone, name) for name in _PHONE_COLUMNS]
     for among in _among(session, Phone.phone_id, phone_ids):
         query = select(*columns).where(among).order_by(Phone.phone_id)
         for row in session.execute(query.with_for_update()).mappings():
             states[row["phone_id"]] = PhoneState(**row)
+    missing = {pid for pid in phone_ids if pid not in states}
+    states.update((pid, new(pid)) for pid in missing)
+    phone_ids = [pid for pid in phone_ids if pid not in missing]
 
     pending_ids = [s.pending_recall_id for s in states.values() if s.pending_recall_id]
     for among in _among(session, Recall.recall_id, pending_ids):
@@ -256,7 +275,7 @@ def _load_phones(
         for event in events:
             if event.event_id in known:
                 states[event.phone_id].seen[event.event_id] = known[event.event_id]
-    return states
+    return states, missing
 
 
 def _rewind_late_phones(
@@ -395,6 +414,10 @@ class Applied:
     fired: int = 0
 
 
+class _PhonesAppeared(Exception):
+    """A phone taken as new was created meanwhile by another transaction."""
+
+
 def apply_events(
     session: Session, events: Sequence[CallResult], rules: Rules, now: datetime | None
 ) -> Applied:
@@ -407,8 +430,29 @@ def apply_events(
     """
     if not events:
         return Applied([])
+    if _copying(session, list({event.phone_id for event in events})):
+        # Many phones on PostgreSQL: phones not found are taken as new and inserted once, with
+        # their final state, instead of created first and updated at the end (half the phone
+        # writes of a replay). Should another transaction create one meanwhile, the insert
+        # finds it before anything else is written: the batch is decided again the safe way.
+        try:
+            with session.begin_nested():
+                return _apply_events(session, events, rules, now, optimistic=True)
+        except _PhonesAppeared:
+            pass
+    return _apply_events(session, events, rules, now)
+
+
+def _apply_events(
+    session: Session,
+    events: Sequence[CallResult],
+    rules: Rules,
+    now: datetime | None,
+    *,
+    optimistic: bool = False,
+) -> Applied:
     wall = now or max(event.occurred_at for event in events)
-    states = _load_phones(session, events, rules, wall)
+    states, new_phones = _load_phones(session, events, rules, wall, optimistic=optimistic)
     # Late calls: their phones' later stored events are decided again, in order, with them.
     # Put first, a stored event wins over a redelivered copy of it in this batch.
     redecided = _rewind_late_phones(session, events, states, rules, now)
@@ -481,6 +525,10 @@ def apply_events(
                 "fired_at": None,
             }
 
+    if new_phones:
+        rows = [_phone_row(states[pid], wall) for pid in sorted(new_phones)]
+        if len(_insert_new_phones(session, (*_PHONE_COLUMNS, "updated_at"), rows)) < len(rows):
+            raise _PhonesAppeared
     _insert_rows(session, ProcessedEvent, _EVENT_COLUMNS, event_rows)
     _insert_rows(session, Attempt, _ATTEMPT_COLUMNS, [(r[0], r[1], r[4]) for r in event_rows])
     for recall_id, fired_at in fired.items():
@@ -513,7 +561,7 @@ def apply_events(
         session,
         Phone,
         (*_PHONE_COLUMNS, "updated_at"),
-        [_phone_row(states[pid], wall) for pid in sorted(changed)],
+        [_phone_row(states[pid], wall) for pid in sorted(changed - new_phones)],
     )
     taken = decisions[len(redecided) :]
     return Applied([decision for decision in taken if decision is not None], len(fired))
