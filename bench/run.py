@@ -196,6 +196,11 @@ def replay(sizes: Sizes, results: dict[str, Any]) -> None:
     results.update({key: value for key, value in measured.items() if key != "events_file"})
 
 
+def insert_dicts(session: Any, model: type[Any], rows: list[dict[str, Any]]) -> None:
+    """The rows (dicts with the same keys) through the store's bulk insert."""
+    _insert_rows(session, model, list(rows[0]), [tuple(row.values()) for row in rows])
+
+
 def write_recalls(url: str, prefix: str, dues: list[datetime]) -> None:
     """Phones each waiting for one pending recall, as ingestion would have left them."""
     engine = make_engine(url)
@@ -205,7 +210,7 @@ def write_recalls(url: str, prefix: str, dues: list[datetime]) -> None:
         for start in range(0, len(dues), step):
             part = range(start, min(start + step, len(dues)))
             with session_scope(engine) as session:
-                _insert_rows(session, Phone, [
+                insert_dicts(session, Phone, [
                     {"phone_id": f"{prefix}-P{n}", "lead_id": f"L{n}", "plan_id": "open",
                      "eligible": False, "eligible_at": None, "generation": 1,
                      "pending_recall_id": f"{prefix}-{n}", "last_result_at": now,
@@ -213,7 +218,7 @@ def write_recalls(url: str, prefix: str, dues: list[datetime]) -> None:
                      "system_recalls": 1, "updated_at": now}
                     for n in part
                 ])  # fmt: skip
-                _insert_rows(session, Recall, [
+                insert_dicts(session, Recall, [
                     {"recall_id": f"{prefix}-{n}", "phone_id": f"{prefix}-P{n}",
                      "lead_id": f"L{n}", "plan_id": "open", "generation": 1, "due_at": dues[n],
                      "source": "sip_code", "rule": "sip:486", "reason": "sip_recall",

@@ -28,7 +28,7 @@ from worker.events import parse_event
 from worker.models import Attempt, DeadLetter, Phone, ProcessedEvent, Recall
 from worker.pipeline import IngestReport, ingest, replay_dead_letters
 from worker.rules import Rules, RulesError, load_rules
-from worker.store import Fired, apply_events, claim_due, fire_due, fire_recalls
+from worker.store import COPY_FROM_ROWS, Fired, apply_events, claim_due, fire_due, fire_recalls
 
 # Wednesday 2026-01-14: the helpers' events happen at 10:00 London (GMT), inside calling hours.
 NOW = at("2026-01-14T10:01:00+00:00")
@@ -943,6 +943,48 @@ def test_firing_and_superseding_one_recall_at_once_stay_consistent(
     expected = "e2" if sip == 486 else None
     assert row.pending_recall_id == expected
     assert pending == ([expected] if expected else [])
+
+
+def test_a_phone_created_while_a_batch_took_it_as_new_is_decided_with_its_history(
+    db_engine: Engine, rules: Rules
+) -> None:
+    """A large batch takes phones it does not find as new and inserts them once, at the end.
+
+    Here the live worker creates one of them meanwhile (its transaction still open when the
+    batch looks): the batch's insert waits for it, finds the phone there, and the batch is
+    decided again with that phone's history, as if it had come after.
+    """
+    require_postgresql(db_engine)
+    batch = [
+        parse_event(event(event_id=f"b{n}", phone_id=f"P{n}", occurred_at="2026-01-14T10:05:00Z"))
+        for n in range(COPY_FROM_ROWS)
+    ]
+    results: list[Any] = []
+
+    def apply_batch() -> None:
+        with transaction(db_engine) as session:
+            results.append(apply_events(session, batch, rules, NOW))
+
+    with transaction(db_engine) as live:
+        ingest(live, [event(event_id="e0", phone_id="P0")], rules, NOW, task="t")
+        racer = threading.Thread(target=apply_batch)
+        racer.start()
+        deadline = time.monotonic() + 20
+        while lock_waiters(db_engine) < 1:  # the batch's insert waits for the live worker's row
+            assert time.monotonic() < deadline, "the batch never waited for the phone"
+            time.sleep(0.005)
+    racer.join(timeout=60)
+    assert not racer.is_alive()
+
+    (applied,) = results
+    assert [decision.action for decision in applied.decisions] == ["recall"] * COPY_FROM_ROWS
+    row = phone_row(db_engine, "P0")
+    assert (row.generation, row.last_event_id, row.pending_recall_id) == (2, "b0", "b0")
+    assert recall_states(db_engine)["e0"] == "superseded"
+    assert {p.phone_id: p.generation for p in table(db_engine, Phone)} == {
+        f"P{n}": 2 if n == 0 else 1 for n in range(COPY_FROM_ROWS)
+    }
+    assert len(table(db_engine, ProcessedEvent)) == COPY_FROM_ROWS + 1
 
 
 def recall_rows(engine: Engine) -> dict[str, tuple[str, datetime, datetime | None]]:
