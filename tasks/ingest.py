@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 from config.settings import get_settings
 from tasks.base import RecallTask
 from worker.app import app
+from worker.batching import BufferedTask
 from worker.metrics import record
 from worker.pipeline import ingest, raw_text
 from worker.runtime import current_rules
@@ -27,7 +29,12 @@ def _refuse(task: RecallTask, detail: str, payload: object, event_id: str | None
     log.warning("refused by %s: %s", task.name, detail)
 
 
-def _ingest(task: RecallTask, payloads: list[Any]) -> dict[str, int]:
+def _ingest(task: RecallTask, payloads: list[Any], *, messages: int = 1) -> list[str]:
+    """Take ``payloads`` in one transaction; the action for each, in order ("reject" included).
+
+    ``messages`` is how many broker messages brought them: each is counted in
+    ``recall_ingest_seconds`` with the time of the transaction it shared.
+    """
     started = time.perf_counter()
     try:
         with task.transaction() as session:
@@ -40,10 +47,7 @@ def _ingest(task: RecallTask, payloads: list[Any]) -> dict[str, int]:
         # split the batch, and keep the one event that still fails as a dead letter.
         if len(payloads) > 1:
             log.exception("batch of %d failed; taking its events one by one", len(payloads))
-            counts: Counter[str] = Counter()
-            for payload in payloads:
-                counts.update(_ingest(task, [payload]))
-            return dict(counts)
+            return [action for payload in payloads for action in _ingest(task, [payload])]
         log.exception("event failed")
         payload = payloads[0]
         event_id = payload.get("event_id") if isinstance(payload, dict) else None
@@ -51,11 +55,12 @@ def _ingest(task: RecallTask, payloads: list[Any]) -> dict[str, int]:
         _refuse(
             task, detail.splitlines()[0], payload, event_id if isinstance(event_id, str) else None
         )
-        return {"reject": 1}
+        return ["reject"]
     record.ingest(
         task.name,
         time.perf_counter() - started,
         (now.timestamp() - event.occurred_at.timestamp() for event in report.events),
+        messages=messages,
     )
     record.decisions((d.action, d.reason, d.source) for d in report.decisions)
     for event_id, reason, detail in report.rejected:
@@ -70,10 +75,32 @@ def _ingest(task: RecallTask, payloads: list[Any]) -> dict[str, int]:
             decision.reason,
             extra={"event_id": decision.event_id, "phone_id": decision.phone_id},
         )
-    return report.counts()
+    return report.actions
 
 
-@app.task(name="recall.process_call_result", base=RecallTask, bind=True)
+class OneEventTask(RecallTask, BufferedTask):
+    """``recall.process_call_result``: the worker takes several of its messages at a time, in
+    one transaction (worker/batching.py); called any other way, it is an ordinary task."""
+
+    abstract = True
+
+    def flush_policy(self) -> tuple[int, float]:
+        settings = get_settings()
+        return settings.ingest_flush_count, settings.ingest_flush_ms / 1000
+
+    def batchable(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+        return len(args) == 1 and not kwargs  # else refused, alone, as before
+
+    def run_together(self, ids: Sequence[str], args: Sequence[tuple[Any, ...]]) -> list[Any] | None:
+        try:
+            actions = _ingest(self, [one[0] for one in args], messages=len(args))
+        except self.autoretry_for as error:
+            log.warning("%d messages wait for the database: %r", len(args), error)
+            return None
+        return [{action: 1} for action in actions]
+
+
+@app.task(name="recall.process_call_result", base=OneEventTask, bind=True)
 def process_call_result(self: RecallTask, *args: Any, **kwargs: Any) -> dict[str, int]:
     """Take one call-result event (a JSON object, or its JSON text) as the only argument."""
     if len(args) != 1 or kwargs:
@@ -83,7 +110,7 @@ def process_call_result(self: RecallTask, *args: Any, **kwargs: Any) -> dict[str
         )
         _refuse(self, detail, {"args": list(args), "kwargs": kwargs})
         return {"reject": 1}
-    return _ingest(self, [args[0]])
+    return {_ingest(self, [args[0]])[0]: 1}
 
 
 @app.task(name="recall.process_call_results", base=RecallTask, bind=True)
@@ -102,4 +129,4 @@ def process_call_results(self: RecallTask, *args: Any, **kwargs: Any) -> dict[st
             detail = f"events: batch of {len(events)} is over the limit of {limit} (event {index})"
             _refuse(self, detail, event, event_id if isinstance(event_id, str) else None)
         return {"reject": len(events)}
-    return _ingest(self, events)
+    return dict(Counter(_ingest(self, events)))
