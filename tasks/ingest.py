@@ -20,21 +20,31 @@ from worker.store import Letter, record_dead_letters
 log = logging.getLogger(__name__)
 
 
-def _refuse(task: RecallTask, detail: str, payload: object, event_id: str | None = None) -> None:
+def _refuse(
+    task: RecallTask,
+    detail: str,
+    payload: object,
+    event_id: str | None = None,
+    task_id: str | None = None,
+) -> None:
     """Keep an input the task cannot take as a dead letter (invalid_event)."""
     with task.transaction() as session:
         letter = Letter(task.name, "invalid_event", detail, raw_text(payload), task.now(), event_id)
         record_dead_letters(session, [letter])
     record.dead_letters("invalid_event")
-    log.warning("refused by %s: %s", task.name, detail)
+    log.warning("refused by %s: %s", task.name, detail, extra={"task_id": task_id})
 
 
-def _ingest(task: RecallTask, payloads: list[Any], *, messages: int = 1) -> list[str]:
+def _ingest(
+    task: RecallTask, payloads: list[Any], task_ids: Sequence[str] | None = None
+) -> list[str]:
     """Take ``payloads`` in one transaction; the action for each, in order ("reject" included).
 
-    ``messages`` is how many broker messages brought them: each is counted in
-    ``recall_ingest_seconds`` with the time of the transaction it shared.
+    ``task_ids``, when several messages brought one payload each: their ids, for the log lines
+    (else the running task's), and each message is counted in ``recall_ingest_seconds`` with the
+    time of the transaction it shared.
     """
+    ids: Sequence[str | None] = task_ids or [None] * len(payloads)
     started = time.perf_counter()
     try:
         with task.transaction() as session:
@@ -47,34 +57,47 @@ def _ingest(task: RecallTask, payloads: list[Any], *, messages: int = 1) -> list
         # split the batch, and keep the one event that still fails as a dead letter.
         if len(payloads) > 1:
             log.exception("batch of %d failed; taking its events one by one", len(payloads))
-            return [action for payload in payloads for action in _ingest(task, [payload])]
+            return [
+                action
+                for payload, task_id in zip(payloads, ids, strict=True)
+                for action in _ingest(task, [payload], [task_id] if task_id else None)
+            ]
         log.exception("event failed")
         payload = payloads[0]
         event_id = payload.get("event_id") if isinstance(payload, dict) else None
         detail = f"event: could not be processed ({type(error).__name__}: {error})"
-        _refuse(
-            task, detail.splitlines()[0], payload, event_id if isinstance(event_id, str) else None
-        )
+        event_id = event_id if isinstance(event_id, str) else None
+        _refuse(task, detail.splitlines()[0], payload, event_id, ids[0])
         return ["reject"]
     record.ingest(
         task.name,
         time.perf_counter() - started,
         (now.timestamp() - event.occurred_at.timestamp() for event in report.events),
-        messages=messages,
+        messages=len(task_ids or [None]),
     )
     record.decisions((d.action, d.reason, d.source) for d in report.decisions)
-    for event_id, reason, detail in report.rejected:
-        record.dead_letters(reason)
-        log.warning("dead letter (%s): %s", reason, detail, extra={"event_id": event_id})
-    for decision in report.decisions:
+    decisions, rejected = iter(report.decisions), iter(report.rejected)
+    for task_id, action in zip(ids, report.actions, strict=True):
+        if action == "reject":
+            event_id, reason, detail = next(rejected)
+            record.dead_letters(reason)
+            log.warning(
+                "dead letter (%s): %s",
+                reason,
+                detail,
+                extra={"event_id": event_id, "task_id": task_id},
+            )
+            continue
+        decision = next(decisions)
         log.info(
             "event %s phone %s: %s (%s)",
             decision.event_id,
             decision.phone_id,
             decision.action,
             decision.reason,
-            extra={"event_id": decision.event_id, "phone_id": decision.phone_id},
-        )
+            extra={"event_id": decision.event_id, "phone_id": decision.phone_id,
+                   "task_id": task_id},
+        )  # fmt: skip
     return report.actions
 
 
@@ -93,7 +116,7 @@ class OneEventTask(RecallTask, BufferedTask):
 
     def run_together(self, ids: Sequence[str], args: Sequence[tuple[Any, ...]]) -> list[Any] | None:
         try:
-            actions = _ingest(self, [one[0] for one in args], messages=len(args))
+            actions = _ingest(self, [one[0] for one in args], ids)
         except self.autoretry_for as error:
             log.warning("%d messages wait for the database: %r", len(args), error)
             return None
