@@ -83,30 +83,25 @@ def buffered_strategy(task: BufferedTask, app: Any, consumer: Any, **kwargs: Any
     count, interval_s = task.flush_policy()
     if count <= 1:
         return default_strategy(task, app, consumer, **kwargs)
-    buffer = MessageBuffer(
-        task, consumer.pool, consumer.timer, consumer.on_task_request, count, interval_s
-    )
+    buffer = MessageBuffer(task, consumer, count, interval_s)
     return default_strategy(task, app, _HandOver(consumer, buffer.add), **kwargs)
 
 
 class MessageBuffer:
     """The requests of one task waiting in the worker's main process to be handed over together.
 
-    ``handle`` is the worker's own way to run one request (``consumer.on_task_request``). The
-    buffer is the consumer's: a new connection makes a new strategy and buffer, and Celery
+    The buffer is the consumer's: a new connection makes a new strategy and buffer, and Celery
     clears the timer (so the old buffer's requests, never acknowledged, return to the broker).
     """
 
-    def __init__(
-        self,
-        task: BufferedTask,
-        pool: Any,
-        timer: Any,
-        handle: Callable[[Any], None],
-        count: int,
-        interval_s: float,
-    ) -> None:
-        self.task, self.pool, self.timer, self.handle = task, pool, timer, handle
+    def __init__(self, task: BufferedTask, consumer: Any, count: int, interval_s: float) -> None:
+        self.task, self.pool, self.timer = task, consumer.pool, consumer.timer
+        #: The worker's own way to run one request.
+        self.handle: Callable[[Any], None] = consumer.on_task_request
+        # With the prefork pool, Celery sends a job to the pool only when a process is free (a
+        # semaphore, released by the pool as each job ends): a set of requests is one job.
+        semaphore = getattr(consumer.controller, "semaphore", None)
+        self.when_free: Callable[..., Any] = semaphore.acquire if semaphore else _at_once
         self.count, self.interval_s = count, interval_s
         self._requests: list[Any] = []
         self._flush_entry: Any = None
@@ -138,7 +133,11 @@ class MessageBuffer:
         if len(requests) == 1:
             self.handle(requests[0])
         elif requests:
-            _Together(self, requests).send()
+            self.when_free(_Together(self, requests).send)
+
+
+def _at_once(callback: Callable[[], Any]) -> Any:
+    return callback()
 
 
 class _Together:
