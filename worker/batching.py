@@ -21,14 +21,17 @@ rate-limited message or an ill-formed one (``batchable``) goes the usual way. Th
 in the main process only, so a worker killed with messages in it has acknowledged none of them:
 the broker gives them back.
 
-celery-batches (PyPI) does the same kind of buffering, but 0.11 does not install with Celery 5.7,
-acknowledges its messages even when the batch failed, and sends no task events.
+Buffering needs the worker's event loop (the prefork pool); with the solo or thread pool each
+message runs on its own, as ``RECALL_INGEST_FLUSH_COUNT=1`` makes it everywhere.
+
+celery-batches (PyPI) buffers the same way, but its 0.11 requires Celery below 5.7, acknowledges
+a batch's messages even when the batch failed, sends no task events, and hands the task a list
+of requests instead of its arguments.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -81,7 +84,9 @@ def buffered_strategy(task: BufferedTask, app: Any, consumer: Any, **kwargs: Any
     """Celery's default strategy (events, revocation, ETA, rate limits), but the requests ready
     to run go to a ``MessageBuffer`` instead of straight to the pool."""
     count, interval_s = task.flush_policy()
-    if count <= 1:
+    # Only on the event loop (the prefork pool): there the timer and the pool's callbacks run in
+    # the consumer's own thread. The solo and thread pools run each message as it comes.
+    if count <= 1 or not getattr(consumer.controller, "use_eventloop", False):
         return default_strategy(task, app, consumer, **kwargs)
     buffer = MessageBuffer(task, consumer, count, interval_s)
     return default_strategy(task, app, _HandOver(consumer, buffer.add), **kwargs)
@@ -105,29 +110,23 @@ class MessageBuffer:
         self.count, self.interval_s = count, interval_s
         self._requests: list[Any] = []
         self._flush_entry: Any = None
-        # The timer fires in the consumer's event loop (prefork); with pools that run it in a
-        # thread of its own (solo, threads), the buffer is shared between two threads.
-        self._lock = threading.Lock()
 
     def add(self, request: Any) -> None:
         if not self.task.batchable(request.args, request.kwargs):
             self.handle(request)
             return
-        with self._lock:
-            self._requests.append(request)
-            full = len(self._requests) >= self.count
-            if not full and self._flush_entry is None:
-                self._flush_entry = self.timer.call_after(self.interval_s, self.flush)
-        if full:
+        self._requests.append(request)
+        if len(self._requests) >= self.count:
             self.flush()
+        elif self._flush_entry is None:
+            self._flush_entry = self.timer.call_after(self.interval_s, self.flush)
 
     def flush(self) -> None:
         """Hand the buffered requests to the pool: alone, the usual way; else together."""
-        with self._lock:
-            requests, self._requests = self._requests, []
-            if self._flush_entry is not None:
-                self._flush_entry.cancel()
-                self._flush_entry = None
+        requests, self._requests = self._requests, []
+        if self._flush_entry is not None:
+            self._flush_entry.cancel()
+            self._flush_entry = None
         # Revoked meanwhile: revoked() acknowledges it and sends its event.
         requests = [request for request in requests if not request.revoked()]
         if len(requests) == 1:
