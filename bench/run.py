@@ -7,7 +7,9 @@ figure, prints a table beside its target and writes ``bench/results.json`` (``--
 How each figure is taken (see docs/PERFORMANCE.md):
 - ``celery_noop_per_s``, ``ingest_single_per_s``, ``ingest_batch_per_s``: the messages are
   published first, then a worker starts; the rate is the messages (events) taken from the moment
-  it is ready until the queue is drained (stored, for events), over that time.
+  it is ready until the queue is drained (stored, for events), over that time. The three workers
+  run with the very same settings (``ingest_worker`` in the results: pool, concurrency, prefetch
+  multiplier, flush count and interval), read from the environment as in production.
 - ``replay_dry_per_s``, ``replay_apply_per_s``: ``recall replay`` over a generated history, wall
   time of the whole command (reading and sorting included); applied into PostgreSQL.
 - ``pending_1m_worker_rss_mb``, ``pending_1m_redis_mb``: recalls pending days ahead are written to
@@ -49,9 +51,10 @@ import redis  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
 from bench.replay import measure, tree_memory_kib  # noqa: E402
+from config.settings import Settings  # noqa: E402
 from tests.servers import PostgresServer, redis_for_tests  # noqa: E402
 from tests.workers import WorkerProcess  # noqa: E402
-from worker.app import CALL_RESULTS_QUEUE, app  # noqa: E402
+from worker.app import CALL_RESULTS_QUEUE, app, celery_config  # noqa: E402
 from worker.client import RecallClient  # noqa: E402
 from worker.db import make_engine, session_scope, upgrade  # noqa: E402
 from worker.models import Phone, ProcessedEvent, Recall  # noqa: E402
@@ -189,6 +192,17 @@ def ingestion(bench: Bench, sizes: Sizes, results: dict[str, Any]) -> None:
 
         with bench.database() as url, bench.worker(url, "--no-beat", before=publish) as worker:
             results[key] = round(drain(worker, stored(url), count, 1800))
+    baseline = results["celery_noop_per_s"]
+    results["ingest_single_x_baseline"] = round(results["ingest_single_per_s"] / baseline, 2)
+    results["ingest_batch_x_baseline"] = round(results["ingest_batch_per_s"] / baseline, 2)
+    settings = Settings.from_env()
+    results["ingest_worker"] = {
+        "pool": "prefork",
+        "concurrency": 2,
+        "prefetch_multiplier": celery_config(settings)["worker_prefetch_multiplier"],
+        "flush_count": settings.ingest_flush_count,
+        "flush_ms": settings.ingest_flush_ms,
+    }
 
 
 def replay(sizes: Sizes, results: dict[str, Any]) -> None:

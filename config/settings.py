@@ -58,6 +58,8 @@ ENVIRONMENT = (
     "RECALL_REDISPATCH_AFTER_S",
     "RECALL_VISIBILITY_TIMEOUT_S",
     "RECALL_MAX_BATCH",
+    "RECALL_INGEST_FLUSH_COUNT",
+    "RECALL_INGEST_FLUSH_MS",
     "RECALL_METRICS_PORT",
     "RECALL_LOG_FORMAT",
 )
@@ -88,6 +90,15 @@ class Settings:
     visibility_timeout_s: float = 300.0
     #: Most events accepted in one `recall.process_call_results` message.
     max_batch: int = 5000
+    #: Most `recall.process_call_result` messages (one event each) a worker takes together, in
+    #: one transaction: the transaction, not the broker, is most of a lone event's cost. Each pool
+    #: process reserves this many messages of any task (Celery's prefetch multiplier), so that a
+    #: full set is there to take while the one before it is stored. 1 takes each message alone
+    #: and reserves one message per process.
+    ingest_flush_count: int = 50
+    #: How long a message waits for others to be taken with (milliseconds), at most: a lone
+    #: message is stored this much later, never longer.
+    ingest_flush_ms: float = 20.0
     #: Port of each worker's Prometheus endpoint (/metrics); 0 turns it off.
     metrics_port: int = 9547
     #: "text" (default) or "json" (one JSON object per log line).
@@ -125,6 +136,8 @@ class Settings:
                 env, "RECALL_VISIBILITY_TIMEOUT_S", 300.0, horizon + RETRY_BACKOFF_MAX_S
             ),
             max_batch=int(_number(env, "RECALL_MAX_BATCH", 5000, 1)),
+            ingest_flush_count=int(_number(env, "RECALL_INGEST_FLUSH_COUNT", 50, 1)),
+            ingest_flush_ms=_number(env, "RECALL_INGEST_FLUSH_MS", 20.0, 0.0),
             metrics_port=int(_number(env, "RECALL_METRICS_PORT", 9547, 0)),
             log_format=_choice(env, "RECALL_LOG_FORMAT", ("text", "json")),
         )

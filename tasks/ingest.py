@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 from config.settings import get_settings
 from tasks.base import RecallTask
 from worker.app import app
+from worker.batching import BufferedTask
 from worker.metrics import record
 from worker.pipeline import ingest, raw_text
 from worker.runtime import current_rules
@@ -18,16 +20,31 @@ from worker.store import Letter, record_dead_letters
 log = logging.getLogger(__name__)
 
 
-def _refuse(task: RecallTask, detail: str, payload: object, event_id: str | None = None) -> None:
+def _refuse(
+    task: RecallTask,
+    detail: str,
+    payload: object,
+    event_id: str | None = None,
+    task_id: str | None = None,
+) -> None:
     """Keep an input the task cannot take as a dead letter (invalid_event)."""
     with task.transaction() as session:
         letter = Letter(task.name, "invalid_event", detail, raw_text(payload), task.now(), event_id)
         record_dead_letters(session, [letter])
     record.dead_letters("invalid_event")
-    log.warning("refused by %s: %s", task.name, detail)
+    log.warning("refused by %s: %s", task.name, detail, extra={"task_id": task_id})
 
 
-def _ingest(task: RecallTask, payloads: list[Any]) -> dict[str, int]:
+def _ingest(
+    task: RecallTask, payloads: list[Any], task_ids: Sequence[str] | None = None
+) -> list[str]:
+    """Take ``payloads`` in one transaction; the action for each, in order ("reject" included).
+
+    ``task_ids``, when several messages brought one payload each: their ids, for the log lines
+    (else the running task's), and each message is counted in ``recall_ingest_seconds`` with the
+    time of the transaction it shared.
+    """
+    ids: Sequence[str | None] = task_ids or [None] * len(payloads)
     started = time.perf_counter()
     try:
         with task.transaction() as session:
@@ -40,40 +57,73 @@ def _ingest(task: RecallTask, payloads: list[Any]) -> dict[str, int]:
         # split the batch, and keep the one event that still fails as a dead letter.
         if len(payloads) > 1:
             log.exception("batch of %d failed; taking its events one by one", len(payloads))
-            counts: Counter[str] = Counter()
-            for payload in payloads:
-                counts.update(_ingest(task, [payload]))
-            return dict(counts)
+            return [
+                action
+                for payload, task_id in zip(payloads, ids, strict=True)
+                for action in _ingest(task, [payload], [task_id] if task_id else None)
+            ]
         log.exception("event failed")
         payload = payloads[0]
         event_id = payload.get("event_id") if isinstance(payload, dict) else None
         detail = f"event: could not be processed ({type(error).__name__}: {error})"
-        _refuse(
-            task, detail.splitlines()[0], payload, event_id if isinstance(event_id, str) else None
-        )
-        return {"reject": 1}
+        event_id = event_id if isinstance(event_id, str) else None
+        _refuse(task, detail.splitlines()[0], payload, event_id, ids[0])
+        return ["reject"]
     record.ingest(
         task.name,
         time.perf_counter() - started,
         (now.timestamp() - event.occurred_at.timestamp() for event in report.events),
+        messages=len(task_ids or [None]),
     )
     record.decisions((d.action, d.reason, d.source) for d in report.decisions)
-    for event_id, reason, detail in report.rejected:
-        record.dead_letters(reason)
-        log.warning("dead letter (%s): %s", reason, detail, extra={"event_id": event_id})
-    for decision in report.decisions:
+    decisions, rejected = iter(report.decisions), iter(report.rejected)
+    for task_id, action in zip(ids, report.actions, strict=True):
+        if action == "reject":
+            event_id, reason, detail = next(rejected)
+            record.dead_letters(reason)
+            log.warning(
+                "dead letter (%s): %s",
+                reason,
+                detail,
+                extra={"event_id": event_id, "task_id": task_id},
+            )
+            continue
+        decision = next(decisions)
         log.info(
             "event %s phone %s: %s (%s)",
             decision.event_id,
             decision.phone_id,
             decision.action,
             decision.reason,
-            extra={"event_id": decision.event_id, "phone_id": decision.phone_id},
-        )
-    return report.counts()
+            extra={"event_id": decision.event_id, "phone_id": decision.phone_id,
+                   "task_id": task_id},
+        )  # fmt: skip
+    return report.actions
 
 
-@app.task(name="recall.process_call_result", base=RecallTask, bind=True)
+class OneEventTask(RecallTask, BufferedTask):
+    """``recall.process_call_result``: the worker takes several of its messages at a time, in
+    one transaction (worker/batching.py); called any other way, it is an ordinary task."""
+
+    abstract = True
+
+    def flush_policy(self) -> tuple[int, float]:
+        settings = get_settings()
+        return settings.ingest_flush_count, settings.ingest_flush_ms / 1000
+
+    def batchable(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+        return len(args) == 1 and not kwargs  # else refused, alone, as before
+
+    def run_together(self, ids: Sequence[str], args: Sequence[tuple[Any, ...]]) -> list[Any] | None:
+        try:
+            actions = _ingest(self, [one[0] for one in args], ids)
+        except self.autoretry_for as error:
+            log.warning("%d messages wait for the database: %r", len(args), error)
+            return None
+        return [{action: 1} for action in actions]
+
+
+@app.task(name="recall.process_call_result", base=OneEventTask, bind=True)
 def process_call_result(self: RecallTask, *args: Any, **kwargs: Any) -> dict[str, int]:
     """Take one call-result event (a JSON object, or its JSON text) as the only argument."""
     if len(args) != 1 or kwargs:
@@ -83,7 +133,7 @@ def process_call_result(self: RecallTask, *args: Any, **kwargs: Any) -> dict[str
         )
         _refuse(self, detail, {"args": list(args), "kwargs": kwargs})
         return {"reject": 1}
-    return _ingest(self, [args[0]])
+    return {_ingest(self, [args[0]])[0]: 1}
 
 
 @app.task(name="recall.process_call_results", base=RecallTask, bind=True)
@@ -102,4 +152,4 @@ def process_call_results(self: RecallTask, *args: Any, **kwargs: Any) -> dict[st
             detail = f"events: batch of {len(events)} is over the limit of {limit} (event {index})"
             _refuse(self, detail, event, event_id if isinstance(event_id, str) else None)
         return {"reject": len(events)}
-    return _ingest(self, events)
+    return dict(Counter(_ingest(self, events)))

@@ -60,3 +60,70 @@ def test_the_app_accepts_json_only(app: Celery) -> None:
     assert app.conf.task_reject_on_worker_lost
     assert app.conf.worker_send_task_events
     assert app.conf.task_send_sent_event
+
+
+def test_a_taken_message_is_held_until_acknowledged_even_if_the_worker_dies(
+    app: Celery, broker_url: str
+) -> None:
+    # kombu's BRPOP removes a message from its queue before the worker records it as unacked; a
+    # worker killed in between lost it. The worker's consumer takes and records in one step.
+    import worker.consumer  # noqa: F401  (installs the take-and-hold reading)
+
+    app.send_task("recall.process_call_result", args=[{"event_id": "held-1"}])
+    client = redis.Redis.from_url(broker_url)
+    (sent,) = client.lrange(CALL_RESULTS_QUEUE, 0, -1)
+    tag = orjson.loads(sent)["properties"]["delivery_tag"]
+
+    with app.connection_for_read() as connection:
+        channel = connection.default_channel
+        channel.basic_consume(
+            CALL_RESULTS_QUEUE, no_ack=False, callback=lambda message: None, consumer_tag="t"
+        )
+        # What the worker's event loop does when it can take a message: send, read later.
+        channel.connection.cycle._register_BRPOP(channel)
+        channel.client.connection.disconnect()  # the worker dies before reading the reply
+
+    assert client.llen(CALL_RESULTS_QUEUE) == 0  # taken...
+    held, exchange, routing_key = orjson.loads(client.hget("unacked", tag))
+    assert held == orjson.loads(sent)  # ...and held, whole, as kombu holds what it took
+    delivery = held["properties"]["delivery_info"]
+    assert (exchange, routing_key) == (delivery["exchange"], delivery["routing_key"])
+    assert client.zscore("unacked_index", tag) is not None
+
+    # After the visibility timeout any worker gives it back to its queue (kombu's own restore).
+    with app.connection_for_read() as connection:
+        connection.default_channel.qos.restore_by_tag(tag, client=client)
+    (back,) = [orjson.loads(raw) for raw in client.lrange(CALL_RESULTS_QUEUE, 0, -1)]
+    assert back["body"] == held["body"]
+    assert back["headers"]["id"] == held["headers"]["id"]
+
+
+def test_a_worker_takes_messages_one_at_a_time_and_waits_on_an_empty_queue(
+    app: Celery, broker_url: str
+) -> None:
+    import worker.consumer  # noqa: F401
+
+    received: list[str] = []
+    with app.connection_for_read() as connection:
+        channel = connection.default_channel
+        channel.basic_consume(
+            CALL_RESULTS_QUEUE, no_ack=False, consumer_tag="t",
+            callback=lambda message: received.append(message.headers["id"]),
+        )  # fmt: skip
+        first = app.send_task("recall.process_call_result", args=[{}]).id
+        connection.drain_events(timeout=5)  # taken by the script
+        with pytest.raises(TimeoutError):
+            connection.drain_events(timeout=1)  # empty: waiting with BRPOP
+        second = app.send_task("recall.process_call_result", args=[{}]).id
+        connection.drain_events(timeout=5)  # the waiting BRPOP's reply
+        assert received == [first, second]
+        client = redis.Redis.from_url(broker_url)
+        assert client.hlen("unacked") == 2  # both held until acknowledged
+        # Held as kombu holds a message it read (it writes its own record over the script's).
+        for tag, record in client.hgetall("unacked").items():
+            held, _exchange, routing_key = orjson.loads(record)
+            assert held["properties"]["delivery_tag"] == tag.decode()
+            assert routing_key == CALL_RESULTS_QUEUE
+    # Closed unacknowledged (a warm shutdown): kombu gives both back.
+    assert client.llen(CALL_RESULTS_QUEUE) == 2
+    assert client.hlen("unacked") == 0

@@ -36,3 +36,19 @@ def test_the_visibility_timeout_outlasts_what_a_live_worker_holds(
         Settings.from_env(env)
     least = float(horizon or 30) + RETRY_BACKOFF_MAX_S
     assert Settings.from_env({**env, "RECALL_VISIBILITY_TIMEOUT_S": str(least)})
+
+
+def test_single_event_messages_are_taken_together_and_reserved_to_match() -> None:
+    # Each pool process reserves a full set of single-event messages (worker/batching.py).
+    default = Settings.from_env(BASE)
+    assert (default.ingest_flush_count, default.ingest_flush_ms) == (50, 20.0)
+    assert celery_config(default)["worker_prefetch_multiplier"] == 50
+    alone = Settings.from_env(
+        {**BASE, "RECALL_INGEST_FLUSH_COUNT": "1", "RECALL_INGEST_FLUSH_MS": "0"}
+    )
+    assert celery_config(alone)["worker_prefetch_multiplier"] == 1
+    assert alone.ingest_flush_ms == 0.0
+    with pytest.raises(SettingsError, match="RECALL_INGEST_FLUSH_COUNT"):
+        Settings.from_env({**BASE, "RECALL_INGEST_FLUSH_COUNT": "0"})
+    with pytest.raises(SettingsError, match="RECALL_INGEST_FLUSH_MS"):
+        Settings.from_env({**BASE, "RECALL_INGEST_FLUSH_MS": "-1"})

@@ -55,8 +55,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # A task is acknowledged after it ran, and given back if its worker process dies.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
-        # One message at a time per process: batches are large, and ordering stays fair.
-        "worker_prefetch_multiplier": 1,
+        # Each pool process reserves as many messages as the worker takes together in one
+        # transaction (RECALL_INGEST_FLUSH_COUNT, worker/batching.py); 1 with batching off.
+        "worker_prefetch_multiplier": settings.ingest_flush_count,
         # Flower sees every task, with its name and arguments.
         "worker_send_task_events": True,
         "task_send_sent_event": True,

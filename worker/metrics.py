@@ -54,7 +54,8 @@ def _build() -> _Metrics:
             "recall_dead_letters", "Inputs refused and kept as dead letters, by reason.", ["reason"]
         ),
         ingest_seconds=Histogram(
-            "recall_ingest_seconds", "Time to validate, decide and store one message.",
+            "recall_ingest_seconds",
+            "Time to validate, decide and store one message: its transaction, shared or not.",
             ["task"], buckets=INGEST_BUCKETS,
         ),
         event_age_seconds=Histogram(
@@ -127,9 +128,14 @@ class _Recorder:
         if _metrics is not None and count:
             _metrics.dead_letters.labels(reason).inc(count)
 
-    def ingest(self, task: str, seconds: float, event_ages: Iterable[float]) -> None:
+    def ingest(
+        self, task: str, seconds: float, event_ages: Iterable[float], messages: int = 1
+    ) -> None:
+        """``messages`` taken in one transaction of ``seconds``: each counts that time."""
         if _metrics is not None:
-            _metrics.ingest_seconds.labels(task).observe(seconds)
+            histogram = _metrics.ingest_seconds.labels(task)
+            for _ in range(messages):
+                histogram.observe(seconds)
             for age in event_ages:
                 _metrics.event_age_seconds.observe(max(age, 0.0))
 

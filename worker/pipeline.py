@@ -33,6 +33,8 @@ class IngestReport:
     #: The dead letters kept: (event_id or None, reason, detail) each.
     rejected: list[tuple[str | None, str, str]] = field(default_factory=list)
     events: list[CallResult] = field(default_factory=list)  # the events taken
+    #: For each payload, in the order given: its decision's action, or "reject".
+    actions: list[str] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
         counts: Counter[str] = Counter(decision.action for decision in self.decisions)
@@ -114,16 +116,22 @@ def ingest(
     def reject(raw: object, reason: str, detail: str, event_id: str | None) -> None:
         letters.append(Letter(task, reason, detail, raw_text(raw), now, event_id))
 
+    taken: list[bool] = []
     for raw in payloads:
         try:
             good.append(accept(raw, rules))
         except Rejected as error:
             reject(raw, error.reason, error.detail, _event_id_of(raw))
+            taken.append(False)
+        else:
+            taken.append(True)
 
     report = IngestReport(apply_events(session, good, rules, now).decisions)
     report.dead_letters = record_dead_letters(session, letters)
     report.rejected = [(item.event_id, item.reason, item.detail) for item in letters]
     report.events = good
+    decided = iter(report.decisions)  # one per good event, in order
+    report.actions = [next(decided).action if ok else "reject" for ok in taken]
     return report
 
 

@@ -54,6 +54,10 @@ def worker(no_beat: bool, rules_path: Path | None, celery_args: tuple[str, ...])
     Any further options go to `celery worker` (e.g. --concurrency 4, --loglevel DEBUG). With no
     RECALL_BROKER_URL and RECALL_DATABASE_URL, an embedded Redis and SQLite under RECALL_HOME are
     started and migrated; otherwise the database must already be at the latest migration.
+
+    Single-event messages are stored up to RECALL_INGEST_FLUSH_COUNT (50) at a time, in one
+    transaction, each held at most RECALL_INGEST_FLUSH_MS (20); each pool process reserves
+    RECALL_INGEST_FLUSH_COUNT messages (the prefetch multiplier).
     """
     use_rules_file(rules_path)
     settings = get_settings()
