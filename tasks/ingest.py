@@ -13,7 +13,7 @@ from tasks.base import RecallTask
 from worker.app import app
 from worker.batching import BufferedTask
 from worker.metrics import record
-from worker.pipeline import ingest, raw_text
+from worker.pipeline import event_id_of, ingest, raw_text
 from worker.runtime import current_rules
 from worker.store import Letter, record_dead_letters
 
@@ -64,10 +64,8 @@ def _ingest(
             ]
         log.exception("event failed")
         payload = payloads[0]
-        event_id = payload.get("event_id") if isinstance(payload, dict) else None
         detail = f"event: could not be processed ({type(error).__name__}: {error})"
-        event_id = event_id if isinstance(event_id, str) else None
-        _refuse(task, detail.splitlines()[0], payload, event_id, ids[0])
+        _refuse(task, detail.splitlines()[0], payload, event_id_of(payload), ids[0])
         return ["reject"]
     record.ingest(
         task.name,
@@ -148,8 +146,7 @@ def process_call_results(self: RecallTask, *args: Any, **kwargs: Any) -> dict[st
     if len(events) > limit:
         # One dead letter per event, so that each can be replayed once the sender is fixed.
         for index, event in enumerate(events, start=1):
-            event_id = event.get("event_id") if isinstance(event, dict) else None
             detail = f"events: batch of {len(events)} is over the limit of {limit} (event {index})"
-            _refuse(self, detail, event, event_id if isinstance(event_id, str) else None)
+            _refuse(self, detail, event, event_id_of(event))
         return {"reject": len(events)}
     return dict(Counter(_ingest(self, events)))

@@ -21,7 +21,15 @@ from worker.models import DeadLetter
 from worker.rules import Rules
 from worker.store import Letter, apply_events, record_dead_letters
 
-__all__ = ["IngestReport", "Rejected", "accept", "ingest", "raw_text", "replay_dead_letters"]
+__all__ = [
+    "IngestReport",
+    "Rejected",
+    "accept",
+    "event_id_of",
+    "ingest",
+    "raw_text",
+    "replay_dead_letters",
+]
 
 
 @dataclass
@@ -55,9 +63,15 @@ def raw_text(raw: object) -> str:
         return repr(raw)
 
 
-def _event_id_of(raw: object) -> str | None:
+def event_id_of(raw: object) -> str | None:
+    """The ``event_id`` a raw input carries, when it has a text one: to file its dead letter by."""
     value = raw.get("event_id") if isinstance(raw, dict) else None
-    return value[:255] if isinstance(value, str) else None
+    return value if isinstance(value, str) else None
+
+
+def _event_id_of(raw: object) -> str | None:
+    value = event_id_of(raw)
+    return value[:255] if value is not None else None
 
 
 def _unencodable_field(raw: object) -> str:

@@ -27,7 +27,7 @@ import orjson
 
 from worker.engine import Decision, decide, phone_zone, timezone
 from worker.events import NO_EXTRA, CallResult
-from worker.pipeline import Rejected, accept, raw_text
+from worker.pipeline import Rejected, accept, event_id_of, raw_text
 from worker.rules import Rules
 from worker.sources import iter_records
 from worker.state import PhoneState, attempt_lookback
@@ -195,11 +195,10 @@ class SortedEvents:
                 try:
                     event = accept(raw, rules)
                 except Rejected as error:
-                    event_id = raw.get("event_id") if isinstance(raw, dict) else None
                     on_reject(
                         Rejection(
                             str(path), number, error.reason, error.detail, raw_text(raw),
-                            event_id if isinstance(event_id, str) else None, file_index,
+                            event_id_of(raw), file_index,
                         )
                     )  # fmt: skip
                     continue
