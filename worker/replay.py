@@ -144,7 +144,8 @@ def _spill(run: list[tuple[int, int, int, CallResult]], directory: str) -> str:
     return path
 
 
-def _read_run(path: str) -> Iterator[list[Any]]:
+def read_rows(path: str) -> Iterator[list[Any]]:
+    """The rows of a file of JSON lines (a spilled run, a process's output), one list each."""
     with open(path, "rb") as handle:
         yield from map(orjson.loads, handle)
 
@@ -232,7 +233,7 @@ class SortedEvents:
         while len(self._spilled) > MAX_OPEN_RUNS:  # merge in passes: keep file handles bounded
             group, self._spilled = self._spilled[:MAX_OPEN_RUNS], self._spilled[MAX_OPEN_RUNS:]
             self._spilled.append(self._merge_to_file(group))
-        streams = [_read_run(path) for path in self._spilled]
+        streams = [read_rows(path) for path in self._spilled]
         for row in heapq.merge(*streams):
             yield (row[0], row[1], row[2]), _event(row)
 
@@ -241,7 +242,7 @@ class SortedEvents:
         handle, merged = tempfile.mkstemp(prefix="recall-replay-", suffix=".jsonl",
                                           dir=self._directory)  # fmt: skip
         with os.fdopen(handle, "wb") as out:
-            streams = [_read_run(path) for path in paths]
+            streams = [read_rows(path) for path in paths]
             merged_rows = heapq.merge(*streams)
             out.writelines(
                 orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE) for row in merged_rows

@@ -37,6 +37,7 @@ from worker.replay import (
     SortedEvents,
     Summary,
     apply,
+    read_rows,
     simulate,
 )
 from worker.rules import Rules
@@ -273,11 +274,6 @@ def replay_in_shares(
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def _rows(path: str) -> Iterator[list[Any]]:
-    with open(path, "rb") as handle:
-        yield from map(orjson.loads, handle)
-
-
 def _merge(
     results: list[_Part],
     directory: str,
@@ -286,12 +282,12 @@ def _merge(
     on_decision: Callable[[dict[str, Any]], None] | None,
 ) -> Shared:
     paths = [os.path.join(directory, str(index)) for index in range(len(results))]
-    by_line = heapq.merge(*(_rows(f"{path}.rejects") for path in paths), key=lambda r: r[:2])
+    by_line = heapq.merge(*(read_rows(f"{path}.rejects") for path in paths), key=lambda r: r[:2])
     for _, _, data in by_line:
         on_reject(Rejection(**data))
     if on_decision is not None:
         by_position = heapq.merge(
-            *(_rows(f"{path}.decisions") for path in paths), key=lambda r: r[:3]
+            *(read_rows(f"{path}.decisions") for path in paths), key=lambda r: r[:3]
         )
         for row in by_position:
             on_decision(row[3])
