@@ -527,7 +527,6 @@ def apply(
     *,
     on_decision: OnDecision | None = None,
     on_progress: Callable[[int], None] | None = None,
-    batch_size: int = APPLY_BATCH,
 ) -> Summary:
     """Write ``events`` (in replay order) to the database through the worker's own code.
 
@@ -553,7 +552,7 @@ def apply(
 
     for item in events:
         batch.append(item)
-        if len(batch) >= batch_size:
+        if len(batch) >= APPLY_BATCH:
             flush()
     if batch:
         flush()
