@@ -390,7 +390,8 @@ _EVENT_COLUMNS = (
     "reason", "payload", "decision",
 )  # fmt: skip
 _ATTEMPT_COLUMNS = ("event_id", "phone_id", "occurred_at")
-# In the order of the rows apply_events builds (dicts, as a batch may change them later).
+# The recall columns written; apply_events builds its rows as dicts (a batch may change them
+# later) and turns each into a tuple in this order.
 _RECALL_COLUMNS = (
     "recall_id", "phone_id", "lead_id", "plan_id", "generation", "due_at", "source", "rule",
     "reason", "state", "created_at", "dispatched_at", "fired_at",
@@ -534,9 +535,8 @@ def _apply_events(
     for recall_id, fired_at in fired.items():
         if recall_id in recall_rows:
             recall_rows[recall_id].update(state="fired", fired_at=fired_at)
-    _insert_rows(
-        session, Recall, _RECALL_COLUMNS, [tuple(row.values()) for row in recall_rows.values()]
-    )
+    recalls = [tuple(row[name] for name in _RECALL_COLUMNS) for row in recall_rows.values()]
+    _insert_rows(session, Recall, _RECALL_COLUMNS, recalls)
     _update_rows(
         session,
         Recall,
