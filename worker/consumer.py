@@ -124,19 +124,15 @@ def _taken_messages_are_held() -> None:
         try:
             reply = channel.client.parse_response(channel.client.connection, "EVAL", **options)
         except channel.connection_errors:
-            channel._in_poll = None
             channel.client.connection.disconnect()
             raise
-        except Exception:
-            channel._in_poll = None
-            raise
+        finally:
+            channel._in_poll = None  # the reply is read (or the connection is gone)
         if not reply:
             # Every queue empty: wait for the next message as kombu does (the reply is read by
             # the stock _brpop_read when it comes).
-            channel._in_poll = None
             start(channel, channel.taking_timeout)
             raise Empty()
-        channel._in_poll = None
         dest, item = reply
         dest = bytes_to_str(dest).rsplit(channel.sep, 1)[0]  # type: ignore[no-untyped-call]
         channel._queue_cycle.rotate(dest)
