@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 from datetime import datetime
 from typing import Any
 
@@ -56,6 +57,20 @@ def at(text: str) -> datetime:
     if moment.utcoffset() is None:
         raise ValueError(f"no UTC offset in {text!r}")
     return moment
+
+
+def corrupt_gzip(data: bytes) -> bytes:
+    """``data`` gzip-compressed, then 16 bytes in the middle flipped (always the same ones)."""
+    packed = bytearray(gzip.compress(data, mtime=0))
+    middle = len(packed) // 2
+    packed[middle : middle + 16] = bytes(byte ^ 0xFF for byte in packed[middle : middle + 16])
+    return bytes(packed)
+
+
+def truncated_gzip(data: bytes) -> bytes:
+    """``data`` gzip-compressed, cut off after three quarters, as an interrupted copy leaves it."""
+    packed = gzip.compress(data, mtime=0)
+    return packed[: len(packed) * 3 // 4]
 
 
 def reset_process_state() -> None:

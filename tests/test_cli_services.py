@@ -2,11 +2,16 @@
 
 ``recall db upgrade``, ``recall phones show|list`` and ``recall dead-letters list|replay`` run
 in-process through click's ``CliRunner`` on SQLite and PostgreSQL, after the database has been
-filled by the same ingestion code the worker runs.
+filled by the same ingestion code the worker runs. ``recall publish`` runs in a process of its
+own against a real Redis.
 """
 
 from __future__ import annotations
 
+import base64
+import os
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -14,6 +19,7 @@ from typing import Any
 
 import orjson
 import pytest
+import redis
 from click.testing import CliRunner, Result
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
@@ -22,14 +28,18 @@ from tests.helpers import (
     DECISION_KEYS,
     EVENT_DEFAULTS,
     at,
+    corrupt_gzip,
     json_of,
     one_line_error,
     reset_process_state,
+    truncated_gzip,
 )
+from worker.app import CALL_RESULTS_QUEUE
 from worker.cli import main
 from worker.engine import Decision
 from worker.pipeline import ingest
 from worker.rules import Rules
+from worker.sample import generate
 from worker.store import fire_recalls
 
 # Nothing listens there: these commands must never need the broker.
@@ -154,6 +164,52 @@ def test_an_unmigrated_database_is_refused_with_the_fix(
 
     assert "recall db upgrade" in line
     assert "migration none" in line
+
+
+# --- recall publish: reading its files ----------------------------------------------------------
+
+
+def publish(broker_url: str, tmp_path: Path, *args: str | Path) -> subprocess.CompletedProcess[str]:
+    """``recall publish ARGS`` in a process of its own (the Celery app reads its broker once)."""
+    env = {**os.environ, "RECALL_BROKER_URL": broker_url, "RECALL_HOME": str(tmp_path / "home")}
+    return subprocess.run(
+        [sys.executable, "-m", "worker", "publish", *map(str, args)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=90, check=False,
+    )  # fmt: skip
+
+
+def queued_events(broker_url: str) -> list[Any]:
+    """The events waiting in the call_results queue, one or a list per message."""
+    client = redis.Redis.from_url(broker_url)
+    events: list[Any] = []
+    for raw in client.lrange(CALL_RESULTS_QUEUE, 0, -1):
+        (sent, *_), _, _ = orjson.loads(base64.b64decode(orjson.loads(raw)["body"]))
+        events.extend(sent if isinstance(sent, list) else [sent])
+    client.close()
+    return events
+
+
+@pytest.mark.parametrize("batch", [(), ("--batch", "50")])
+@pytest.mark.parametrize("damage", [corrupt_gzip, truncated_gzip])
+def test_publish_of_a_damaged_gzip_file_says_which_and_what_was_published(
+    broker_url: str, tmp_path: Path, damage: Callable[[bytes], bytes], batch: tuple[str, ...]
+) -> None:
+    # A generated history: flipped bytes in its compressed form break the deflate stream itself
+    # (zlib.error); in a very repetitive one they may only fail the checksum at the end.
+    events = generate(seed=19, leads=60, start=at("2026-01-12T00:00:00+00:00"), days=3)
+    path = tmp_path / "damaged.jsonl.gz"
+    path.write_bytes(damage(b"".join(orjson.dumps(item) + b"\n" for item in events)))
+
+    done = publish(broker_url, tmp_path, path, *batch)
+
+    assert done.returncode == 1, done.stderr
+    assert done.stdout == ""
+    assert "Traceback" not in done.stderr
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(f"error: {path}: cannot read: "), line
+    published = len(queued_events(broker_url))
+    assert line.endswith(f" ({published} events published before this)"), line
+    assert published < len(events)
 
 
 # --- recall phones -------------------------------------------------------------------------------

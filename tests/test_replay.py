@@ -29,7 +29,7 @@ import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import select
 
-from tests.helpers import json_of, one_line_error, reset_process_state
+from tests.helpers import corrupt_gzip, json_of, one_line_error, reset_process_state
 from worker import shares
 from worker.cli import main
 from worker.db import make_engine, upgrade
@@ -789,6 +789,20 @@ def test_a_file_that_cannot_be_read_is_a_one_line_error_that_leaves_nothing(
     )
 
     assert str(missing) in line
+    assert leftovers() == []
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+@pytest.mark.usefixtures("private_tmp")
+def test_a_corrupt_gzip_file_is_a_one_line_error_naming_it(tmp_path: Path, jobs: str) -> None:
+    path = tmp_path / "corrupt.jsonl.gz"
+    lines = b"".join(orjson.dumps(e) + b"\n" for e in history(seed=19, leads=60))
+    path.write_bytes(corrupt_gzip(lines))
+
+    line = one_line_error(recall("replay", path, "--dry-run", "--now", NOW, "--jobs", jobs))
+
+    assert line.startswith(f"error: {path}: cannot read: "), line
+    assert "error: " not in line[len("error: ") :], line
     assert leftovers() == []
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -60,5 +61,6 @@ def iter_records(path: Path) -> Iterator[tuple[int, object]]:
                     yield number, orjson.loads(text)
                 except orjson.JSONDecodeError:
                     yield number, text
-    except (OSError, EOFError, UnicodeDecodeError, csv.Error) as error:
+    # zlib.error (bytes damaged inside a .gz) is no OSError; EOFError is a truncated .gz.
+    except (OSError, EOFError, UnicodeDecodeError, csv.Error, zlib.error) as error:
         raise SourceError(f"{path}: cannot read: {error}") from None

@@ -98,7 +98,7 @@ def publish(files: tuple[Path, ...], batch: int | None) -> None:
     Each record is sent as it is; the worker validates it, so a bad one ends in the dead letters.
     """
     from worker.app import app
-    from worker.client import RecallClient
+    from worker.client import RecallClient, batched
 
     client = RecallClient(app=app)
     sent = messages = 0
@@ -110,12 +110,13 @@ def publish(files: tuple[Path, ...], batch: int | None) -> None:
                     client.publish(record)
                     sent += 1
                     messages += 1
-            else:
-                events, batches = client.publish_many(records, batch=batch)
-                sent += events
-                messages += batches
+            else:  # batch by batch, so that what was sent before a read error is known
+                for chunk in batched(records, batch):
+                    client.publish_many(chunk, batch=batch)
+                    sent += len(chunk)
+                    messages += 1
     except SourceError as error:
-        raise CommandError(str(error)) from None
+        raise CommandError(f"{error} ({sent} events published before this)") from None
     click.echo(f"published {sent} events in {messages} messages to {mask_url(app.conf.broker_url)}")
 
 
