@@ -189,6 +189,14 @@ def queued_events(broker_url: str) -> list[Any]:
     return events
 
 
+def csv_lines(*event_ids: str) -> list[str]:
+    """A CSV header and a row for each of ``event_ids`` (each for a phone of its own)."""
+    rows = [
+        ",".join(str(v) for v in event(event_id=i, phone_id=f"P-{i}").values()) for i in event_ids
+    ]
+    return [",".join(EVENT_DEFAULTS), *rows]
+
+
 @pytest.mark.parametrize("batch", [(), ("--batch", "50")])
 @pytest.mark.parametrize("damage", [corrupt_gzip, truncated_gzip])
 def test_publish_of_a_damaged_gzip_file_says_which_and_what_was_published(
@@ -210,6 +218,45 @@ def test_publish_of_a_damaged_gzip_file_says_which_and_what_was_published(
     published = len(queued_events(broker_url))
     assert line.endswith(f" ({published} events published before this)"), line
     assert published < len(events)
+
+
+def test_publish_goes_on_after_a_csv_row_with_an_unterminated_quote(
+    broker_url: str, tmp_path: Path
+) -> None:
+    lines = csv_lines(*(f"g{i}" for i in range(40)))
+    lines[3] = '"q1 unterminated' + lines[3][len("g2") :]
+    path = tmp_path / "q.csv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    done = publish(broker_url, tmp_path, path)
+
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == (
+        f"not published: {path}:4: unterminated quote (the quoted cell opened on this line runs"
+        " to the end of the file)\n"
+    )
+    assert done.stdout.startswith("published 39 events in 39 messages to ")
+    assert done.stdout.endswith("; 1 unreadable row not published (listed above)\n")
+    sent = {item["event_id"] for item in queued_events(broker_url)}
+    assert sent == {f"g{i}" for i in range(40)} - {"g2"}
+
+
+def test_publish_refuses_an_unrecognised_csv_header_before_sending_anything(
+    broker_url: str, tmp_path: Path
+) -> None:
+    good = tmp_path / "good.jsonl"
+    good.write_bytes(orjson.dumps(event()) + b"\n")
+    lines = [line.replace(",", ";") for line in csv_lines("a", "b")]
+    path = tmp_path / "semi.csv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    done = publish(broker_url, tmp_path, good, path)
+
+    assert done.returncode == 1
+    (line,) = done.stderr.splitlines()
+    assert line.startswith(f"error: {path}: unrecognised CSV header: found '{lines[0]}'"), line
+    assert "(one column: is the separator ';'?); expected columns event_id, plan_id," in line
+    assert queued_events(broker_url) == []
 
 
 # --- recall phones -------------------------------------------------------------------------------

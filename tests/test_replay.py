@@ -806,6 +806,155 @@ def test_a_corrupt_gzip_file_is_a_one_line_error_naming_it(tmp_path: Path, jobs:
     assert leftovers() == []
 
 
+CSV_HEADER = "event_id,plan_id,lead_id,phone_id,sip_code,occurred_at"
+
+
+def csv_row(event_id: str, phone_id: str, occurred_at: str, separator: str = ",") -> str:
+    """One CSV line under ``CSV_HEADER``: a busy line (486) on the ``flat`` plan."""
+    return separator.join([event_id, "flat", f"L-{phone_id}", phone_id, "486", occurred_at])
+
+
+def minute(index: int) -> str:
+    return t(f"{10 + index // 60:02d}:{index % 60:02d}")
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_an_unterminated_quote_rejects_its_row_and_reading_goes_on(
+    tmp_path: Path, rules_file: Path, jobs: str
+) -> None:
+    """Line 4 opens a quote nothing closes: only that row is lost, not the 37 after it."""
+    rows = [csv_row(f"g{i}", f"G{i}", minute(i)) for i in range(40)]
+    rows[2] = '"q1 unterminated,flat,L-Q,Q,486,' + minute(2)
+    path = tmp_path / "q.csv"
+    path.write_text("\n".join([CSV_HEADER, *rows]) + "\n", encoding="utf-8")
+    rejects = tmp_path / "d.jsonl"
+
+    result = replay_json(
+        path, "--dry-run", "--now", NOW, "--rules", rules_file, "--dead-letters", rejects,
+        "--jobs", jobs,
+    )  # fmt: skip
+
+    (found,) = read_jsonl(rejects)
+    assert (found["file"], found["line"], found["reason"]) == (str(path), 4, "invalid_event")
+    assert found["detail"].startswith("event: unterminated quote"), found["detail"]
+    assert "end of the file" in found["detail"]
+    assert found["payload"] == rows[2]
+    assert result["summary"]["events"] == 39
+    assert result["summary"]["dead_letters"] == 1
+
+
+def test_a_quoted_cell_may_hold_line_breaks_but_a_quote_left_open_is_cut_at_its_line(
+    tmp_path: Path, rules_file: Path
+) -> None:
+    """A note (an extra column) may span lines; a row is broken when its quote runs on past
+    MAX_RECORD_LINES lines, or breaks a line in a column of the contract, or changes the count
+    of cells: each broken row is rejected at its first line and reading resumes on the next."""
+    lines = [
+        f"{CSV_HEADER},note",
+        csv_row("n1", "N1", minute(0)) + ',"called back,\r\nleft a message"',  # lines 2-3
+        csv_row("n2", "N2", minute(1)) + ",",  # line 4
+        '"b1,flat,L-B,B,486,' + minute(2) + ",",  # line 5: a quote left open...
+        csv_row("n3", "N3", minute(3)) + ",",  # line 6
+        '"b2,flat,L-B,B,486,' + minute(4) + ",",  # line 7: ...closed here, and one more opened
+        *[csv_row(f"m{i}", f"M{i}", minute(5 + i)) + "," for i in range(120)],  # lines 8-127
+        csv_row("n4", "N4", minute(200)) + ',"one\ntwo",extra',  # lines 128-129: 8 cells
+        csv_row("n5", "N5", minute(201)) + ",",  # line 130
+    ]
+    lines[6 + 50] = lines[6 + 50].replace(",486,", ",abc,")  # m50, line 58: a bad sip_code
+    path = tmp_path / "notes.csv"
+    path.write_bytes(("\n".join(lines) + "\n").encode())
+    rejects, out = tmp_path / "d.jsonl", tmp_path / "out.jsonl"
+
+    result = replay_json(
+        path, "--dry-run", "--now", NOW, "--rules", rules_file, "--dead-letters", rejects,
+        "--output", out, "--jobs", "1",
+    )  # fmt: skip
+
+    found = {r["line"]: r["detail"] for r in read_jsonl(rejects)}
+    # After a broken row, its other lines are read again as rows: line 129 is "two",extra.
+    assert sorted(found) == [5, 7, 58, 128, 129]
+    assert found[5].startswith("event: unterminated quote"), found[5]
+    assert "line break in event_id" in found[5]
+    assert found[7].startswith("event: unterminated quote"), found[7]
+    assert "past 100 lines" in found[7]
+    assert found[58].startswith("sip_code: must be an integer")
+    assert found[128].startswith("event: unterminated quote"), found[128]
+    assert "8 cells, the header has 7" in found[128]
+    decided = [d["event_id"] for d in read_jsonl(out)]
+    assert decided == ["n1", "n2", "n3", *[f"m{i}" for i in range(120) if i != 50], "n5"]
+    assert result["summary"]["events"] == len(decided)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        CSV_HEADER.upper(),
+        CSV_HEADER.replace(",", ", "),
+        " " + CSV_HEADER.replace(",", " ,\t") + " ",
+        CSV_HEADER + ",Note,OUTCOME_CODE",
+    ],
+)
+def test_harmless_differences_in_a_csv_header_are_accepted(
+    tmp_path: Path, rules_file: Path, header: str
+) -> None:
+    path = tmp_path / "h.csv"
+    rows = [csv_row("a", "A", minute(0)), csv_row("b", "B", minute(1))]
+    path.write_text("\n".join([header, *rows]) + "\n", encoding="utf-8")
+
+    result = replay_json(path, "--dry-run", "--now", NOW, "--rules", rules_file)
+
+    assert result["summary"]["events"] == 2
+    assert result["summary"]["dead_letters"] == 0
+
+
+@pytest.mark.parametrize(
+    ("lines", "found", "why"),
+    [
+        (
+            [CSV_HEADER.replace(",", ";"), csv_row("a", "A", minute(0), ";")],
+            CSV_HEADER.replace(",", ";"),
+            "one column: is the separator ';'?",
+        ),
+        (
+            [csv_row("a", "A", minute(0)), csv_row("b", "B", minute(1))],
+            csv_row("a", "A", minute(0)),
+            "no known column: is the header line missing?",
+        ),
+        (
+            [CSV_HEADER.replace("phone_id", "phone"), csv_row("a", "A", minute(0))],
+            CSV_HEADER.replace("phone_id", "phone"),
+            "missing phone_id",
+        ),
+        (
+            [CSV_HEADER + ",Event_ID", csv_row("a", "A", minute(0)) + ",x"],
+            CSV_HEADER + ",Event_ID",
+            "event_id twice",
+        ),
+    ],
+)
+@pytest.mark.usefixtures("private_tmp")
+def test_an_unrecognised_csv_header_is_refused_before_any_work(
+    tmp_path: Path, rules_file: Path, lines: list[str], found: str, why: str
+) -> None:
+    good = write_lines(tmp_path / "good.jsonl", [ev("g", "G", t("09:00"))])
+    path = tmp_path / "q.csv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+
+    line = one_line_error(
+        recall("replay", good, path, "--dry-run", "--now", NOW, "--rules", rules_file,
+               "--output", out)
+    )  # fmt: skip
+
+    assert line == (
+        f"error: {path}: unrecognised CSV header: found {found!r} ({why}); expected columns"
+        " event_id, plan_id, lead_id, phone_id, sip_code, occurred_at (and optional"
+        " outcome_code, timezone, retry_after_s, call_id)"
+    )
+    assert not out.exists()
+    assert leftovers() == []
+
+
 @pytest.mark.usefixtures("private_tmp")
 def test_an_unmigrated_database_is_refused_and_leaves_no_temporary_files(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -29,7 +29,7 @@ from worker.engine import Decision, decide, phone_zone, timezone
 from worker.events import NO_EXTRA, CallResult
 from worker.pipeline import Rejected, accept, event_id_of, raw_text
 from worker.rules import Rules
-from worker.sources import iter_records
+from worker.sources import UnreadableRow, iter_records
 from worker.state import PhoneState, attempt_lookback
 from worker.store import apply_events
 
@@ -192,6 +192,13 @@ class SortedEvents:
         for file_index, path in enumerate(files):
             for number, raw in iter_records(path):
                 if shares > 1 and share_of(raw, shares) != index:
+                    continue
+                if isinstance(raw, UnreadableRow):  # a quote left open: no record to validate
+                    detail = f"event: {raw.detail}"
+                    on_reject(
+                        Rejection(str(path), number, "invalid_event", detail, raw.text, None,
+                                  file_index)
+                    )  # fmt: skip
                     continue
                 try:
                     event = accept(raw, rules)

@@ -32,7 +32,7 @@ from worker.replay import (
 )
 from worker.rules import Rules
 from worker.shares import ShareFailed, default_shares, replay_in_shares
-from worker.sources import SourceError
+from worker.sources import SourceError, check_files
 
 FILE = click.Path(dir_okay=False, path_type=Path)
 # Rejections listed in the summary (all of them go to --dead-letters FILE).
@@ -125,6 +125,10 @@ def replay(
     rules = read_rules(rules_path)
     compare_rules = read_rules(compare_path) if compare_path is not None else None
     until = parse_now(now_text)
+    try:  # a missing file or an unrecognised CSV header, before any work
+        check_files(files)
+    except SourceError as error:
+        raise CommandError(str(error)) from None
     dry_run = dry_run or compare_rules is not None
     if not dry_run and until > datetime.now(UTC) + timedelta(minutes=1):
         raise CommandError(

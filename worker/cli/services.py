@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from worker.db import (
     session_scope,
     upgrade,
 )
-from worker.sources import SourceError, iter_records
+from worker.sources import SourceError, UnreadableRow, check_files, iter_records
 
 WORKER_QUEUES = "call_results,recalls"
 
@@ -96,28 +97,48 @@ def publish(files: tuple[Path, ...], batch: int | None) -> None:
     """Publish call results from JSON Lines or CSV files (.gz too), as the dialer would.
 
     Each record is sent as it is; the worker validates it, so a bad one ends in the dead letters.
+    A CSV row that cannot be delimited (a quote left open) has no record to send: it is listed on
+    stderr with its file and line, and publishing goes on.
     """
     from worker.app import app
     from worker.client import RecallClient, batched
 
+    try:  # a missing file or an unrecognised CSV header, before anything is sent
+        check_files(files)
+    except SourceError as error:
+        raise CommandError(str(error)) from None
     client = RecallClient(app=app)
-    sent = messages = 0
+    sent = messages = unreadable = 0
+
+    def records(path: Path) -> Iterator[object]:
+        nonlocal unreadable
+        for number, record in iter_records(path):
+            if isinstance(record, UnreadableRow):
+                unreadable += 1
+                click.echo(f"not published: {path}:{number}: {record.detail}", err=True)
+            else:
+                yield record
+
     try:
         for path in files:
-            records = (record for _, record in iter_records(path))
             if batch is None:
-                for record in records:
+                for record in records(path):
                     client.publish(record)
                     sent += 1
                     messages += 1
             else:  # batch by batch, so that what was sent before a read error is known
-                for chunk in batched(records, batch):
+                for chunk in batched(records(path), batch):
                     client.publish_many(chunk, batch=batch)
                     sent += len(chunk)
                     messages += 1
     except SourceError as error:
         raise CommandError(f"{error} ({sent} events published before this)") from None
-    click.echo(f"published {sent} events in {messages} messages to {mask_url(app.conf.broker_url)}")
+    rows = "1 unreadable row" if unreadable == 1 else f"{unreadable} unreadable rows"
+    skipped = f"; {rows} not published (listed above)" if unreadable else ""
+    click.echo(
+        f"published {sent} events in {messages} messages to {mask_url(app.conf.broker_url)}"
+        + skipped
+    )
 
 
 @click.group("db")
