@@ -32,6 +32,7 @@ from sqlalchemy import select
 from tests.helpers import json_of, one_line_error, reset_process_state
 from worker import shares
 from worker.cli import main
+from worker.cli.outputs import Outputs
 from worker.db import make_engine, upgrade
 from worker.events import parse_event
 from worker.models import Base, Recall
@@ -817,6 +818,145 @@ def test_bad_options_are_one_line_errors(tmp_path: Path) -> None:
     line = one_line_error(recall("replay", path, "--now", NOW, "--compare", broken))
     assert "broken.toml" in line
     assert "max_recalls" in line
+
+
+# --- 7b. outputs never destroy inputs -------------------------------------------------------------
+
+OUTPUT_OPTIONS = ("--output", "--dead-letters", "--report")
+
+
+@pytest.mark.parametrize("option", OUTPUT_OPTIONS)
+@pytest.mark.parametrize(
+    "form", ["same", "relative", "symlink", "hard link", "second input", "rules", "compare"]
+)
+def test_an_output_that_is_an_input_is_refused_and_the_input_kept(
+    tmp_path: Path, rules_file: Path, monkeypatch: pytest.MonkeyPatch, option: str, form: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_jsonl(history(seed=30, leads=5), tmp_path / "v.jsonl")
+    other = write_lines(tmp_path / "w.jsonl", [ev("a", "X", t("10:00"))])
+    inputs: list[str | Path] = [tmp_path / "v.jsonl"]
+    target: str | Path = tmp_path / "v.jsonl"
+    if form == "relative":
+        target = f"../{tmp_path.name}/v.jsonl"
+    elif form == "symlink":
+        target = tmp_path / "link.jsonl"
+        target.symlink_to(tmp_path / "v.jsonl")
+    elif form == "hard link":
+        target = tmp_path / "hard.jsonl"
+        os.link(tmp_path / "v.jsonl", target)
+    elif form == "second input":
+        inputs = [other, "v.jsonl"]
+    elif form in ("rules", "compare"):
+        target = rules_file
+    files = {path: path.read_bytes() for path in (tmp_path / "v.jsonl", other, rules_file)}
+    extra = ("--compare", rules_file) if form == "compare" else ("--rules", rules_file)
+
+    line = one_line_error(
+        recall("replay", *inputs, "--dry-run", "--now", NOW, *extra, option, target)
+    )
+
+    assert line.startswith(f"error: {option} {target}: is the ")
+    assert str(rules_file if form in ("rules", "compare") else "v.jsonl") in line
+    assert {path: path.read_bytes() for path in files} == files
+    assert sorted(path.name for path in tmp_path.iterdir() if path.name.startswith(".")) == []
+
+
+def test_two_outputs_that_are_one_file_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = write_lines(tmp_path / "x.jsonl", [ev("a", "X", t("10:00"))])
+    elsewhere = f"../{tmp_path.name}/out.jsonl"
+
+    one_line_error(
+        recall("replay", path, "--dry-run", "--output", "out.jsonl", "--report", elsewhere),
+        f"--report {elsewhere}: is the --output file out.jsonl",
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.jsonl"]
+
+
+@pytest.mark.parametrize("option", OUTPUT_OPTIONS)
+@pytest.mark.parametrize("bad", ["/nonexistent/dir/x.jsonl", "/proc/x/r.html", "{tmp}/file/x"])
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, option: str, bad: str
+) -> None:
+    url = f"sqlite:///{tmp_path / 'recall.db'}"
+    upgrade(url)
+    use_database(monkeypatch, url)
+    write_jsonl(history(seed=31, leads=10), tmp_path / "h.jsonl")
+    (tmp_path / "file").write_text("a file, not a directory", encoding="utf-8")
+    bad = bad.format(tmp=tmp_path)
+    reason = "Not a directory" if bad.startswith(str(tmp_path)) else "No such file or directory"
+
+    started = time.monotonic()
+    line = one_line_error(recall("replay", tmp_path / "h.jsonl", "--now", NOW, option, bad))
+
+    assert line == f"error: {option} {bad}: cannot write: {reason}"
+    assert table_rows(url) == {name: [] for name in Base.metadata.tables}  # nothing applied
+    assert time.monotonic() - started < 5
+
+
+def test_a_failed_replay_leaves_the_outputs_as_they_were(tmp_path: Path) -> None:
+    write_jsonl(history(seed=32, leads=10), tmp_path / "h.jsonl")
+    outputs = {tmp_path / name: b"keep me\n" for name in ("d.jsonl", "r.jsonl", "r.html")}
+    for path, content in outputs.items():
+        path.write_bytes(content)
+    missing = tmp_path / "missing.jsonl"
+
+    options = ["--output", "d.jsonl", "--dead-letters", "r.jsonl", "--report", "r.html"]
+    paths = [option if option.startswith("--") else tmp_path / option for option in options]
+
+    one_line_error(
+        recall("replay", tmp_path / "h.jsonl", missing, "--dry-run", "--now", NOW, *paths),
+        str(missing),
+    )
+
+    assert {path: path.read_bytes() for path in outputs} == outputs
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["h.jsonl", *(path.name for path in outputs)]
+    )
+
+
+def test_outputs_replace_their_targets_when_the_replay_succeeds(
+    tmp_path: Path, rules_file: Path
+) -> None:
+    path = write_lines(tmp_path / "x.jsonl", [ev("a", "X", t("10:00")), "{not json"])
+    real = tmp_path / "decisions.jsonl"
+    real.write_text("old\n", encoding="utf-8")
+    real.chmod(0o640)
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(real)
+    rejects = tmp_path / "rejects.jsonl"
+
+    replay_json(path, "--dry-run", "--now", NOW, "--rules", rules_file, "--output", link,
+                "--dead-letters", rejects, "--report", os.devnull)  # fmt: skip
+
+    assert link.is_symlink()
+    assert [d["event_id"] for d in read_jsonl(real)] == ["a"]
+    assert real.stat().st_mode & 0o777 == 0o640
+    assert [r["line"] for r in read_jsonl(rejects)] == [2]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_an_interrupted_command_leaves_the_target_as_it_was(tmp_path: Path) -> None:
+    target = tmp_path / "out.jsonl"
+    target.write_text("good\n", encoding="utf-8")
+
+    def interrupted() -> None:
+        with Outputs([]) as outputs:
+            written = outputs.add("--output", target)
+            assert written is not None
+            assert written.parent == tmp_path
+            assert written.name.endswith(".out.jsonl")
+            written.write_text("half", encoding="utf-8")
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        interrupted()
+
+    assert target.read_text(encoding="utf-8") == "good\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl"]
 
 
 # --- 8. what-if ----------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from worker.cli.common import (
     read_rules,
     rules_option,
 )
+from worker.cli.outputs import writes_files
 from worker.replay import (
     Comparison,
     JsonLinesWriter,
@@ -104,6 +105,14 @@ class Progress:
 )
 @rules_option
 @json_option
+@writes_files(
+    {"output": "--output", "report": "--report", "rejects_path": "--dead-letters"},
+    {
+        "files": "the input file",
+        "rules_path": "the --rules file",
+        "compare_path": "the --compare file",
+    },
+)
 def replay(
     files: tuple[Path, ...],
     dry_run: bool,
@@ -120,7 +129,8 @@ def replay(
 
     Recalls fire as the simulated clock passes them. Without --dry-run the results are written to
     the database through the worker's own code (idempotent on event_id: a second replay changes
-    nothing). Memory grows with the number of phones; large inputs are sorted on disk.
+    nothing). Memory grows with the number of phones; large inputs are sorted on disk. Output
+    files replace their targets only when the replay succeeds, and may not be inputs.
     """
     rules = read_rules(rules_path)
     compare_rules = read_rules(compare_path) if compare_path is not None else None
