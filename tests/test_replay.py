@@ -777,6 +777,32 @@ def test_bad_rows_are_reported_with_file_line_and_field(tmp_path: Path, rules_fi
     ]
 
 
+def test_a_truncated_list_of_rejections_says_how_many_and_where_the_rest_are(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bad = write_lines(tmp_path / "bad.jsonl", [f"{{bad {number}" for number in range(7)])
+
+    shown = recall("replay", bad, "--dry-run", "--now", NOW)
+    kept = recall("replay", bad, "--dry-run", "--now", NOW, "--dead-letters", tmp_path / "d.jsonl")
+    few = recall("replay", write_lines(tmp_path / "two.jsonl", BAD[:2]), "--dry-run", "--now", NOW)
+
+    assert shown.exit_code == kept.exit_code == few.exit_code == 0
+    assert len([line for line in shown.stdout.splitlines() if line.startswith("rejected ")]) == 5
+    assert "showing 5 of 7 rejected rows; --dead-letters FILE writes them all" in shown.stdout
+    assert "showing 5 of 7 rejected rows; all 7 are in the --dead-letters file" in kept.stdout
+    assert len(read_jsonl(tmp_path / "d.jsonl")) == 7
+    assert "showing" not in few.stdout
+    url = f"sqlite:///{tmp_path / 'recall.db'}"
+    upgrade(url)
+    use_database(monkeypatch, url)
+    applied = recall("replay", bad, "--now", NOW)
+    assert applied.exit_code == 0, applied.output
+    assert (
+        "showing 5 of 7 rejected rows; all are in the dead letters (recall dead-letters list)"
+        in (applied.stdout)
+    )
+
+
 @pytest.mark.usefixtures("private_tmp")
 def test_a_file_that_cannot_be_read_is_a_one_line_error_that_leaves_nothing(
     tmp_path: Path,

@@ -216,7 +216,7 @@ def replay(
     if as_json:
         echo_json(result)
     else:
-        click.echo(_text(result))
+        click.echo(_text(result, rejects_path is not None))
 
 
 def _many_writers() -> bool:
@@ -305,8 +305,11 @@ def _summary_json(summary: Summary, pending: int) -> dict[str, Any]:
     }
 
 
-def _text(result: dict[str, Any]) -> str:
-    """The summary as aligned text, two columns with --compare."""
+def _text(result: dict[str, Any], rejects_written: bool = False) -> str:
+    """The summary as aligned text, two columns with --compare.
+
+    ``rejects_written``: every rejected row went to a --dead-letters file.
+    """
     summaries = [("rules", result["summary"])]
     if "compare" in result:
         summaries.append(("compare", result["compare"]["summary"]))
@@ -341,6 +344,15 @@ def _text(result: dict[str, Any]) -> str:
             f"rejected {rejection['file']}:{rejection['line']}: {rejection['reason']}:"
             f" {rejection['detail']}"
         )
+    shown, rejected = len(result["rejections_sample"]), result["summary"]["dead_letters"]
+    if shown < rejected:
+        if rejects_written:
+            rest = f"all {rejected:,} are in the --dead-letters file"
+        elif result["mode"] == "applied":
+            rest = "all are in the dead letters (recall dead-letters list)"
+        else:
+            rest = "--dead-letters FILE writes them all"
+        lines.append(f"showing {shown} of {rejected:,} rejected rows; {rest}")
     if "compare" in result:
         lines.append(f"decisions that differ: {result['compare']['differing_decisions']}")
         for item in result["compare"]["sample"][:10]:
