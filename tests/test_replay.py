@@ -33,6 +33,7 @@ from tests.helpers import json_of, one_line_error, reset_process_state
 from worker import shares
 from worker.cli import main
 from worker.cli.outputs import Outputs
+from worker.cli.replay import reading_line, replay_line
 from worker.db import make_engine, upgrade
 from worker.events import parse_event
 from worker.models import Base, Recall
@@ -1356,3 +1357,63 @@ def test_many_runs_are_merged_in_passes(
         merged = [event.event_id for event in chunked]
     assert merged == expected
     assert leftovers() == []
+
+
+# --- 12. progress on a terminal ------------------------------------------------------------------
+
+
+def test_the_progress_lines_say_what_is_read_then_what_is_left() -> None:
+    assert reading_line(1_234_567, 2.0) == "reading 1,234,567 lines  617,284 lines/s"
+    assert reading_line(0, 0.0) == "reading 0 lines  0 lines/s"
+    assert (
+        replay_line(25_000, 100_000, 5.0)
+        == "replayed 25,000/100,000 (25%)  5,000 events/s  15s left"
+    )
+    assert replay_line(1_000, 200_000, 10.0).endswith("100 events/s  33m 10s left")
+    assert replay_line(1_000, 10_000_000, 10.0).endswith("27h 46m left")
+    assert replay_line(0, 10, 1.0) == "replayed 0/10 (0%)  0 events/s  ? left"
+    assert replay_line(10, 10, 1.0).endswith("(100%)  10 events/s  0s left")
+
+
+def _stderr_on_a_terminal(command: list[str]) -> str:
+    """What ``command`` writes to stderr when that is a terminal (a pseudo-terminal here)."""
+    import pty
+
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=follower, cwd=REPO)
+    os.close(follower)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65_536)
+        except OSError:  # the terminal closed: the process has exited
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(leader)
+    assert process.wait(timeout=120) == 0, seen
+    return seen.decode()
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_replay_on_a_terminal_shows_reading_then_the_time_left(tmp_path: Path, jobs: str) -> None:
+    path = tmp_path / "h.jsonl"
+    write_jsonl(itertools.islice(iter_generate(seed=40, leads=30_000, start=START, days=3),
+                                 100_000), path)  # fmt: skip
+
+    shown = _stderr_on_a_terminal(
+        [sys.executable, "-m", "worker", "replay", str(path), "--dry-run", "--now", NOW,
+         "--jobs", jobs]
+    )  # fmt: skip
+
+    updates = [line.strip() for line in shown.split("\r") if line.strip()]
+    assert updates, shown
+    assert re.fullmatch(r"reading [\d,]+ lines  [\d,]+ lines/s", updates[0]), updates
+    replaying = [line for line in updates if line.startswith("replayed")]
+    assert replaying, updates
+    for line in replaying:
+        assert re.fullmatch(
+            r"replayed [\d,]+/100,000 \(\d+%\)  [\d,]+ events/s  (\d+[hms] ?)+(\d+[ms])? left", line
+        ), line
+    assert updates.index(replaying[0]) > 0

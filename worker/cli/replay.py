@@ -40,13 +40,49 @@ FILE = click.Path(dir_okay=False, path_type=Path)
 SHOWN_REJECTIONS = 5
 
 
-class Progress:
-    """Events done, rate and time left, on one refreshed line, only when stderr is a terminal."""
+def _duration(seconds: float) -> str:
+    """``42s``, ``3m 05s``, ``2h 07m``: a time left, to the precision that matters."""
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m {whole % 60:02d}s"
+    return f"{whole // 3600}h {whole % 3600 // 60:02d}m"
 
-    def __init__(self, total: int, enabled: bool, started: float) -> None:
-        self.total, self.enabled = total, enabled
-        self.started, self.shown = started, time.monotonic()
-        self.done = 0
+
+def reading_line(lines: int, seconds: float) -> str:
+    """The progress line while the input is read (and validated, and sorted)."""
+    return f"reading {lines:,} lines  {lines / max(seconds, 1e-9):,.0f} lines/s"
+
+
+def replay_line(done: int, total: int, seconds: float) -> str:
+    """The progress line while ``total`` events are replayed, ``seconds`` after they started."""
+    rate = done / max(seconds, 1e-9)
+    left = _duration((total - done) / rate) if rate else "?"
+    percent = 100 * done / max(total, 1)
+    return f"replayed {done:,}/{total:,} ({percent:.0f}%)  {rate:,.0f} events/s  {left} left"
+
+
+class Progress:
+    """Lines read, then events replayed with rate and time left, on one refreshed line.
+
+    Shown only when stderr is a terminal.
+    """
+
+    def __init__(self, enabled: bool, started: float) -> None:
+        self.enabled, self.started = enabled, started
+        self.shown, self.width = time.monotonic(), 0
+        self.total = self.done = 0
+        self.replaying_since = started
+
+    def reading(self, lines: int) -> None:
+        now = time.monotonic()
+        if self._due(now):
+            self._show(reading_line(lines, now - self.started))
+
+    def replaying(self, total: int) -> None:
+        """The input is read: ``total`` events to replay from now on."""
+        self.total, self.done, self.replaying_since = total, 0, time.monotonic()
 
     def tick(self, count: int = 1) -> None:
         self.at(self.done + count)
@@ -54,23 +90,22 @@ class Progress:
     def at(self, done: int) -> None:
         self.done = done
         now = time.monotonic()
-        if self.enabled and now - self.shown >= 0.5:
-            self.shown = now
-            rate = self.done / max(now - self.started, 1e-9)
-            if not self.total:  # processes in parallel: their total is theirs to know
-                line = f"replayed {self.done:,}  {rate:,.0f} events/s"
-            else:
-                left = (self.total - self.done) / rate if rate else 0
-                percent = 100 * self.done / max(self.total, 1)
-                line = (
-                    f"replayed {self.done:,}/{self.total:,} ({percent:.0f}%)"
-                    f"  {rate:,.0f} events/s  {left:,.0f}s left"
-                )
-            click.echo(f"\r{line}   ", nl=False, err=True)
+        if self._due(now):
+            self._show(replay_line(self.done, self.total, now - self.replaying_since))
+
+    def _due(self, now: float) -> bool:
+        if not self.enabled or now - self.shown < 0.5:
+            return False
+        self.shown = now
+        return True
+
+    def _show(self, line: str) -> None:
+        click.echo(f"\r{line:<{self.width}}", nl=False, err=True)
+        self.width = max(self.width, len(line))
 
     def close(self) -> float:
-        if self.enabled:
-            click.echo("\r" + " " * 72 + "\r", nl=False, err=True)
+        if self.enabled and self.width:
+            click.echo("\r" + " " * self.width + "\r", nl=False, err=True)
         return time.monotonic() - self.started
 
 
@@ -159,10 +194,6 @@ def replay(
             if not dry_run:
                 rejected.append(rejection)
 
-        def on_read(count: int) -> None:
-            if interactive:
-                click.echo(f"\rreading {count:,} events", nl=False, err=True)
-
         shares = jobs or default_shares()
         if not dry_run:  # refuse an unmigrated database before reading gigabytes of input
             from worker.cli.services import ready_database
@@ -171,13 +202,14 @@ def replay(
             if not _many_writers():
                 shares = 1
         started = time.monotonic()  # the rate counts reading and sorting too
+        progress = Progress(interactive, started)
         shared = None
         if shares > 1:
-            progress = Progress(0, interactive, started)
             try:
                 shared = replay_in_shares(
                     files, rules, compare_rules, until, shares, applied=not dry_run,
                     on_reject=on_reject, on_decision=decisions_out.write if output else None,
+                    on_read=progress.reading, on_replay=progress.replaying,
                     on_progress=progress.at,
                 )  # fmt: skip
             except (SourceError, ShareFailed) as error:
@@ -187,11 +219,11 @@ def replay(
         else:  # one process; also when an event id was sent for phones of two processes
             try:
                 events = stack.enter_context(
-                    sorted_events(files, rules, on_reject, on_read=on_read)
+                    sorted_events(files, rules, on_reject, on_read=progress.reading)
                 )
             except SourceError as error:
                 raise CommandError(str(error)) from None
-            progress = Progress(events.count, interactive, started)
+            progress.replaying(events.count)
             keep = (lambda _, decision: decisions_out.write(decision.to_json())) if output else None
             comparison = None
             if dry_run:
