@@ -38,6 +38,7 @@ from worker.db import make_engine, upgrade
 from worker.events import parse_event
 from worker.models import Base, Recall
 from worker.replay import Simulation, finish, share_of, sorted_events
+from worker.report import bar_chart, nice_ticks
 from worker.rules import Rules, load_rules
 from worker.sample import generate, iter_generate, write_csv, write_jsonl
 
@@ -1156,6 +1157,109 @@ def test_the_report_with_compare_shows_both_rule_sets(tmp_path: Path, rules_file
     assert len(bar_colours(page)) == 2
     first = result["compare"]["sample"][0]
     assert first["event_id"] in page
+
+
+@pytest.mark.parametrize(
+    ("peak", "ticks"),
+    [
+        (0, [0, 1]),
+        (1, [0, 1]),
+        (3, [0, 1, 2, 3]),
+        (7, [0, 2, 4, 6, 8]),
+        (107, [0, 50, 100, 150]),
+        (429, [0, 100, 200, 300, 400, 500]),
+        (20_000, [0, 5_000, 10_000, 15_000, 20_000]),
+        (1_234_567, [0, 500_000, 1_000_000, 1_500_000]),
+    ],
+)
+def test_chart_ticks_are_round_integers(peak: int, ticks: list[int]) -> None:
+    assert nice_ticks(peak) == ticks
+
+
+def svg_texts(page: str, kind: str) -> list[str]:
+    """The text of every ``<text class="kind">`` of the report, unescaped."""
+    return [
+        html.unescape(text)
+        for text in re.findall(rf'<text class="{kind}"[^>]*>([^<]*)</text>', page)
+    ]
+
+
+def test_the_report_has_round_ticks_full_labels_axis_titles_and_the_rejected_rows(
+    tmp_path: Path, rules_file: Path
+) -> None:
+    # Three calls: small counts, where evenly spaced ticks used to read 0,1,2,2,3.
+    events = [ev("a", "A", t("10:00")), ev("b", "B", t("10:01")), ev("c", "C", t("10:02"))]
+    events += [ev("d", "D", t("10:03"), sip_code=404)]
+    good = write_lines(tmp_path / "h.jsonl", events)
+    bad = write_lines(tmp_path / "bad.jsonl", [f"{{broken {number}" for number in range(7)])
+    report = tmp_path / "report.html"
+
+    replay_json(good, bad, "--dry-run", "--now", NOW, "--rules", rules_file, "--report", report)
+
+    page = report.read_text(encoding="utf-8")
+    charts = page.split("<svg")[1:]
+    assert len(charts) == 3
+    for chart in charts:
+        ticks = [int(text.replace(",", "")) for text in svg_texts(chart, "tick")]
+        steps = {b - a for a, b in itertools.pairwise(ticks)}
+        assert ticks[0] == 0
+        assert len(steps) == 1
+        assert steps.pop() in (1, 2, 5, 10, 20, 50)
+        assert len(svg_texts(chart, "axis-title")) == 2
+    first = charts[0]
+    assert [int(tick) for tick in svg_texts(first, "tick")] == [0, 1, 2, 3]
+    assert svg_texts(first, "axis-title") == ["reason", "decisions"]
+    assert sorted(svg_texts(first, "label")) == ["sip_no_recall", "sip_recall"]
+    assert "Rejected rows: the first 5 of 7" in page
+    assert page.count("invalid_event") >= 5
+    assert "bad.jsonl:1" in page
+    assert html.escape("event: not valid JSON") in page
+
+
+def test_chart_labels_too_wide_to_lie_flat_are_slanted_whole_inside_the_drawing() -> None:
+    labels = ["stem_outcome_final", *(f"a_rather_long_reason_{n}" for n in range(11))]
+
+    chart = bar_chart("Reasons", labels, [[3.0] * 12, [429.0] * 12], "reason", "decisions")
+
+    box = re.search(r'viewBox="0 0 ([\d.]+) ([\d.]+)"', chart)
+    assert box is not None
+    height = float(box.group(2))
+    slanted = re.findall(
+        r'<text class="label" x="([\d.]+)" y="([\d.]+)"[^>]*rotate\(-45[^>]*>([^<]*)</text>', chart
+    )
+    assert [label for _, _, label in slanted] == labels
+    for x, y, label in slanted:  # 45 degrees, at most 6.5 px a character
+        reach = len(label) * 6.5 * 0.7072
+        assert float(x) - reach >= 0
+        assert float(y) + reach <= height - 14  # the axis title goes below
+    assert svg_texts(chart, "tick") == ["0", "100", "200", "300", "400", "500"]
+    assert svg_texts(chart, "axis-title") == ["reason", "decisions"]
+
+
+def test_the_report_with_compare_highlights_the_figures_that_differ(
+    tmp_path: Path, rules_file: Path
+) -> None:
+    slower = tmp_path / "slower.toml"
+    slower.write_text(RULES + SLOWER_BUSY, encoding="utf-8")
+    path = write_lines(
+        tmp_path / "x.jsonl",
+        [ev("a", "X", t("10:00")), ev("n", "N", t("10:00"), sip_code=480), "{broken"],
+    )
+    report = tmp_path / "r.html"
+
+    result = replay_json(
+        path, "--now", NOW, "--rules", rules_file, "--compare", slower, "--report", report
+    )
+
+    page = report.read_text(encoding="utf-8")
+    found = re.findall(r'<tr( class="differs")?><td>([^<]+)</td>', page)
+    rows = {label: marked for marked, label in found}
+    assert rows["recall delay median (min)"] == ' class="differs"'
+    assert rows["events"] == ""
+    assert rows["actions: recall"] == ""
+    assert rows["dead letters"] == ""
+    assert result["summary"]["dead_letters"] == result["compare"]["summary"]["dead_letters"] == 1
+    assert ".differs" in page
 
 
 # --- 10. the summary -----------------------------------------------------------------------------

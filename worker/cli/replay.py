@@ -238,6 +238,8 @@ def replay(
         if not dry_run:
             pending = _finish_applied(summary, until, rejected)
         summary.dead_letters = rejection_count
+        if comparison is not None:  # the same rows are rejected under either rules
+            comparison.simulation.summary.dead_letters = rejection_count
         elapsed = progress.close()
 
     result = _result(summary, pending, elapsed, dry_run, summary_rejections, comparison, rules)
