@@ -1502,6 +1502,7 @@ def _stderr_on_a_terminal(command: list[str]) -> str:
 
 @pytest.mark.parametrize("jobs", ["1", "2"])
 def test_a_replay_on_a_terminal_shows_reading_then_the_time_left(tmp_path: Path, jobs: str) -> None:
+    # Large enough that reading takes over a second here (a line is shown every 0.5 s).
     path = tmp_path / "h.jsonl"
     write_jsonl(itertools.islice(iter_generate(seed=40, leads=30_000, start=START, days=3),
                                  100_000), path)  # fmt: skip
