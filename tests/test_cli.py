@@ -18,6 +18,7 @@ from tests.helpers import DECISION_KEYS, json_of, one_line_error
 from worker.cli import main
 from worker.events import event_from_csv_row, parse_event
 from worker.rules import DEFAULT_RULES_PATH, Rules, load_rules
+from worker.sources import iter_records
 
 # Monday 2026-03-30 10:00 BST (09:00 UTC), inside the default plan's calling hours.
 EVENT: dict[str, Any] = {
@@ -478,6 +479,32 @@ def test_rules_export_broken(runner: CliRunner, tmp_path: Path, broken_rules: Pa
     assert not path.exists()
 
 
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        ("/nonexistent/dir/x.toml", "No such file or directory"),
+        ("/proc/nope/x.toml", "No such file or directory"),
+    ],
+)
+def test_rules_export_to_a_path_that_cannot_be_written(
+    runner: CliRunner, bad: str, reason: str
+) -> None:
+    one_line_error(run(runner, "rules", "export", "-o", bad), f"-o {bad}: cannot write: {reason}")
+
+
+def test_rules_export_never_overwrites_the_rules_it_reads(
+    runner: CliRunner, tmp_path: Path, operator_rules: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    link = tmp_path / "link.toml"
+    link.symlink_to(operator_rules)
+    for target in (operator_rules, link):
+        result = run(runner, "rules", "export", "-o", str(target), "--rules", str(operator_rules))
+        one_line_error(result, f"-o {target}: is the --rules file {operator_rules}")
+    monkeypatch.setenv("RECALL_RULES", str(operator_rules))
+    one_line_error(run(runner, "rules", "export", "-o", str(link)), "is the --rules file")
+    assert operator_rules.read_text(encoding="utf-8") == OPERATOR_RULES
+
+
 # --- recall sample --------------------------------------------------------------------------
 
 
@@ -525,6 +552,28 @@ def test_sample_events_decide(runner: CliRunner, tmp_path: Path) -> None:
     line = path.read_bytes().splitlines()[0]
     data = json_of(run(runner, "decide", "--json", "--now", NOW, input=line))
     assert data["action"] in ("recall", "suppress")
+
+
+@pytest.mark.parametrize(
+    ("bad", "reason"),
+    [
+        ("/nonexistent/dir/x.jsonl", "No such file or directory"),
+        ("/proc/nope/x.csv.gz", "No such file or directory"),
+    ],
+)
+def test_sample_to_a_path_that_cannot_be_written(runner: CliRunner, bad: str, reason: str) -> None:
+    one_line_error(run(runner, "sample", "-o", bad), f"-o {bad}: cannot write: {reason}")
+
+
+@pytest.mark.parametrize("name", ["x.jsonl.gz", "x.csv.gz", "x.csv"])
+def test_sample_replaces_a_file_whole(runner: CliRunner, tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(b"old")
+    assert_ok(run(runner, "sample", "-o", str(path), "--leads", "2", "--days", "1"))
+    reread = list(iter_records(path))
+    assert reread
+    assert all(isinstance(raw, dict) and raw.get("event_id") for _, raw in reread)
+    assert [p.name for p in tmp_path.iterdir()] == [name]
 
 
 @pytest.mark.parametrize(

@@ -32,10 +32,13 @@ from sqlalchemy import select
 from tests.helpers import corrupt_gzip, json_of, one_line_error, reset_process_state
 from worker import shares
 from worker.cli import main
+from worker.cli.outputs import Outputs
+from worker.cli.replay import reading_line, replay_line
 from worker.db import make_engine, upgrade
 from worker.events import parse_event
 from worker.models import Base, Recall
 from worker.replay import Simulation, finish, share_of, sorted_events
+from worker.report import bar_chart, nice_ticks
 from worker.rules import Rules, load_rules
 from worker.sample import generate, iter_generate, write_csv, write_jsonl
 
@@ -776,6 +779,32 @@ def test_bad_rows_are_reported_with_file_line_and_field(tmp_path: Path, rules_fi
     ]
 
 
+def test_a_truncated_list_of_rejections_says_how_many_and_where_the_rest_are(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bad = write_lines(tmp_path / "bad.jsonl", [f"{{bad {number}" for number in range(7)])
+
+    shown = recall("replay", bad, "--dry-run", "--now", NOW)
+    kept = recall("replay", bad, "--dry-run", "--now", NOW, "--dead-letters", tmp_path / "d.jsonl")
+    few = recall("replay", write_lines(tmp_path / "two.jsonl", BAD[:2]), "--dry-run", "--now", NOW)
+
+    assert shown.exit_code == kept.exit_code == few.exit_code == 0
+    assert len([line for line in shown.stdout.splitlines() if line.startswith("rejected ")]) == 5
+    assert "showing 5 of 7 rejected rows; --dead-letters FILE writes them all" in shown.stdout
+    assert "showing 5 of 7 rejected rows; all 7 are in the --dead-letters file" in kept.stdout
+    assert len(read_jsonl(tmp_path / "d.jsonl")) == 7
+    assert "showing" not in few.stdout
+    url = f"sqlite:///{tmp_path / 'recall.db'}"
+    upgrade(url)
+    use_database(monkeypatch, url)
+    applied = recall("replay", bad, "--now", NOW)
+    assert applied.exit_code == 0, applied.output
+    assert (
+        "showing 5 of 7 rejected rows; all are in the dead letters (recall dead-letters list)"
+        in (applied.stdout)
+    )
+
+
 @pytest.mark.usefixtures("private_tmp")
 def test_a_file_that_cannot_be_read_is_a_one_line_error_that_leaves_nothing(
     tmp_path: Path,
@@ -982,6 +1011,145 @@ def test_bad_options_are_one_line_errors(tmp_path: Path) -> None:
     assert "max_recalls" in line
 
 
+# --- 7b. outputs never destroy inputs -------------------------------------------------------------
+
+OUTPUT_OPTIONS = ("--output", "--dead-letters", "--report")
+
+
+@pytest.mark.parametrize("option", OUTPUT_OPTIONS)
+@pytest.mark.parametrize(
+    "form", ["same", "relative", "symlink", "hard link", "second input", "rules", "compare"]
+)
+def test_an_output_that_is_an_input_is_refused_and_the_input_kept(
+    tmp_path: Path, rules_file: Path, monkeypatch: pytest.MonkeyPatch, option: str, form: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_jsonl(history(seed=30, leads=5), tmp_path / "v.jsonl")
+    other = write_lines(tmp_path / "w.jsonl", [ev("a", "X", t("10:00"))])
+    inputs: list[str | Path] = [tmp_path / "v.jsonl"]
+    target: str | Path = tmp_path / "v.jsonl"
+    if form == "relative":
+        target = f"../{tmp_path.name}/v.jsonl"
+    elif form == "symlink":
+        target = tmp_path / "link.jsonl"
+        target.symlink_to(tmp_path / "v.jsonl")
+    elif form == "hard link":
+        target = tmp_path / "hard.jsonl"
+        os.link(tmp_path / "v.jsonl", target)
+    elif form == "second input":
+        inputs = [other, "v.jsonl"]
+    elif form in ("rules", "compare"):
+        target = rules_file
+    files = {path: path.read_bytes() for path in (tmp_path / "v.jsonl", other, rules_file)}
+    extra = ("--compare", rules_file) if form == "compare" else ("--rules", rules_file)
+
+    line = one_line_error(
+        recall("replay", *inputs, "--dry-run", "--now", NOW, *extra, option, target)
+    )
+
+    assert line.startswith(f"error: {option} {target}: is the ")
+    assert str(rules_file if form in ("rules", "compare") else "v.jsonl") in line
+    assert {path: path.read_bytes() for path in files} == files
+    assert sorted(path.name for path in tmp_path.iterdir() if path.name.startswith(".")) == []
+
+
+def test_two_outputs_that_are_one_file_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    path = write_lines(tmp_path / "x.jsonl", [ev("a", "X", t("10:00"))])
+    elsewhere = f"../{tmp_path.name}/out.jsonl"
+
+    one_line_error(
+        recall("replay", path, "--dry-run", "--output", "out.jsonl", "--report", elsewhere),
+        f"--report {elsewhere}: is the --output file out.jsonl",
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.jsonl"]
+
+
+@pytest.mark.parametrize("option", OUTPUT_OPTIONS)
+@pytest.mark.parametrize("bad", ["/nonexistent/dir/x.jsonl", "/proc/x/r.html", "{tmp}/file/x"])
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, option: str, bad: str
+) -> None:
+    url = f"sqlite:///{tmp_path / 'recall.db'}"
+    upgrade(url)
+    use_database(monkeypatch, url)
+    write_jsonl(history(seed=31, leads=10), tmp_path / "h.jsonl")
+    (tmp_path / "file").write_text("a file, not a directory", encoding="utf-8")
+    bad = bad.format(tmp=tmp_path)
+    reason = "Not a directory" if bad.startswith(str(tmp_path)) else "No such file or directory"
+
+    started = time.monotonic()
+    line = one_line_error(recall("replay", tmp_path / "h.jsonl", "--now", NOW, option, bad))
+
+    assert line == f"error: {option} {bad}: cannot write: {reason}"
+    assert table_rows(url) == {name: [] for name in Base.metadata.tables}  # nothing applied
+    assert time.monotonic() - started < 5
+
+
+def test_a_failed_replay_leaves_the_outputs_as_they_were(tmp_path: Path) -> None:
+    write_jsonl(history(seed=32, leads=10), tmp_path / "h.jsonl")
+    outputs = {tmp_path / name: b"keep me\n" for name in ("d.jsonl", "r.jsonl", "r.html")}
+    for path, content in outputs.items():
+        path.write_bytes(content)
+    missing = tmp_path / "missing.jsonl"
+
+    options = ["--output", "d.jsonl", "--dead-letters", "r.jsonl", "--report", "r.html"]
+    paths = [option if option.startswith("--") else tmp_path / option for option in options]
+
+    one_line_error(
+        recall("replay", tmp_path / "h.jsonl", missing, "--dry-run", "--now", NOW, *paths),
+        str(missing),
+    )
+
+    assert {path: path.read_bytes() for path in outputs} == outputs
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["h.jsonl", *(path.name for path in outputs)]
+    )
+
+
+def test_outputs_replace_their_targets_when_the_replay_succeeds(
+    tmp_path: Path, rules_file: Path
+) -> None:
+    path = write_lines(tmp_path / "x.jsonl", [ev("a", "X", t("10:00")), "{not json"])
+    real = tmp_path / "decisions.jsonl"
+    real.write_text("old\n", encoding="utf-8")
+    real.chmod(0o640)
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(real)
+    rejects = tmp_path / "rejects.jsonl"
+
+    replay_json(path, "--dry-run", "--now", NOW, "--rules", rules_file, "--output", link,
+                "--dead-letters", rejects, "--report", os.devnull)  # fmt: skip
+
+    assert link.is_symlink()
+    assert [d["event_id"] for d in read_jsonl(real)] == ["a"]
+    assert real.stat().st_mode & 0o777 == 0o640
+    assert [r["line"] for r in read_jsonl(rejects)] == [2]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_an_interrupted_command_leaves_the_target_as_it_was(tmp_path: Path) -> None:
+    target = tmp_path / "out.jsonl"
+    target.write_text("good\n", encoding="utf-8")
+
+    def interrupted() -> None:
+        with Outputs([]) as outputs:
+            written = outputs.add("--output", target)
+            assert written is not None
+            assert written.parent == tmp_path
+            assert written.name.endswith(".out.jsonl")
+            written.write_text("half", encoding="utf-8")
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        interrupted()
+
+    assert target.read_text(encoding="utf-8") == "good\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl"]
+
+
 # --- 8. what-if ----------------------------------------------------------------------------------
 
 
@@ -1152,6 +1320,109 @@ def test_the_report_with_compare_shows_both_rule_sets(tmp_path: Path, rules_file
     assert len(bar_colours(page)) == 2
     first = result["compare"]["sample"][0]
     assert first["event_id"] in page
+
+
+@pytest.mark.parametrize(
+    ("peak", "ticks"),
+    [
+        (0, [0, 1]),
+        (1, [0, 1]),
+        (3, [0, 1, 2, 3]),
+        (7, [0, 2, 4, 6, 8]),
+        (107, [0, 50, 100, 150]),
+        (429, [0, 100, 200, 300, 400, 500]),
+        (20_000, [0, 5_000, 10_000, 15_000, 20_000]),
+        (1_234_567, [0, 500_000, 1_000_000, 1_500_000]),
+    ],
+)
+def test_chart_ticks_are_round_integers(peak: int, ticks: list[int]) -> None:
+    assert nice_ticks(peak) == ticks
+
+
+def svg_texts(page: str, kind: str) -> list[str]:
+    """The text of every ``<text class="kind">`` of the report, unescaped."""
+    return [
+        html.unescape(text)
+        for text in re.findall(rf'<text class="{kind}"[^>]*>([^<]*)</text>', page)
+    ]
+
+
+def test_the_report_has_round_ticks_full_labels_axis_titles_and_the_rejected_rows(
+    tmp_path: Path, rules_file: Path
+) -> None:
+    # Three calls: small counts, where evenly spaced ticks used to read 0,1,2,2,3.
+    events = [ev("a", "A", t("10:00")), ev("b", "B", t("10:01")), ev("c", "C", t("10:02"))]
+    events += [ev("d", "D", t("10:03"), sip_code=404)]
+    good = write_lines(tmp_path / "h.jsonl", events)
+    bad = write_lines(tmp_path / "bad.jsonl", [f"{{broken {number}" for number in range(7)])
+    report = tmp_path / "report.html"
+
+    replay_json(good, bad, "--dry-run", "--now", NOW, "--rules", rules_file, "--report", report)
+
+    page = report.read_text(encoding="utf-8")
+    charts = page.split("<svg")[1:]
+    assert len(charts) == 3
+    for chart in charts:
+        ticks = [int(text.replace(",", "")) for text in svg_texts(chart, "tick")]
+        steps = {b - a for a, b in itertools.pairwise(ticks)}
+        assert ticks[0] == 0
+        assert len(steps) == 1
+        assert steps.pop() in (1, 2, 5, 10, 20, 50)
+        assert len(svg_texts(chart, "axis-title")) == 2
+    first = charts[0]
+    assert [int(tick) for tick in svg_texts(first, "tick")] == [0, 1, 2, 3]
+    assert svg_texts(first, "axis-title") == ["reason", "decisions"]
+    assert sorted(svg_texts(first, "label")) == ["sip_no_recall", "sip_recall"]
+    assert "Rejected rows: the first 5 of 7" in page
+    assert page.count("invalid_event") >= 5
+    assert "bad.jsonl:1" in page
+    assert html.escape("event: not valid JSON") in page
+
+
+def test_chart_labels_too_wide_to_lie_flat_are_slanted_whole_inside_the_drawing() -> None:
+    labels = ["stem_outcome_final", *(f"a_rather_long_reason_{n}" for n in range(11))]
+
+    chart = bar_chart("Reasons", labels, [[3.0] * 12, [429.0] * 12], "reason", "decisions")
+
+    box = re.search(r'viewBox="0 0 ([\d.]+) ([\d.]+)"', chart)
+    assert box is not None
+    height = float(box.group(2))
+    slanted = re.findall(
+        r'<text class="label" x="([\d.]+)" y="([\d.]+)"[^>]*rotate\(-45[^>]*>([^<]*)</text>', chart
+    )
+    assert [label for _, _, label in slanted] == labels
+    for x, y, label in slanted:  # 45 degrees, at most 6.5 px a character
+        reach = len(label) * 6.5 * 0.7072
+        assert float(x) - reach >= 0
+        assert float(y) + reach <= height - 14  # the axis title goes below
+    assert svg_texts(chart, "tick") == ["0", "100", "200", "300", "400", "500"]
+    assert svg_texts(chart, "axis-title") == ["reason", "decisions"]
+
+
+def test_the_report_with_compare_highlights_the_figures_that_differ(
+    tmp_path: Path, rules_file: Path
+) -> None:
+    slower = tmp_path / "slower.toml"
+    slower.write_text(RULES + SLOWER_BUSY, encoding="utf-8")
+    path = write_lines(
+        tmp_path / "x.jsonl",
+        [ev("a", "X", t("10:00")), ev("n", "N", t("10:00"), sip_code=480), "{broken"],
+    )
+    report = tmp_path / "r.html"
+
+    result = replay_json(
+        path, "--now", NOW, "--rules", rules_file, "--compare", slower, "--report", report
+    )
+
+    page = report.read_text(encoding="utf-8")
+    found = re.findall(r'<tr( class="differs")?><td>([^<]+)</td>', page)
+    rows = {label: marked for marked, label in found}
+    assert rows["recall delay median (min)"] == ' class="differs"'
+    assert rows["events"] == ""
+    assert rows["actions: recall"] == ""
+    assert rows["dead letters"] == ""
+    assert result["summary"]["dead_letters"] == result["compare"]["summary"]["dead_letters"] == 1
+    assert ".differs" in page
 
 
 # --- 10. the summary -----------------------------------------------------------------------------
@@ -1353,3 +1624,64 @@ def test_many_runs_are_merged_in_passes(
         merged = [event.event_id for event in chunked]
     assert merged == expected
     assert leftovers() == []
+
+
+# --- 12. progress on a terminal ------------------------------------------------------------------
+
+
+def test_the_progress_lines_say_what_is_read_then_what_is_left() -> None:
+    assert reading_line(1_234_567, 2.0) == "reading 1,234,567 lines  617,284 lines/s"
+    assert reading_line(0, 0.0) == "reading 0 lines  0 lines/s"
+    assert (
+        replay_line(25_000, 100_000, 5.0)
+        == "replayed 25,000/100,000 (25%)  5,000 events/s  15s left"
+    )
+    assert replay_line(1_000, 200_000, 10.0).endswith("100 events/s  33m 10s left")
+    assert replay_line(1_000, 10_000_000, 10.0).endswith("27h 46m left")
+    assert replay_line(0, 10, 1.0) == "replayed 0/10 (0%)  0 events/s  ? left"
+    assert replay_line(10, 10, 1.0).endswith("(100%)  10 events/s  0s left")
+
+
+def _stderr_on_a_terminal(command: list[str]) -> str:
+    """What ``command`` writes to stderr when that is a terminal (a pseudo-terminal here)."""
+    import pty
+
+    leader, follower = pty.openpty()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=follower, cwd=REPO)
+    os.close(follower)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65_536)
+        except OSError:  # the terminal closed: the process has exited
+            break
+        if not chunk:
+            break
+        seen += chunk
+    os.close(leader)
+    assert process.wait(timeout=120) == 0, seen
+    return seen.decode()
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_replay_on_a_terminal_shows_reading_then_the_time_left(tmp_path: Path, jobs: str) -> None:
+    # Large enough that reading takes over a second here (a line is shown every 0.5 s).
+    path = tmp_path / "h.jsonl"
+    write_jsonl(itertools.islice(iter_generate(seed=40, leads=30_000, start=START, days=3),
+                                 100_000), path)  # fmt: skip
+
+    shown = _stderr_on_a_terminal(
+        [sys.executable, "-m", "worker", "replay", str(path), "--dry-run", "--now", NOW,
+         "--jobs", jobs]
+    )  # fmt: skip
+
+    updates = [line.strip() for line in shown.split("\r") if line.strip()]
+    assert updates, shown
+    assert re.fullmatch(r"reading [\d,]+ lines  [\d,]+ lines/s", updates[0]), updates
+    replaying = [line for line in updates if line.startswith("replayed")]
+    assert replaying, updates
+    for line in replaying:
+        assert re.fullmatch(
+            r"replayed [\d,]+/100,000 \(\d+%\)  [\d,]+ events/s  (\d+[hms] ?)+(\d+[ms])? left", line
+        ), line
+    assert updates.index(replaying[0]) > 0

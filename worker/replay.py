@@ -164,7 +164,7 @@ class SortedEvents:
         on_reject: Callable[[Rejection], None],
         *,
         chunk: int = CHUNK_EVENTS,
-        on_read: Callable[[int], None] | None = None,
+        on_read: Callable[[int], None] | None = None,  # records read so far, every 10,000
         share: tuple[int, int] = (0, 1),
         on_accept: Callable[[CallResult], None] | None = None,
     ) -> None:
@@ -189,8 +189,12 @@ class SortedEvents:
         on_read: Callable[[int], None] | None,
     ) -> None:
         index, shares = self._share
+        read = 0
         for file_index, path in enumerate(files):
             for number, raw in iter_records(path):
+                read += 1
+                if on_read is not None and read % 10_000 == 0:
+                    on_read(read)
                 if shares > 1 and share_of(raw, shares) != index:
                     continue
                 if isinstance(raw, UnreadableRow):  # a quote left open: no record to validate
@@ -214,8 +218,6 @@ class SortedEvents:
                     self._on_accept(event)
                 self._run.append((_sort_key(event), file_index, number, event))
                 self.count += 1
-                if on_read is not None and self.count % 10_000 == 0:
-                    on_read(self.count)
                 if len(self._run) >= chunk:
                     self._spill()
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import html
+import math
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-__all__ = ["render_report"]
+__all__ = ["bar_chart", "nice_ticks", "render_report"]
 
 COLOURS = ("#2b6cb0", "#dd6b20")
 # Recall delay buckets for the distribution chart: (label, upper bound in minutes).
@@ -18,28 +19,71 @@ DELAY_BUCKETS = (
 )  # fmt: skip
 
 
-def _bars(title: str, labels: Sequence[str], series: Sequence[Sequence[float]]) -> str:
-    """A grouped vertical bar chart as inline SVG, one colour per series."""
-    width, height, top, bottom, left = 860, 300, 30, 70, 60
-    plot_w, plot_h = width - left - 20, height - top - bottom
-    peak = max((value for values in series for value in values), default=0) or 1
-    slot = plot_w / max(len(labels), 1)
+# Width of a character of the charts' 10 px sans-serif text, generous: labels are never clipped.
+CHAR_WIDTH = 6.5
+# Tick labels and axis titles are 10 and 11 px high; room around them.
+_TICK_GAP, _TITLE_ROOM = 6, 18
+_SIN45 = 0.7072  # a bit over sin 45 degrees, the slant of labels too wide to lie flat
+
+
+def nice_ticks(peak: float) -> list[int]:
+    """Axis ticks for counts: whole numbers from 0 to at least ``peak`` in steps of 1, 2 or 5
+    times a power of ten, at most five steps."""
+    magnitude = 1
+    while True:
+        for multiple in (1, 2, 5):
+            step = multiple * magnitude
+            steps = max(math.ceil(peak / step), 1)
+            if steps <= 5:
+                return list(range(0, steps * step + 1, step))
+        magnitude *= 10
+
+
+def bar_chart(
+    title: str,
+    labels: Sequence[str],
+    series: Sequence[Sequence[float]],
+    x_title: str,
+    y_title: str,
+) -> str:
+    """A grouped vertical bar chart as inline SVG, one colour per series, with whole labels."""
+    width, plot_h, top, right = 860, 200, 30, 20
+    ticks = nice_ticks(max((value for values in series for value in values), default=0))
+    tick_width = max(len(f"{tick:,}") for tick in ticks) * CHAR_WIDTH
+    left = _TITLE_ROOM + tick_width + _TICK_GAP + 4
+    label_width = max((len(label) for label in labels), default=0) * CHAR_WIDTH
+    count = max(len(labels), 1)
+    slanted = label_width > (width - left - right) / count * 0.9
+    label_room = 18.0
+    if slanted:  # a slanted label reaches down and to the left of its slot's centre
+        reach = label_width * _SIN45
+        label_room = 14 + reach
+        # The first slot's centre, left + (width - left - right) / count / 2, is reach + 4 in.
+        half = 1 / (2 * count)
+        left = max(left, (reach + 4 - (width - right) * half) / (1 - half))
+    plot_w = width - left - right
+    slot = plot_w / count
+    base = top + plot_h
+    height = base + label_room + _TITLE_ROOM
+    peak = ticks[-1]
     bar = slot * 0.8 / max(len(series), 1)
     parts = [
-        f'<svg viewBox="0 0 {width} {height}" width="{width}" height="{height}" role="img"'
-        f' aria-label="{html.escape(title)}">',
-        f'<text x="{left}" y="18" font-size="14" font-weight="bold">{html.escape(title)}</text>',
-        f'<line x1="{left}" y1="{top + plot_h}" x2="{width - 20}" y2="{top + plot_h}"'
-        ' stroke="#333"/>',
+        f'<svg viewBox="0 0 {width} {height:.0f}" width="{width}" height="{height:.0f}"'
+        f' role="img" aria-label="{html.escape(title)}">',
+        f'<text x="{left:.1f}" y="18" font-size="14" font-weight="bold">{html.escape(title)}'
+        "</text>",
     ]
-    for tick in range(5):
-        value = peak * tick / 4
-        y = top + plot_h - plot_h * tick / 4
+    for tick in ticks:
+        y = base - plot_h * tick / peak
         parts.append(
-            f'<text x="{left - 6}" y="{y + 4:.1f}" font-size="10" text-anchor="end">'
-            f"{value:,.0f}</text>"
-            f'<line x1="{left}" y1="{y:.1f}" x2="{width - 20}" y2="{y:.1f}" stroke="#eee"/>'
+            f'<text class="tick" x="{left - _TICK_GAP:.1f}" y="{y + 4:.1f}" font-size="10"'
+            f' text-anchor="end">{tick:,}</text>'
+            f'<line x1="{left:.1f}" y1="{y:.1f}" x2="{width - right}" y2="{y:.1f}"'
+            ' stroke="#eee"/>'
         )
+    parts.append(
+        f'<line x1="{left:.1f}" y1="{base}" x2="{width - right}" y2="{base}" stroke="#333"/>'
+    )
     for index, label in enumerate(labels):
         x0 = left + slot * index + slot * 0.1
         for number, values in enumerate(series):
@@ -47,15 +91,27 @@ def _bars(title: str, labels: Sequence[str], series: Sequence[Sequence[float]]) 
             h = plot_h * value / peak
             x = x0 + bar * number
             parts.append(
-                f'<rect x="{x:.1f}" y="{top + plot_h - h:.1f}" width="{bar:.1f}" height="{h:.1f}"'
+                f'<rect x="{x:.1f}" y="{base - h:.1f}" width="{bar:.1f}" height="{h:.1f}"'
                 f' fill="{COLOURS[number % len(COLOURS)]}"><title>{html.escape(label)}:'
                 f" {value:,.0f}</title></rect>"
             )
-        cx = left + slot * index + slot / 2
-        parts.append(
-            f'<text x="{cx:.1f}" y="{top + plot_h + 14}" font-size="10" text-anchor="end"'
-            f' transform="rotate(-35 {cx:.1f} {top + plot_h + 14})">{html.escape(label)}</text>'
+        cx, cy = left + slot * index + slot / 2, base + 14
+        turn = (
+            f' text-anchor="end" transform="rotate(-45 {cx:.1f} {cy})"'
+            if slanted
+            else (' text-anchor="middle"')
         )
+        parts.append(
+            f'<text class="label" x="{cx:.1f}" y="{cy}" font-size="10"{turn}>'
+            f"{html.escape(label)}</text>"
+        )
+    middle = top + plot_h / 2
+    parts.append(
+        f'<text class="axis-title" x="{left + plot_w / 2:.1f}" y="{height - 6:.0f}"'
+        f' font-size="11" text-anchor="middle">{html.escape(x_title)}</text>'
+        f'<text class="axis-title" x="12" y="{middle:.1f}" font-size="11" text-anchor="middle"'
+        f' transform="rotate(-90 12 {middle:.1f})">{html.escape(y_title)}</text>'
+    )
     parts.append("</svg>")
     return "".join(parts)
 
@@ -72,13 +128,33 @@ def _delay_buckets(histogram: dict[str, int]) -> list[float]:
 
 
 def _table(rows: list[tuple[str, list[Any]]], heads: list[str]) -> str:
+    """The summary figures, one column per rule set; a row whose figures differ is marked."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in heads)
     body = "".join(
-        "<tr><td>" + html.escape(label) + "</td>"
+        ('<tr class="differs">' if len(set(map(str, values))) > 1 else "<tr>")
+        + "<td>" + html.escape(label) + "</td>"
         + "".join(f'<td class="n">{html.escape(str(v))}</td>' for v in values) + "</tr>"
         for label, values in rows
     )  # fmt: skip
     return f"<table><tr><th></th>{head}</tr>{body}</table>"
+
+
+def _rejections(result: dict[str, Any]) -> str:
+    """The first rejected rows with their reasons, and how many there were."""
+    shown, total = result["rejections_sample"], result["summary"]["dead_letters"]
+    if not total:
+        return ""
+    items = "".join(
+        f"<tr><td>{html.escape(r['file'])}:{r['line']}</td><td>{html.escape(r['reason'])}</td>"
+        f"<td>{html.escape(r['detail'])}</td></tr>"
+        for r in shown
+    )
+    which = f"the first {len(shown)} of {total:,}" if len(shown) < total else f"all {total:,}"
+    return (
+        f"<h2>Rejected rows: {which}</h2>"
+        "<table><tr><th>where</th><th>reason</th><th>detail</th></tr>"
+        f"{items}</table>"
+    )
 
 
 def _decision_cell(decision: dict[str, Any]) -> str:
@@ -96,20 +172,26 @@ def render_report(result: dict[str, Any], files: Sequence[Path]) -> str:
     reasons = sorted({key for s in summaries for key in s["reasons"]})
     hours = [f"{hour:02d}" for hour in range(24)]
     charts = [
-        _bars(
+        bar_chart(
             "Decisions by reason",
             reasons,
             [[s["reasons"].get(r, 0) for r in reasons] for s in summaries],
+            "reason",
+            "decisions",
         ),
-        _bars(
+        bar_chart(
             "Recall delay (due - call)",
             [label for label, _ in DELAY_BUCKETS],
             [_delay_buckets(s["delay_minutes_histogram"]) for s in summaries],
+            "delay from the call to the recall's due time",
+            "recalls",
         ),
-        _bars(
+        bar_chart(
             "Recalls due per hour of day (phone's local time)",
             hours,
             [[s["recalls_by_local_hour"][str(hour)] for hour in range(24)] for s in summaries],
+            "hour of day the recall is due, in the phone's time zone",
+            "recalls",
         ),
     ]
     rows: list[tuple[str, list[Any]]] = [("events", [s["events"] for s in summaries])]
@@ -141,6 +223,8 @@ def render_report(result: dict[str, Any], files: Sequence[Path]) -> str:
             "<table><tr><th>event</th><th>phone</th><th>rules</th><th>compare</th></tr>"
             f"{items}</table>"
         )
+    if "compare" in result:
+        legend += '<span class="key differs"></span>figures that differ between the two<br>'
     made = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     sources = ", ".join(html.escape(str(path)) for path in files)
     return f"""<!DOCTYPE html>
@@ -152,6 +236,7 @@ td, th {{ border-bottom: 1px solid #ddd; padding: 3px 10px; text-align: left; fo
 td.n {{ text-align: right; font-variant-numeric: tabular-nums; }}
 .key {{ display: inline-block; width: 12px; height: 12px; margin-right: 6px; }}
 svg {{ display: block; margin: 1.5em 0; }}
+.differs {{ background: #fdf2c4; font-weight: bold; }}
 </style></head><body>
 <h1>Replay report</h1>
 <p>{html.escape(result["mode"])} of {sources}; made {made};
@@ -160,5 +245,6 @@ svg {{ display: block; margin: 1.5em 0; }}
 {_table(rows, names)}
 {"".join(charts)}
 {differences}
+{_rejections(result)}
 </body></html>
 """

@@ -133,7 +133,8 @@ def _ids_cross(paths: Sequence[str]) -> bool:
     return any(first == second for first, second in itertools.pairwise(merged))
 
 
-def _run_share(job: _Job, index: int, shares: int, counter: Any, parent: Any) -> _Part | None:
+def _run_share(job: _Job, index: int, shares: int, counters: Any, parent: Any) -> _Part | None:
+    lines, done = counters
     base = os.path.join(job.directory, str(index))
     ids = _IdHashes(f"{base}.ids", job.chunk)
     with (
@@ -149,15 +150,18 @@ def _run_share(job: _Job, index: int, shares: int, counter: Any, parent: Any) ->
             row = (*position, decision.to_json())
             decisions.write(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE))
 
+        def on_read(count: int) -> None:
+            lines.value = count
+
         def on_progress(count: int) -> None:
-            counter.value += count
+            done.value += count
 
         with SortedEvents(
             job.files, job.rules, on_reject, chunk=job.chunk, share=(index, shares),
-            on_accept=lambda event: ids.add(event.event_id),
+            on_accept=lambda event: ids.add(event.event_id), on_read=on_read,
         ) as events:  # fmt: skip
             ids.finish()
-            parent.send(ids.path)
+            parent.send((ids.path, events.count))
             if parent.recv() != _GO:
                 return None
             keep = on_decision if job.with_decisions else None
@@ -180,11 +184,11 @@ def _run_share(job: _Job, index: int, shares: int, counter: Any, parent: Any) ->
     return part
 
 
-def _child(job: _Job, index: int, shares: int, counter: Any, parent: Any) -> None:
+def _child(job: _Job, index: int, shares: int, counters: Any, parent: Any) -> None:
     # Spilled runs too go under the shared directory, which the parent removes however this ends.
     tempfile.tempdir = job.directory
     try:
-        parent.send(_run_share(job, index, shares, counter, parent))
+        parent.send(_run_share(job, index, shares, counters, parent))
     except SourceError as error:
         parent.send(error)
     except BaseException as error:  # the parent reports it; a traceback would be lost
@@ -203,6 +207,8 @@ def replay_in_shares(
     applied: bool = False,
     on_reject: Callable[[Rejection], None],
     on_decision: Callable[[dict[str, Any]], None] | None = None,
+    on_read: Callable[[int], None] | None = None,
+    on_replay: Callable[[int], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
     chunk: int = CHUNK_EVENTS,
 ) -> Shared | None:
@@ -211,6 +217,8 @@ def replay_in_shares(
     Rejections and decisions are handed to the callbacks in the single process's order, once
     every process has finished. Applied, the processes write to the database as they go and the
     caller finishes the replay (fires or releases the held recalls, files the dead letters).
+    Progress as it goes: ``on_read`` gets the records every process has read, ``on_replay`` the
+    events to replay once they are known, then ``on_progress`` those done so far.
     """
     context = multiprocessing.get_context("fork")
     directory = tempfile.mkdtemp(prefix="recall-replay-")
@@ -219,7 +227,11 @@ def replay_in_shares(
         files, rules, compare_rules, until, applied, on_decision is not None,
         max(1, chunk // shares), directory,
     )  # fmt: skip
-    counters = [context.Value("q", 0, lock=False) for _ in range(shares)]
+    # Per process: records read, events replayed.
+    counters = [
+        (context.Value("q", 0, lock=False), context.Value("q", 0, lock=False))
+        for _ in range(shares)
+    ]
     pipes, processes = [], []
     try:
         for index in range(shares):
@@ -232,7 +244,7 @@ def replay_in_shares(
             pipes.append(mine)
             processes.append(process)
 
-        def gather() -> list[Any]:
+        def gather(report: Callable[[], None]) -> list[Any]:
             results: list[Any] = [None] * shares
             waiting = set(range(shares))
 
@@ -252,17 +264,27 @@ def replay_in_shares(
                     elif not processes[index].is_alive():
                         results[index] = died(index)
                         waiting.discard(index)
-                if on_progress is not None:
-                    on_progress(sum(counter.value for counter in counters))
+                report()
             for result in results:
                 if isinstance(result, BaseException):
                     raise result
             return results
 
-        exact = not _ids_cross(gather())
+        def reading() -> None:
+            if on_read is not None:
+                on_read(min(lines.value for lines, _ in counters))
+
+        def replaying() -> None:
+            if on_progress is not None:
+                on_progress(sum(done.value for _, done in counters))
+
+        read = gather(reading)
+        exact = not _ids_cross([path for path, _ in read])
         for pipe in pipes:
             pipe.send(_GO if exact else _STOP)
-        results = gather()
+        if exact and on_replay is not None:
+            on_replay(sum(count for _, count in read))
+        results = gather(replaying)
         if not exact:
             return None
         return _merge(results, directory, compare_rules, on_reject, on_decision)

@@ -20,6 +20,7 @@ from worker.cli.common import (
     read_rules,
     rules_option,
 )
+from worker.cli.outputs import writes_files
 from worker.replay import (
     Comparison,
     JsonLinesWriter,
@@ -39,13 +40,49 @@ FILE = click.Path(dir_okay=False, path_type=Path)
 SHOWN_REJECTIONS = 5
 
 
-class Progress:
-    """Events done, rate and time left, on one refreshed line, only when stderr is a terminal."""
+def _duration(seconds: float) -> str:
+    """``42s``, ``3m 05s``, ``2h 07m``: a time left, to the precision that matters."""
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m {whole % 60:02d}s"
+    return f"{whole // 3600}h {whole % 3600 // 60:02d}m"
 
-    def __init__(self, total: int, enabled: bool, started: float) -> None:
-        self.total, self.enabled = total, enabled
-        self.started, self.shown = started, time.monotonic()
-        self.done = 0
+
+def reading_line(lines: int, seconds: float) -> str:
+    """The progress line while the input is read (and validated, and sorted)."""
+    return f"reading {lines:,} lines  {lines / max(seconds, 1e-9):,.0f} lines/s"
+
+
+def replay_line(done: int, total: int, seconds: float) -> str:
+    """The progress line while ``total`` events are replayed, ``seconds`` after they started."""
+    rate = done / max(seconds, 1e-9)
+    left = _duration((total - done) / rate) if rate else "?"
+    percent = 100 * done / max(total, 1)
+    return f"replayed {done:,}/{total:,} ({percent:.0f}%)  {rate:,.0f} events/s  {left} left"
+
+
+class Progress:
+    """Lines read, then events replayed with rate and time left, on one refreshed line.
+
+    Shown only when stderr is a terminal.
+    """
+
+    def __init__(self, enabled: bool, started: float) -> None:
+        self.enabled, self.started = enabled, started
+        self.shown, self.width = time.monotonic(), 0
+        self.total = self.done = 0
+        self.replaying_since = started
+
+    def reading(self, lines: int) -> None:
+        now = time.monotonic()
+        if self._due(now):
+            self._show(reading_line(lines, now - self.started))
+
+    def replaying(self, total: int) -> None:
+        """The input is read: ``total`` events to replay from now on."""
+        self.total, self.done, self.replaying_since = total, 0, time.monotonic()
 
     def tick(self, count: int = 1) -> None:
         self.at(self.done + count)
@@ -53,23 +90,22 @@ class Progress:
     def at(self, done: int) -> None:
         self.done = done
         now = time.monotonic()
-        if self.enabled and now - self.shown >= 0.5:
-            self.shown = now
-            rate = self.done / max(now - self.started, 1e-9)
-            if not self.total:  # processes in parallel: their total is theirs to know
-                line = f"replayed {self.done:,}  {rate:,.0f} events/s"
-            else:
-                left = (self.total - self.done) / rate if rate else 0
-                percent = 100 * self.done / max(self.total, 1)
-                line = (
-                    f"replayed {self.done:,}/{self.total:,} ({percent:.0f}%)"
-                    f"  {rate:,.0f} events/s  {left:,.0f}s left"
-                )
-            click.echo(f"\r{line}   ", nl=False, err=True)
+        if self._due(now):
+            self._show(replay_line(self.done, self.total, now - self.replaying_since))
+
+    def _due(self, now: float) -> bool:
+        if not self.enabled or now - self.shown < 0.5:
+            return False
+        self.shown = now
+        return True
+
+    def _show(self, line: str) -> None:
+        click.echo(f"\r{line:<{self.width}}", nl=False, err=True)
+        self.width = max(self.width, len(line))
 
     def close(self) -> float:
-        if self.enabled:
-            click.echo("\r" + " " * 72 + "\r", nl=False, err=True)
+        if self.enabled and self.width:
+            click.echo("\r" + " " * self.width + "\r", nl=False, err=True)
         return time.monotonic() - self.started
 
 
@@ -104,6 +140,14 @@ class Progress:
 )
 @rules_option
 @json_option
+@writes_files(
+    {"output": "--output", "report": "--report", "rejects_path": "--dead-letters"},
+    {
+        "files": "the input file",
+        "rules_path": "the --rules file",
+        "compare_path": "the --compare file",
+    },
+)
 def replay(
     files: tuple[Path, ...],
     dry_run: bool,
@@ -120,7 +164,8 @@ def replay(
 
     Recalls fire as the simulated clock passes them. Without --dry-run the results are written to
     the database through the worker's own code (idempotent on event_id: a second replay changes
-    nothing). Memory grows with the number of phones; large inputs are sorted on disk.
+    nothing). Memory grows with the number of phones; large inputs are sorted on disk. Output
+    files replace their targets only when the replay succeeds, and may not be inputs.
     """
     rules = read_rules(rules_path)
     compare_rules = read_rules(compare_path) if compare_path is not None else None
@@ -153,10 +198,6 @@ def replay(
             if not dry_run:
                 rejected.append(rejection)
 
-        def on_read(count: int) -> None:
-            if interactive:
-                click.echo(f"\rreading {count:,} events", nl=False, err=True)
-
         shares = jobs or default_shares()
         if not dry_run:  # refuse an unmigrated database before reading gigabytes of input
             from worker.cli.services import ready_database
@@ -165,13 +206,14 @@ def replay(
             if not _many_writers():
                 shares = 1
         started = time.monotonic()  # the rate counts reading and sorting too
+        progress = Progress(interactive, started)
         shared = None
         if shares > 1:
-            progress = Progress(0, interactive, started)
             try:
                 shared = replay_in_shares(
                     files, rules, compare_rules, until, shares, applied=not dry_run,
                     on_reject=on_reject, on_decision=decisions_out.write if output else None,
+                    on_read=progress.reading, on_replay=progress.replaying,
                     on_progress=progress.at,
                 )  # fmt: skip
             except (SourceError, ShareFailed) as error:
@@ -181,11 +223,11 @@ def replay(
         else:  # one process; also when an event id was sent for phones of two processes
             try:
                 events = stack.enter_context(
-                    sorted_events(files, rules, on_reject, on_read=on_read)
+                    sorted_events(files, rules, on_reject, on_read=progress.reading)
                 )
             except SourceError as error:
                 raise CommandError(str(error)) from None
-            progress = Progress(events.count, interactive, started)
+            progress.replaying(events.count)
             keep = (lambda _, decision: decisions_out.write(decision.to_json())) if output else None
             comparison = None
             if dry_run:
@@ -200,6 +242,8 @@ def replay(
         if not dry_run:
             pending = _finish_applied(summary, until, rejected)
         summary.dead_letters = rejection_count
+        if comparison is not None:  # the same rows are rejected under either rules
+            comparison.simulation.summary.dead_letters = rejection_count
         elapsed = progress.close()
 
     result = _result(summary, pending, elapsed, dry_run, summary_rejections, comparison, rules)
@@ -210,7 +254,7 @@ def replay(
     if as_json:
         echo_json(result)
     else:
-        click.echo(_text(result))
+        click.echo(_text(result, rejects_path is not None))
 
 
 def _many_writers() -> bool:
@@ -299,8 +343,11 @@ def _summary_json(summary: Summary, pending: int) -> dict[str, Any]:
     }
 
 
-def _text(result: dict[str, Any]) -> str:
-    """The summary as aligned text, two columns with --compare."""
+def _text(result: dict[str, Any], rejects_written: bool = False) -> str:
+    """The summary as aligned text, two columns with --compare.
+
+    ``rejects_written``: every rejected row went to a --dead-letters file.
+    """
     summaries = [("rules", result["summary"])]
     if "compare" in result:
         summaries.append(("compare", result["compare"]["summary"]))
@@ -335,6 +382,15 @@ def _text(result: dict[str, Any]) -> str:
             f"rejected {rejection['file']}:{rejection['line']}: {rejection['reason']}:"
             f" {rejection['detail']}"
         )
+    shown, rejected = len(result["rejections_sample"]), result["summary"]["dead_letters"]
+    if shown < rejected:
+        if rejects_written:
+            rest = f"all {rejected:,} are in the --dead-letters file"
+        elif result["mode"] == "applied":
+            rest = "all are in the dead letters (recall dead-letters list)"
+        else:
+            rest = "--dead-letters FILE writes them all"
+        lines.append(f"showing {shown} of {rejected:,} rejected rows; {rest}")
     if "compare" in result:
         lines.append(f"decisions that differ: {result['compare']['differing_decisions']}")
         for item in result["compare"]["sample"][:10]:

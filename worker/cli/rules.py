@@ -8,6 +8,7 @@ import click
 import tomli_w
 
 from worker.cli.common import echo_json, json_option, read_rules, rules_option
+from worker.cli.outputs import writes_files
 from worker.rules import Rules
 
 
@@ -55,6 +56,7 @@ def show(rules_path: Path | None, as_json: bool) -> None:
 @click.option(
     "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write to FILE."
 )
+@writes_files({"output": "-o"}, {"rules_path": "the --rules file"})
 def export(rules_path: Path | None, output: Path | None) -> None:
     """Write the effective rules as one complete TOML rules file."""
     text = tomli_w.dumps(read_rules(rules_path).to_toml_data())

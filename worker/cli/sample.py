@@ -9,6 +9,7 @@ import click
 
 from worker import sample as generator
 from worker.cli.common import CommandError
+from worker.cli.outputs import Outputs
 
 
 @click.command()
@@ -27,8 +28,10 @@ def sample(output: Path, seed: int, leads: int, days: int, start_text: str) -> N
         raise CommandError(f"--start: not an ISO-8601 date and time: {start_text!r}") from None
     if start.tzinfo is None:
         raise CommandError(f"--start: no UTC offset in {start_text!r}")
-    events = generator.generate(seed=seed, leads=leads, start=start, days=days)
-    suffixes = output.suffixes
-    is_csv = ".csv" in suffixes
-    count = generator.write_csv(events, output) if is_csv else generator.write_jsonl(events, output)
+    with Outputs([]) as outputs:
+        written = outputs.add("-o", output)  # ends in output's name: .gz still compresses
+        assert written is not None
+        events = generator.generate(seed=seed, leads=leads, start=start, days=days)
+        write = generator.write_csv if ".csv" in output.suffixes else generator.write_jsonl
+        count = write(events, written)
     click.echo(f"wrote {count} events to {output}")
