@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -15,6 +16,7 @@ __all__ = [
     "Settings",
     "SettingsError",
     "get_settings",
+    "mask_query",
     "mask_url",
 ]
 
@@ -149,16 +151,30 @@ def get_settings() -> Settings:
     return Settings.from_env()
 
 
+# A secret given as a query parameter (``?password=...``, ``&sslpassword=``, ``?token=``): redis-py,
+# kombu and libpq all take credentials that way too.
+_QUERY_SECRET = re.compile(
+    r"(?P<key>[?&;][\w.-]*(?:password|passwd|pwd|secret|token|api_?key)=)[^&;#\s\"',]*",
+    re.IGNORECASE,
+)
+
+
+def mask_query(text: str) -> str:
+    """``text`` with the values of secret query parameters (``password=``...) as ``***``."""
+    return _QUERY_SECRET.sub(r"\g<key>***", text)
+
+
 def mask_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``, for logs and command output."""
+    """``url`` with any password (``:secret@`` or ``?password=``) replaced by ``***``."""
     try:
         parts = urlsplit(url)
+        password = parts.password
     except ValueError:
         return "<unparseable url>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    if password is not None:
+        user = parts.username or ""
+        host = parts.hostname or ""
+        if parts.port is not None:
+            host = f"{host}:{parts.port}"
+        url = urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    return mask_query(url)

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from config.settings import Settings
+from config.settings import Settings, mask_url
 from tests.servers import PostgresServer, free_port
 from tests.workers import ROOT, WorkerProcess
 from worker.client import RecallClient
@@ -194,10 +194,36 @@ def record(message: str, *args: object, **extra: Any) -> logging.LogRecord:
         ),
         ("to redis://user:pass@h and sqlite:///x.db", "to redis://user:***@h and sqlite:///x.db"),
         ("redis://redis:6379/0", "redis://redis:6379/0"),
+        ("redis://127.0.0.1:6411/0?password=secret", "redis://127.0.0.1:6411/0?password=***"),
+        (
+            "postgresql://u@db/r?sslmode=require&sslpassword=pw&application_name=x",
+            "postgresql://u@db/r?sslmode=require&sslpassword=***&application_name=x",
+        ),
+        ("redis://:a@h/0?token=t1 then", "redis://:***@h/0?token=*** then"),
     ],
 )
 def test_passwords_in_urls_are_masked(text: str, expected: str) -> None:
     assert mask_secrets(text) == expected
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_status_masks_a_password_given_in_the_query_string(tmp_path: Path, as_json: bool) -> None:
+    # Regression (issue 12 #11): only the ":secret@" form was masked.
+    env = {
+        "RECALL_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0?password=hunter2",
+        "RECALL_DATABASE_URL": f"sqlite:///{tmp_path / 'recall.db'}?sslpassword=hunter3",
+        "RECALL_HOME": str(tmp_path / "home"),
+    }
+    result = run_recall(env, "status", "--timeout", "0.5", *(["--json"] if as_json else []))
+
+    assert result.returncode == 1
+    assert "password=***" in result.stdout
+    assert "hunter" not in result.stdout + result.stderr
+
+
+def test_mask_url_masks_query_string_secrets() -> None:
+    assert mask_url("redis://h:1/0?password=secret&db=2") == "redis://h:1/0?password=***&db=2"
+    assert mask_url("redis://u:pw@h/0?api_key=k") == "redis://u:***@h/0?api_key=***"
 
 
 def test_log_lines_carry_the_event_context_and_no_secret() -> None:
