@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from config.settings import Settings, mask_url
-from tests.servers import PostgresServer, free_port
+from tests.servers import PostgresServer, RedisServer, free_port
 from tests.workers import ROOT, WorkerProcess
 from worker.client import RecallClient
 from worker.db import make_engine, session_scope, upgrade
@@ -219,6 +219,44 @@ def test_status_masks_a_password_given_in_the_query_string(tmp_path: Path, as_js
     assert result.returncode == 1
     assert "password=***" in result.stdout
     assert "hunter" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("wrong password", "invalid username-password pair"),
+        ("refused port", "Connection refused"),
+        ("unknown scheme", "No such transport: nope"),
+        ("password in the query", "redis://:PASSWORD@host"),
+    ],
+)
+def test_publish_to_a_broker_it_cannot_use_is_one_line(
+    tmp_path: Path, broker_url: str, kind: str, expected: str
+) -> None:
+    # Regression (issue 12 #9): a 130-line kombu traceback, the password in it.
+    host_and_db = broker_url.removeprefix("redis://") + "/0"
+    guarded = RedisServer(tmp_path, password="right")
+    url = {
+        "wrong password": f"redis://:hunter2@127.0.0.1:{guarded.port}/0",
+        "refused port": f"redis://:hunter2@127.0.0.1:{free_port()}/0",
+        "unknown scheme": f"nope://:hunter2@{host_and_db}",
+        "password in the query": f"redis://{host_and_db}?password=hunter2",
+    }[kind]
+    history = tmp_path / "h.jsonl"
+    history.write_text(json.dumps(events(1, datetime.now(UTC))[0]) + "\n", encoding="utf-8")
+    env = {"RECALL_BROKER_URL": url, "RECALL_DATABASE_URL": f"sqlite:///{tmp_path / 'r.db'}"}
+
+    try:
+        result = run_recall(env, "publish", str(history))
+    finally:
+        guarded.stop()
+
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith("error: cannot reach the broker "), result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert expected in result.stderr
+    assert "hunter2" not in result.stderr
 
 
 def test_mask_url_masks_query_string_secrets() -> None:

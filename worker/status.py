@@ -5,11 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 from config.settings import Settings, mask_url
+from worker.logs import mask_secrets
 from worker.rules import RulesError, load_rules
 
-__all__ = ["Status", "collect"]
+__all__ = ["Status", "broker_error", "check_broker", "collect"]
 
 QUEUES = ("call_results", "recalls")
 # How late the oldest pending recall may be before the system counts as unhealthy: the
@@ -59,8 +61,31 @@ class Status:
 
 
 def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
+    text = mask_secrets(str(error)).strip().splitlines()
     return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+def broker_error(error: BaseException, url: str) -> str:
+    """Why the broker at ``url`` cannot be used, in one line (kombu's errors run to many)."""
+    if isinstance(error, TypeError) and "password=" in urlsplit(url).query:
+        # kombu's Redis transport passes the password twice and fails with a TypeError.
+        return "a password must be in the URL's user part (redis://:PASSWORD@host), not ?password="
+    return _first_line(error)
+
+
+def check_broker(app: Any, timeout: float) -> Any:
+    """Connect to ``app``'s broker, retrying once within ``timeout``; return the connection.
+
+    The caller closes it (a ``with`` block); any failure raises (see ``broker_error``).
+    """
+    connection = app.connection_for_write()
+    try:
+        connection.ensure_connection(max_retries=1, timeout=timeout)
+        connection.default_channel.client.ping()
+    except BaseException:
+        connection.release()
+        raise
+    return connection
 
 
 def _database(status: Status, now: datetime) -> None:
@@ -98,14 +123,13 @@ def _database(status: Status, now: datetime) -> None:
 
 def _broker(status: Status, app: Any, queues: tuple[str, ...], timeout: float) -> None:
     try:
-        with app.connection_for_write() as connection:
-            connection.ensure_connection(max_retries=1, timeout=timeout)
+        with check_broker(app, timeout) as connection:
             client = connection.default_channel.client
             for queue in queues:
                 status.queues[queue] = int(client.llen(queue))
         replies = app.control.ping(timeout=timeout) or []
     except Exception as error:
-        status.problems.append(f"broker: {_first_line(error)}")
+        status.problems.append(f"broker: {broker_error(error, app.conf.broker_url)}")
         return
     status.workers = sorted(name for reply in replies for name in reply)
     if not status.workers:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -26,8 +27,11 @@ from worker.db import (
     upgrade,
 )
 from worker.sources import SourceError, iter_records
+from worker.status import broker_error, check_broker
 
 WORKER_QUEUES = "call_results,recalls"
+# How long `recall publish` waits for the broker before it gives up (as `recall status` does).
+BROKER_TIMEOUT_S = 2.0
 
 
 def ready_database(*, migrate: bool) -> None:
@@ -97,10 +101,14 @@ def publish(files: tuple[Path, ...], batch: int | None) -> None:
 
     Each record is sent as it is; the worker validates it, so a bad one ends in the dead letters.
     """
+    from kombu.exceptions import KombuError
+
     from worker.app import app
     from worker.client import RecallClient
 
     client = RecallClient(app=app)
+    broker = app.conf.broker_url
+    _reach_broker(app, broker)
     sent = messages = 0
     try:
         for path in files:
@@ -116,7 +124,22 @@ def publish(files: tuple[Path, ...], batch: int | None) -> None:
                 messages += batches
     except SourceError as error:
         raise CommandError(str(error)) from None
-    click.echo(f"published {sent} events in {messages} messages to {mask_url(app.conf.broker_url)}")
+    except (KombuError, OSError) as error:  # the broker went away meanwhile
+        raise CommandError(
+            f"broker {mask_url(broker)}: {broker_error(error, broker)}"
+            f" ({sent} events published before the error)"
+        ) from None
+    click.echo(f"published {sent} events in {messages} messages to {mask_url(broker)}")
+
+
+def _reach_broker(app: Any, url: str) -> None:
+    """Refuse, in one line, a broker that cannot be reached, before anything is read or sent."""
+    try:
+        check_broker(app, BROKER_TIMEOUT_S).release()
+    except Exception as error:
+        raise CommandError(
+            f"cannot reach the broker {mask_url(url)}: {broker_error(error, url)}"
+        ) from None
 
 
 @click.group("db")
