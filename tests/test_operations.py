@@ -259,6 +259,41 @@ def test_publish_to_a_broker_it_cannot_use_is_one_line(
     assert "hunter2" not in result.stderr
 
 
+HOME_COMMANDS = (
+    ("status",),
+    ("phones", "list"),
+    ("dead-letters", "list"),
+    ("publish", "{history}"),
+    ("replay", "{history}"),
+    ("db", "upgrade"),
+)
+
+
+@pytest.mark.parametrize("kind", ["a file", "under a file", "parent not writable", "not writable"])
+def test_an_unusable_recall_home_is_one_line(tmp_path: Path, kind: str) -> None:
+    # Regression (issue 12 #10): FileExistsError, NotADirectoryError, PermissionError tracebacks.
+    # As root, permission bits stop nothing: sysfs refuses new entries even to root.
+    (tmp_path / "file").write_text("", encoding="utf-8")
+    home, expected = {
+        "a file": (tmp_path / "file", "is a file, not a directory"),
+        "under a file": (tmp_path / "file" / "home", f"{tmp_path / 'file'} is a file"),
+        "parent not writable": (Path("/sys/recall-home"), "cannot create the directory"),
+        "not writable": (Path("/sys/kernel"), "cannot write in it"),
+    }[kind]
+    if kind.endswith("writable") and not Path("/sys/kernel").is_dir():
+        pytest.skip("no sysfs to stand for a directory nobody may write in")
+    history = tmp_path / "h.jsonl"
+    history.write_text(json.dumps(events(1, datetime.now(UTC))[0]) + "\n", encoding="utf-8")
+
+    for command in HOME_COMMANDS:
+        args = [arg.format(history=history) for arg in command]
+        result = run_recall({"RECALL_HOME": str(home)}, *args)
+        assert result.returncode == 1, (args, result.stderr)
+        assert result.stderr.count("\n") == 1, (args, result.stderr)
+        assert result.stderr.startswith(f"error: RECALL_HOME {home}: "), (args, result.stderr)
+        assert expected in result.stderr, (args, result.stderr)
+
+
 def test_mask_url_masks_query_string_secrets() -> None:
     assert mask_url("redis://h:1/0?password=secret&db=2") == "redis://h:1/0?password=***&db=2"
     assert mask_url("redis://u:pw@h/0?api_key=k") == "redis://u:***@h/0?api_key=***"

@@ -86,7 +86,7 @@ def start(settings: Settings) -> None:
     global _metrics
     if settings.metrics_port == 0:
         return
-    directory = settings.home / "metrics" / str(os.getpid())
+    directory = settings.ready_home() / "metrics" / str(os.getpid())
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)

@@ -77,8 +77,7 @@ def worker(no_beat: bool, rules_path: Path | None, celery_args: tuple[str, ...])
     )
     argv = ["worker", "--loglevel", "INFO", "-Q", WORKER_QUEUES]
     if not no_beat:
-        settings.home.mkdir(parents=True, exist_ok=True)
-        argv += ["--beat", "--schedule", str(settings.home / "celerybeat-schedule")]
+        argv += ["--beat", "--schedule", str(settings.ready_home() / "celerybeat-schedule")]
     try:
         app.worker_main([*argv, *celery_args])
     finally:
