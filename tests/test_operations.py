@@ -259,6 +259,26 @@ def test_publish_to_a_broker_it_cannot_use_is_one_line(
     assert "hunter2" not in result.stderr
 
 
+def test_status_without_its_database_says_unknown(tmp_path: Path, broker_url: str) -> None:
+    # Regression (issue 12 #15): "recalls None pending, None due in the next hour, None overdue".
+    env = {
+        "RECALL_BROKER_URL": broker_url,
+        "RECALL_DATABASE_URL": f"postgresql+psycopg://recall:pw@127.0.0.1:{free_port()}/recall",
+    }
+    text = run_recall(env, "status", "--timeout", "0.5")
+    assert text.returncode == 1
+    assert "None" not in text.stdout
+    assert "recalls         unknown\n" in text.stdout
+    assert "dead letters    unknown\n" in text.stdout
+    assert "problem         cannot reach the database " in text.stdout
+
+    data = json.loads(run_recall(env, "status", "--timeout", "0.5", "--json").stdout)
+    assert data["healthy"] is False
+    assert data["recalls"]["pending"] is None
+    assert data["dead_letters_new"] is None
+    assert data["problems"][0].startswith("cannot reach the database ")
+
+
 HOME_COMMANDS = (
     ("status",),
     ("phones", "list"),

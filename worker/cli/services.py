@@ -27,7 +27,7 @@ from worker.db import (
     upgrade,
 )
 from worker.sources import SourceError, iter_records
-from worker.status import broker_error, check_broker
+from worker.status import Status, broker_error, check_broker
 
 WORKER_QUEUES = "call_results,recalls"
 # How long `recall publish` waits for the broker before it gives up (as `recall status` does).
@@ -270,21 +270,34 @@ def status(timeout: float, rules_path: Path | None, as_json: bool) -> None:
     if as_json:
         echo_json(result.to_json())
     else:
-        data = result.to_json()
-        recalls = data["recalls"]
-        lines = [
-            f"status          {'healthy' if result.healthy else 'UNHEALTHY'}",
-            f"broker          {data['broker']}",
-            f"database        {data['database']}",
-            f"rules           {data['rules']}",
-            f"workers         {len(result.workers)}: {', '.join(result.workers) or '-'}",
-            "queues          "
-            + (", ".join(f"{name} {depth}" for name, depth in result.queues.items()) or "-"),
-            f"recalls         {recalls['pending']} pending, {recalls['due_next_hour']} due in the"
-            f" next hour, {recalls['overdue']} overdue"
-            + (f" (oldest due {recalls['oldest_overdue_due_at']})" if recalls["overdue"] else ""),
-            f"dead letters    {data['dead_letters_new']} new",
-        ]
-        lines += [f"problem         {problem}" for problem in result.problems]
-        click.echo("\n".join(lines))
+        click.echo(_status_text(result))
     sys.exit(0 if result.healthy else 1)
+
+
+def _status_text(result: Status) -> str:
+    """``recall status`` as aligned lines; what the database could not tell is "unknown"."""
+    data = result.to_json()
+    recalls = data["recalls"]
+    if recalls["pending"] is None:
+        recalls_line = "unknown"
+    else:
+        recalls_line = (
+            f"{recalls['pending']} pending, {recalls['due_next_hour']} due in the next hour,"
+            f" {recalls['overdue']} overdue"
+        )
+        if recalls["overdue"]:
+            recalls_line += f" (oldest due {recalls['oldest_overdue_due_at']})"
+    letters = data["dead_letters_new"]
+    lines = [
+        f"status          {'healthy' if result.healthy else 'UNHEALTHY'}",
+        f"broker          {data['broker']}",
+        f"database        {data['database']}",
+        f"rules           {data['rules']}",
+        f"workers         {len(result.workers)}: {', '.join(result.workers) or '-'}",
+        "queues          "
+        + (", ".join(f"{name} {depth}" for name, depth in result.queues.items()) or "-"),
+        f"recalls         {recalls_line}",
+        f"dead letters    {'unknown' if letters is None else f'{letters} new'}",
+    ]
+    lines += [f"problem         {problem}" for problem in result.problems]
+    return "\n".join(lines)
