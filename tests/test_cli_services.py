@@ -229,8 +229,8 @@ def test_phones_list_filters_waiting_and_eligible(
     assert [row["phone_id"] for row in eligible] == ["P3"]
     assert eligible[0]["eligible"] is True
 
-    limited = json_of(recall("phones", "list", "--limit", "2", "--json"))
-    assert [row["phone_id"] for row in limited] == ["P1", "P2"]
+    limited = recall("phones", "list", "--limit", "2", "--json")  # "showing 2 of 3" on stderr
+    assert [row["phone_id"] for row in orjson.loads(limited.stdout)] == ["P1", "P2"]
 
 
 def test_phones_list_text_shows_each_phones_state(
@@ -249,6 +249,36 @@ def test_phones_list_text_shows_each_phones_state(
     assert [line.split()[0] for line in waiting.stdout.splitlines()] == ["P1"]
     eligible = recall("phones", "list", "--eligible")
     assert [line.split()[0] for line in eligible.stdout.splitlines()] == ["P3"]
+
+
+def test_phones_list_says_when_it_shows_only_part(
+    recall: Invoke, filled: dict[str, Decision]
+) -> None:
+    # Regression (issue 12 #16): the list stopped at --limit without a word.
+    text = recall("phones", "list", "--limit", "2")
+    assert text.exit_code == 0, (text.output, text.exception)
+    assert [line.split()[0] for line in text.stdout.splitlines()] == ["P1", "P2"]
+    assert text.stderr == "showing 2 of 3 phones (--limit)\n"
+
+    as_json = recall("phones", "list", "--limit", "2", "--json")
+    assert as_json.exit_code == 0
+    assert [row["phone_id"] for row in orjson.loads(as_json.stdout)] == ["P1", "P2"]
+    assert as_json.stderr == "showing 2 of 3 phones (--limit)\n"
+    # All shown: nothing said, even at exactly the limit.
+    assert recall("phones", "list", "--limit", "3").stderr == ""
+    assert recall("phones", "list", "--waiting", "--limit", "1").stderr == ""
+
+
+def test_phones_list_refuses_eligible_with_waiting(
+    recall: Invoke, filled: dict[str, Decision]
+) -> None:
+    # Regression (issue 12 #18): --eligible was silently ignored.
+    result = recall("phones", "list", "--eligible", "--waiting")
+
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith("error: --eligible and --waiting cannot be used together")
+    assert result.stderr.count("\n") == 1
 
 
 # --- recall dead-letters -------------------------------------------------------------------------
@@ -278,6 +308,54 @@ def test_dead_letters_list(recall: Invoke, filled: dict[str, Decision]) -> None:
     assert lines[0].split()[:3] == [first_id, "2026-01-14T10:01:00+00:00", "unknown_plan"]
     assert lines[0].endswith("plan_id: plan 'newplan' is not in the rules")
     assert text.stderr == "2 dead letters\n"
+
+
+def test_dead_letters_list_says_when_it_shows_only_part(
+    recall: Invoke, filled: dict[str, Decision]
+) -> None:
+    # Regression (issue 12 #16): "--limit 1" said "1 dead letters" of 2.
+    text = recall("dead-letters", "list", "--limit", "1")
+    assert text.exit_code == 0, (text.output, text.exception)
+    assert len(text.stdout.splitlines()) == 1
+    assert text.stderr == "showing 1 of 2 dead letters (--limit)\n"
+
+    as_json = recall("dead-letters", "list", "--limit", "1", "--json")
+    assert as_json.exit_code == 0
+    assert len(orjson.loads(as_json.stdout)) == 1
+    assert as_json.stderr == "showing 1 of 2 dead letters (--limit)\n"
+    assert recall("dead-letters", "list", "--limit", "2").stderr == "2 dead letters\n"
+
+
+@pytest.mark.parametrize(
+    ("ids", "expected"),
+    [
+        (("99",), "error: no dead letter with id 99 (see `recall dead-letters list --all`)"),
+        (("99", "98"), "error: no dead letter with id 98, 99 (see"),
+    ],
+)
+def test_dead_letters_replay_of_an_unknown_id_is_an_error(
+    recall: Invoke, filled: dict[str, Decision], ids: tuple[str, ...], expected: str
+) -> None:
+    # Regression (issue 12 #18): "0 dead letters taken", exit 0.
+    letters = json_of(recall("dead-letters", "list", "--json"))
+    args = [arg for letter_id in ids for arg in ("--id", letter_id)]
+    given = ["--id", str(letters[0]["id"])]
+
+    assert one_line_error(recall("dead-letters", "replay", *args, *given)).startswith(expected)
+    assert json_of(recall("dead-letters", "list", "--json")) == letters  # nothing taken
+
+
+def test_dead_letters_replay_of_a_replayed_letter_is_an_error(
+    recall: Invoke, filled: dict[str, Decision], write_rules: Callable[..., Path]
+) -> None:
+    rules = write_rules(NEW_PLAN_RULES)
+    first = json_of(recall("dead-letters", "list", "--json"))[0]["id"]
+    taken = recall("dead-letters", "replay", "--id", str(first), "--rules", str(rules))
+    assert taken.stdout == "1 dead letter taken, 0 still refused\n"
+
+    again = recall("dead-letters", "replay", "--id", str(first), "--rules", str(rules))
+
+    one_line_error(again, f"already replayed: {first}")
 
 
 def test_dead_letters_replay_after_a_rules_fix(
@@ -318,7 +396,7 @@ def test_dead_letters_replay_reads_rules_from_the_environment(
     result = recall("dead-letters", "replay")
 
     assert result.exit_code == 0, (result.output, result.exception)
-    assert result.stdout == "1 dead letters taken, 1 still refused\n"
+    assert result.stdout == "1 dead letter taken, 1 still refused\n"
 
 
 def test_dead_letters_replay_with_broken_rules_is_a_one_line_error(

@@ -8,12 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import click
+from sqlalchemy.orm import Session
 
 from config.settings import get_settings, mask_url
 from worker.cli.common import (
     CommandError,
     echo_json,
     json_option,
+    plural,
     read_rules,
     rules_option,
     use_rules_file,
@@ -186,25 +188,36 @@ def phones_show(phone_id: str, as_json: bool) -> None:
 
 
 @phones.command("list")
-@click.option("--eligible", "which", flag_value="eligible", help="Only dial-eligible phones.")
-@click.option("--waiting", "which", flag_value="waiting", help="Only phones with a pending recall.")
+@click.option("--eligible", is_flag=True, help="Only dial-eligible phones.")
+@click.option("--waiting", is_flag=True, help="Only phones with a pending recall.")
 @click.option("--limit", type=click.IntRange(min=1), default=1000, show_default=True)
 @json_option
-def phones_list(which: str | None, limit: int, as_json: bool) -> None:
-    """List phones (all, --eligible or --waiting), in id order."""
+def phones_list(eligible: bool, waiting: bool, limit: int, as_json: bool) -> None:
+    """List phones (all, --eligible or --waiting), in id order.
+
+    When there are more than --limit, "showing N of M phones" is said on stderr.
+    """
+    from worker.queries import PhoneFilter, count_phones
     from worker.queries import phones as list_phones
 
+    if eligible and waiting:
+        # A phone waiting for a recall is not eligible: together they would list nothing.
+        raise click.UsageError("--eligible and --waiting cannot be used together")
+    which: PhoneFilter = "eligible" if eligible else "waiting" if waiting else "all"
     ready_database(migrate=False)
     with session_scope() as session:
-        rows = list_phones(session, which or "all", limit)  # type: ignore[arg-type]
+        rows = list_phones(session, which, limit)
+        total = count_phones(session, which) if len(rows) == limit else len(rows)
     if as_json:
         echo_json(rows)
-        return
-    for row in rows:
-        pending = row["pending_recall"]
-        state = "eligible" if row["eligible"] else ("waiting" if pending else "-")
-        due = pending["due_at"] if pending else (row["eligible_at"] or "")
-        click.echo(f"{row['phone_id']:<24} {row['plan_id']:<12} {state:<9} {due}")
+    else:
+        for row in rows:
+            pending = row["pending_recall"]
+            state = "eligible" if row["eligible"] else ("waiting" if pending else "-")
+            due = pending["due_at"] if pending else (row["eligible_at"] or "")
+            click.echo(f"{row['phone_id']:<24} {row['plan_id']:<12} {state:<9} {due}")
+    if total > len(rows):
+        click.echo(f"showing {len(rows):,} of {plural(total, 'phone')} (--limit)", err=True)
 
 
 @click.group("dead-letters")
@@ -217,18 +230,30 @@ def dead_letters() -> None:
 @click.option("--limit", type=click.IntRange(min=1), default=1000, show_default=True)
 @json_option
 def dead_letters_list(include_replayed: bool, limit: int, as_json: bool) -> None:
-    """List dead letters, oldest first."""
+    """List dead letters, oldest first.
+
+    How many there are is said on stderr ("showing N of M" when there are more than --limit).
+    """
+    from worker.queries import count_dead_letters
     from worker.queries import dead_letters as query
 
     ready_database(migrate=False)
     with session_scope() as session:
         rows = query(session, include_replayed=include_replayed, limit=limit)
+        total = (
+            count_dead_letters(session, include_replayed=include_replayed)
+            if len(rows) == limit
+            else len(rows)
+        )
     if as_json:
         echo_json(rows)
-        return
-    for row in rows:
-        click.echo(f"{row['id']:>6} {row['received_at']} {row['reason']:<14} {row['detail']}")
-    click.echo(f"{len(rows)} dead letters", err=True)
+    else:
+        for row in rows:
+            click.echo(f"{row['id']:>6} {row['received_at']} {row['reason']:<14} {row['detail']}")
+    if total > len(rows):
+        click.echo(f"showing {len(rows):,} of {plural(total, 'dead letter')} (--limit)", err=True)
+    elif not as_json:
+        click.echo(plural(total, "dead letter"), err=True)
 
 
 @dead_letters.command("replay")
@@ -242,12 +267,34 @@ def dead_letters_replay(ids: tuple[int, ...], rules_path: Path | None, as_json: 
     rules = read_rules(rules_path)
     ready_database(migrate=False)
     with session_scope() as session:
+        _refuse_unknown_letters(session, ids)
         report, refused = replay_dead_letters(session, rules, datetime.now(UTC), ids or None)
     taken = len(report.decisions)
     if as_json:
         echo_json({"taken": taken, "still_refused": refused, "actions": report.counts()})
         return
-    click.echo(f"{taken} dead letters taken, {refused} still refused")
+    click.echo(f"{plural(taken, 'dead letter')} taken, {refused:,} still refused")
+
+
+def _refuse_unknown_letters(session: Session, ids: tuple[int, ...]) -> None:
+    """``--id``: a letter that does not exist, or was replayed already, is an error."""
+    from sqlalchemy import select
+
+    from worker.models import DeadLetter
+
+    if not ids:
+        return
+    query = select(DeadLetter.id, DeadLetter.status).where(DeadLetter.id.in_(ids))
+    found = {row.id: row.status for row in session.execute(query)}
+    missing = sorted(set(ids) - set(found))
+    replayed = sorted(i for i in set(ids) & set(found) if found[i] != "new")
+    problems = []
+    if missing:
+        problems.append(f"no dead letter with id {', '.join(map(str, missing))}")
+    if replayed:
+        problems.append(f"already replayed: {', '.join(map(str, replayed))}")
+    if problems:
+        raise CommandError("; ".join(problems) + " (see `recall dead-letters list --all`)")
 
 
 @click.command()
