@@ -10,14 +10,16 @@ from typing import Any, Literal
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from worker.models import DeadLetter, Phone, ProcessedEvent, Recall
+from worker.models import DeadLetter, Phone, ProcessedEvent, Recall, ReplayRun
 
 __all__ = [
+    "HeldRecalls",
     "PhoneFilter",
     "RecallCounts",
     "count_dead_letters",
     "count_phones",
     "dead_letters",
+    "held_recalls",
     "phone",
     "phones",
     "recall_counts",
@@ -156,3 +158,28 @@ def recall_counts(session: Session, now: datetime) -> RecallCounts:
         ).where(Recall.state == "pending")
     ).one()
     return RecallCounts(row[0] or 0, row[1] or 0, row[2] or 0, row[3])
+
+
+@dataclass(frozen=True, slots=True)
+class HeldRecalls:
+    """Recalls an applied replay holds back from the dispatcher, and the replays running now."""
+
+    held: int
+    oldest_due_at: datetime | None
+    replays_running: int
+    #: The latest heartbeat of any replay, running or not (None: no replay is recorded).
+    last_heartbeat_at: datetime | None
+
+
+def held_recalls(session: Session, now: datetime, running_within: timedelta) -> HeldRecalls:
+    """Held recalls, and the replays whose heartbeat is more recent than ``running_within``."""
+    held, oldest = session.execute(
+        select(func.count(), func.min(Recall.due_at)).where(Recall.state == "held")
+    ).one()
+    running, last = session.execute(
+        select(
+            func.count().filter(ReplayRun.heartbeat_at >= now - running_within),
+            func.max(ReplayRun.heartbeat_at),
+        )
+    ).one()
+    return HeldRecalls(held or 0, oldest, running or 0, last)

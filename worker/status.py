@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -32,6 +32,9 @@ class Status:
     recalls_due_next_hour: int | None = None
     recalls_overdue: int | None = None
     oldest_overdue_due_at: datetime | None = None
+    recalls_held: int | None = None
+    oldest_held_due_at: datetime | None = None
+    replays_running: int | None = None
     dead_letters_new: int | None = None
     problems: list[str] = field(default_factory=list)
 
@@ -55,7 +58,12 @@ class Status:
                 "oldest_overdue_due_at": (
                     self.oldest_overdue_due_at.isoformat() if self.oldest_overdue_due_at else None
                 ),
+                "held": self.recalls_held,
+                "oldest_held_due_at": (
+                    self.oldest_held_due_at.isoformat() if self.oldest_held_due_at else None
+                ),
             },
+            "replays_running": self.replays_running,
             "dead_letters_new": self.dead_letters_new,
         }
 
@@ -93,12 +101,14 @@ def _database(status: Status, now: datetime) -> None:
 
     from worker.db import DatabaseNotReady, ensure_migrated, get_engine, session_scope
     from worker.models import DeadLetter
-    from worker.queries import recall_counts
+    from worker.queries import held_recalls, recall_counts
+    from worker.replay import RUNNING_WITHIN_S
 
     try:
         ensure_migrated(get_engine())
         with session_scope() as session:
             counts = recall_counts(session, now)
+            held = held_recalls(session, now, timedelta(seconds=RUNNING_WITHIN_S))
             status.dead_letters_new = session.scalar(
                 select(func.count()).select_from(DeadLetter).where(DeadLetter.status == "new")
             )
@@ -112,6 +122,19 @@ def _database(status: Status, now: datetime) -> None:
     status.recalls_due_next_hour = counts.due_next_hour
     status.recalls_overdue = counts.overdue
     status.oldest_overdue_due_at = counts.oldest_overdue_due_at
+    status.recalls_held, status.oldest_held_due_at = held.held, held.oldest_due_at
+    status.replays_running = held.replays_running
+    if held.held and not held.replays_running:
+        # Only a replay releases its held recalls, at its end: one that stopped never will.
+        since = (
+            f", last seen {held.last_heartbeat_at.isoformat(timespec='seconds')}"
+            if held.last_heartbeat_at is not None
+            else ""
+        )
+        status.problems.append(
+            f"{held.held} recalls held by an applied replay that is not running{since}: the"
+            " dispatcher never fires them; run the same replay again to finish"
+        )
     if counts.oldest_overdue_due_at is not None:
         late = (now - counts.oldest_overdue_due_at).total_seconds()
         if late > OVERDUE_LIMIT_S:

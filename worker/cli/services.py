@@ -334,6 +334,12 @@ def _status_text(result: Status) -> str:
         )
         if recalls["overdue"]:
             recalls_line += f" (oldest due {recalls['oldest_overdue_due_at']})"
+        if recalls["held"]:
+            running = data["replays_running"]
+            recalls_line += (
+                f"; {recalls['held']} held (oldest due {recalls['oldest_held_due_at']}),"
+                f" {plural(running, 'replay')} running"
+            )
     letters = data["dead_letters_new"]
     lines = [
         f"status          {'healthy' if result.healthy else 'UNHEALTHY'}",
