@@ -7,8 +7,12 @@ filled by the same ingestion code the worker runs.
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +32,7 @@ from tests.helpers import (
 )
 from worker.cli import main
 from worker.engine import Decision
+from worker.models import Recall
 from worker.pipeline import ingest
 from worker.rules import Rules
 from worker.store import fire_recalls
@@ -409,3 +414,50 @@ def test_dead_letters_replay_with_broken_rules_is_a_one_line_error(
     assert "broken.toml" in line
     assert "max_recalls" in line
     assert len(json_of(recall("dead-letters", "list", "--json"))) == 2
+
+
+# --- recall demo ---------------------------------------------------------------------------------
+
+
+def test_demo_counts_a_recall_fired_in_its_last_second(
+    recall: Invoke, db_engine: Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Regression (issue 12 #17): "0 recalls fired" for a recall fired inside the window, after
+    # the last look at the database.
+    from worker.cli.demo import _watch
+
+    def fire() -> None:
+        time.sleep(1.5)
+        now = datetime.now(UTC)
+        with Session(db_engine) as session, session.begin():
+            session.add(
+                Recall(recall_id="r1", phone_id="P1", lead_id="L1", plan_id="default",
+                       generation=1, due_at=now, source="sip_code", rule="sip:486",
+                       reason="sip_recall", state="fired", created_at=now, fired_at=now)
+            )  # fmt: skip
+
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    firing = threading.Thread(target=fire)
+    try:
+        firing.start()
+        _watch(worker, 2)
+    finally:
+        firing.join()
+        worker.kill()
+        worker.wait()
+
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("fired    P1 ")
+    assert lines[-1] == "0 call results decided, 1 recall fired, 0 dead letters"
+
+
+def test_demo_shows_the_date_of_a_time_that_is_not_today() -> None:
+    # Regression (issue 12 #17): "due 23:05:16" for a time on the next day.
+    from worker.cli.demo import _local
+
+    now = datetime(2026, 1, 14, 12, 0, tzinfo=UTC).astimezone()
+    later_today = now.replace(hour=23, minute=5, second=16)
+    tomorrow = later_today + timedelta(days=1)
+
+    assert _local(later_today, now) == "23:05:16"
+    assert _local(tomorrow, now) == f"{tomorrow:%a} {tomorrow.date().isoformat()} 23:05:16"
