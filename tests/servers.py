@@ -64,12 +64,13 @@ def redis_binary() -> str | None:
 class RedisServer:
     """A throwaway redis-server on a free loopback port, restartable (empty) for fault tests."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, password: str | None = None) -> None:
         binary = redis_binary()
         if binary is None:
             unavailable("no redis-server binary")
         self.binary = str(binary)
         self.directory = directory
+        self.password = password
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.start()
@@ -81,11 +82,12 @@ class RedisServer:
     def start(self) -> None:
         self.process = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.directory)],
+             "--appendonly", "no", "--dir", str(self.directory),
+             *(["--requirepass", self.password] if self.password else [])],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )  # fmt: skip
-        client = redis.Redis(port=self.port)
+        client = redis.Redis(port=self.port, password=self.password)
         wait_for(client.ping, 10, "redis-server")
         client.close()
 

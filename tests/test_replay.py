@@ -8,12 +8,15 @@ depends on the clock. Applied replays run against fresh SQLite and PostgreSQL da
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import html
 import itertools
 import os
 import random
 import re
+import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -27,7 +30,7 @@ from typing import Any
 import orjson
 import pytest
 from click.testing import CliRunner, Result
-from sqlalchemy import select
+from sqlalchemy import insert, select, update
 
 from tests.helpers import corrupt_gzip, json_of, one_line_error, reset_process_state
 from worker import shares
@@ -36,7 +39,7 @@ from worker.cli.outputs import Outputs
 from worker.cli.replay import reading_line, replay_line
 from worker.db import make_engine, upgrade
 from worker.events import parse_event
-from worker.models import Base, Recall
+from worker.models import Base, Recall, ReplayRun
 from worker.replay import Simulation, finish, share_of, sorted_events
 from worker.report import bar_chart, nice_ticks
 from worker.rules import Rules, load_rules
@@ -176,6 +179,27 @@ def table_rows(url: str) -> dict[str, list[tuple[Any, ...]]]:
             return {
                 table.name: sorted(
                     (tuple(row) for row in connection.execute(select(table))), key=repr
+                )
+                for table in Base.metadata.sorted_tables
+            }
+    finally:
+        engine.dispose()
+
+
+def rows_without_batch_clock(url: str) -> dict[str, list[tuple[Any, ...]]]:
+    """``table_rows`` less the columns written by the clock of the batch (its last event): not
+    the same when the batches are cut elsewhere (processes, an interrupted run)."""
+    batch_clock = {"processed_at", "created_at", "updated_at"}
+    engine = make_engine(url)
+    try:
+        with engine.connect() as connection:
+            return {
+                table.name: sorted(
+                    (
+                        tuple(v for k, v in row._mapping.items() if k not in batch_clock)
+                        for row in connection.execute(select(table))
+                    ),
+                    key=repr,
                 )
                 for table in Base.metadata.sorted_tables
             }
@@ -678,8 +702,6 @@ def test_an_applied_replay_in_processes_leaves_the_one_process_database(
     # An id sent again for a phone of another process: the split is refused, one process runs.
     crossing = [ev("x1", "N", t("10:00")), ev("x1", "A", t("10:01"))]
     files = (tmp_path / "gen.jsonl", write_lines(tmp_path / "hand.jsonl", [*HAND, *BAD]))
-    # Written by the clock of the batch (its last event): not the same for every split.
-    batch_clock = {"processed_at", "created_at", "updated_at"}
     states = []
     for jobs, extra in (("1", ()), ("2", ()), ("2", (crossing,)), ("1", (crossing,))):
         url = postgres.create_database()
@@ -692,19 +714,7 @@ def test_an_applied_replay_in_processes_leaves_the_one_process_database(
                 *files, *more, "--now", APPLY_NOW, "--rules", rules_file, "--jobs", jobs,
                 "--output", out,
             )  # fmt: skip
-            engine = make_engine(url)
-            with engine.connect() as connection:
-                rows = {
-                    table.name: sorted(
-                        (
-                            tuple(v for k, v in row._mapping.items() if k not in batch_clock)
-                            for row in connection.execute(select(table))
-                        ),
-                        key=repr,
-                    )
-                    for table in Base.metadata.sorted_tables
-                }
-            engine.dispose()
+            rows = rows_without_batch_clock(url)
             del result["elapsed_s"], result["events_per_s"]
             states.append((result, out.read_bytes(), rows))
         finally:
@@ -715,6 +725,103 @@ def test_an_applied_replay_in_processes_leaves_the_one_process_database(
     assert states[2] == states[3]
     assert states[2][0]["summary"]["actions"]["duplicate"] == 1
     assert len(states[0][2]["events"]) > 1000
+
+
+def test_an_interrupted_applied_replay_says_how_to_finish_and_its_rerun_converges(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression (issue 12 #4): Ctrl-C said "error: aborted" and left recalls held, which the
+    # dispatcher never takes, while `recall status` said 0 pending.
+    path = tmp_path / "h.jsonl"
+    write_jsonl(generate(seed=4, leads=10_000, start=START, days=10), path)
+    args = ("replay", path, "--now", "2026-02-01T00:00:00+00:00")
+    urls = {name: f"sqlite:///{tmp_path / name}.db" for name in ("interrupted", "straight")}
+    env = {**os.environ, "RECALL_BROKER_URL": BROKER, "RECALL_HOME": str(tmp_path / "home")}
+    for url in urls.values():
+        upgrade(url)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "worker", *map(str, args)],
+        env={**env, "RECALL_DATABASE_URL": urls["interrupted"]},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as on a terminal
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    # Plain reads (the engine's transactions take SQLite's write lock): a first batch written.
+    with contextlib.closing(sqlite3.connect(tmp_path / "interrupted.db")) as connection:
+        query = "SELECT count(*) FROM recalls"
+        while not connection.execute(query).fetchone()[0] and process.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+
+    assert process.returncode == 130, stderr
+    assert (stdout, stderr) == ("", "interrupted: run the same replay again to finish\n")
+    use_database(monkeypatch, urls["interrupted"])
+    shown = recall("status", "--json", "--timeout", "0.2")
+    status = orjson.loads(shown.stdout)
+    assert shown.exit_code == 1
+    assert status["recalls"]["held"] > 0
+    assert status["recalls"]["oldest_held_due_at"] is not None
+    assert status["replays_running"] == 0
+    assert any("run the same replay again" in problem for problem in status["problems"])
+    text = recall("status", "--timeout", "0.2").stdout
+    assert f"{status['recalls']['held']} held (oldest due " in text
+
+    rerun = replay_json(*args[1:])
+    use_database(monkeypatch, urls["straight"])
+    straight = replay_json(*args[1:])
+
+    assert rerun["summary"]["recalls_pending"] == straight["summary"]["recalls_pending"]
+    assert rows_without_batch_clock(urls["interrupted"]) == rows_without_batch_clock(
+        urls["straight"]
+    )
+    use_database(monkeypatch, urls["interrupted"])
+    status = orjson.loads(recall("status", "--json", "--timeout", "0.2").stdout)
+    assert (status["recalls"]["held"], status["replays_running"]) == (0, 0)
+    assert not any("replay" in problem for problem in status["problems"])
+
+
+def test_status_tells_a_running_replays_held_recalls_from_orphans(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Held recalls are fine while their replay beats; a replay silent for a minute is gone."""
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    upgrade(url)
+    use_database(monkeypatch, url)
+    now = datetime.now(UTC)
+    engine = make_engine(url)
+    with engine.begin() as connection:
+        connection.execute(
+            insert(Recall),
+            [{"recall_id": "h1", "phone_id": "P", "lead_id": "L", "plan_id": "flat",
+              "generation": 1, "due_at": now, "source": "sip_code", "rule": "sip:486",
+              "reason": "sip_recall", "state": "held", "created_at": now}],
+        )  # fmt: skip
+        connection.execute(
+            insert(ReplayRun),
+            [
+                {
+                    "host": "h",
+                    "pid": 1,
+                    "started_at": now,
+                    "heartbeat_at": now - timedelta(seconds=5),
+                }
+            ],
+        )
+    running = orjson.loads(recall("status", "--json", "--timeout", "0.2").stdout)
+    assert (running["recalls"]["held"], running["replays_running"]) == (1, 1)
+    assert not any("held" in problem for problem in running["problems"])
+
+    with engine.begin() as connection:
+        connection.execute(update(ReplayRun).values(heartbeat_at=now - timedelta(minutes=2)))
+    engine.dispose()
+    gone = orjson.loads(recall("status", "--json", "--timeout", "0.2").stdout)
+    assert (gone["recalls"]["held"], gone["replays_running"]) == (1, 0)
+    assert any(
+        problem.startswith("1 recalls held by an applied replay that is not running, last seen ")
+        for problem in gone["problems"]
+    )
 
 
 # --- 7. bad rows ---------------------------------------------------------------------------------

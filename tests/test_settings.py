@@ -52,3 +52,12 @@ def test_single_event_messages_are_taken_together_and_reserved_to_match() -> Non
         Settings.from_env({**BASE, "RECALL_INGEST_FLUSH_COUNT": "0"})
     with pytest.raises(SettingsError, match="RECALL_INGEST_FLUSH_MS"):
         Settings.from_env({**BASE, "RECALL_INGEST_FLUSH_MS": "-1"})
+
+
+def test_metrics_listen_on_loopback_unless_in_production() -> None:
+    # Regression (issue 12 #12): the embedded default listened on 0.0.0.0.
+    assert Settings.from_env({}).metrics_address == "127.0.0.1"
+    assert Settings.from_env(BASE).metrics_address == "0.0.0.0"  # scraped by Prometheus
+    chosen = {**BASE, "RECALL_METRICS_ADDRESS": "10.0.0.7"}
+    assert Settings.from_env(chosen).metrics_address == "10.0.0.7"
+    assert Settings.from_env({"RECALL_METRICS_ADDRESS": "::"}).metrics_address == "::"

@@ -39,7 +39,7 @@ class DatabaseNotReady(RuntimeError):
 def database_url(settings: Settings) -> str:
     if settings.database_url is not None:
         return settings.database_url
-    settings.home.mkdir(parents=True, exist_ok=True)
+    settings.ready_home()
     return settings.sqlite_url
 
 

@@ -43,8 +43,7 @@ def embedded_broker_url(settings: Settings) -> str:
     with _lock:
         entry = _servers.get(key)
         if entry is None:
-            settings.home.mkdir(parents=True, exist_ok=True)
-            users = settings.home / "broker-users"
+            users = settings.ready_home() / "broker-users"
             users.mkdir(exist_ok=True)
             mine = users / str(os.getpid())
             mine.touch()

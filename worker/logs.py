@@ -2,7 +2,8 @@
 
 Every line about an event carries its task id, event id and phone id (``extra=`` on the call,
 the task id from Celery). ``RECALL_LOG_FORMAT=json`` writes one JSON object per line for log
-shippers. Passwords in URLs (``redis://:secret@host``) are masked in every message.
+shippers. Passwords in URLs (``redis://:secret@host``, ``?password=secret``) are masked in every
+message.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+
+from config.settings import mask_query
 
 __all__ = ["JsonFormatter", "MaskSecrets", "QuietTicks", "TextFormatter", "install", "mask_secrets"]
 
@@ -26,8 +29,8 @@ DISPATCH_TASK = "recall.dispatch_due"
 
 
 def mask_secrets(text: str) -> str:
-    """``text`` with the password of every URL in it replaced by ``***``."""
-    return _URL_PASSWORD.sub(r"\g<head>***", text)
+    """``text`` with the password of every URL in it (``:secret@``, ``?password=``) as ``***``."""
+    return mask_query(_URL_PASSWORD.sub(r"\g<head>***", text))
 
 
 def _task_id() -> str | None:

@@ -86,7 +86,7 @@ def start(settings: Settings) -> None:
     global _metrics
     if settings.metrics_port == 0:
         return
-    directory = settings.home / "metrics" / str(os.getpid())
+    directory = settings.ready_home() / "metrics" / str(os.getpid())
     shutil.rmtree(directory, ignore_errors=True)
     directory.mkdir(parents=True)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
@@ -99,12 +99,13 @@ def start(settings: Settings) -> None:
 
     registry = CollectorRegistry()
     MultiProcessCollector(registry, path=str(directory))  # type: ignore[no-untyped-call]
+    address, port = settings.metrics_address, settings.metrics_port
     try:
-        start_http_server(settings.metrics_port, registry=registry)
+        start_http_server(port, addr=address, registry=registry)
     except OSError as error:
-        log.warning("metrics not served on port %s: %s", settings.metrics_port, error)
+        log.warning("metrics not served on %s port %s: %s", address, port, error)
     else:
-        log.info("metrics at http://0.0.0.0:%s/metrics", settings.metrics_port)
+        log.info("metrics at http://%s:%s/metrics", address, port)
     _metrics = _build()
 
 

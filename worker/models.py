@@ -14,7 +14,16 @@ from sqlalchemy import JSON, Boolean, DateTime, Index, Integer, String, Text, Ty
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Attempt", "Base", "DeadLetter", "Phone", "ProcessedEvent", "Recall", "UTCDateTime"]
+__all__ = [
+    "Attempt",
+    "Base",
+    "DeadLetter",
+    "Phone",
+    "ProcessedEvent",
+    "Recall",
+    "ReplayRun",
+    "UTCDateTime",
+]
 
 ID = String(255)
 
@@ -134,3 +143,19 @@ class DeadLetter(Base):
     #: new -> replayed (taken on a later replay) or still new with a fresh detail.
     status: Mapped[str] = mapped_column(String(12), default="new")
     replayed_at: Mapped[datetime | None]
+
+
+class ReplayRun(Base):
+    """An applied replay running now: its recalls are ``held`` until it ends (``recall status``).
+
+    The replay refreshes ``heartbeat_at`` while it runs and deletes its row when it ends; a row
+    whose heartbeat stopped is a replay that was killed.
+    """
+
+    __tablename__ = "replay_runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime]
+    heartbeat_at: Mapped[datetime]

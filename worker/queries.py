@@ -10,9 +10,21 @@ from typing import Any, Literal
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from worker.models import DeadLetter, Phone, ProcessedEvent, Recall
+from worker.models import DeadLetter, Phone, ProcessedEvent, Recall, ReplayRun
 
-__all__ = ["RecallCounts", "dead_letters", "phone", "phones", "recall_counts", "summary"]
+__all__ = [
+    "HeldRecalls",
+    "PhoneFilter",
+    "RecallCounts",
+    "count_dead_letters",
+    "count_phones",
+    "dead_letters",
+    "held_recalls",
+    "phone",
+    "phones",
+    "recall_counts",
+    "summary",
+]
 
 PhoneFilter = Literal["all", "eligible", "waiting"]
 
@@ -53,20 +65,40 @@ def phone(session: Session, phone_id: str) -> dict[str, Any] | None:
     return None if row is None else _with_recalls(session, [row])[0]
 
 
+def _phones_where(which: PhoneFilter) -> list[Any]:
+    if which == "eligible":
+        return [Phone.eligible.is_(True)]
+    if which == "waiting":
+        return [Phone.pending_recall_id.is_not(None)]
+    return []
+
+
 def phones(session: Session, which: PhoneFilter, limit: int) -> list[dict[str, Any]]:
     """Phones in id order: all, the dial-eligible ones, or those waiting for a recall."""
-    query = select(Phone).order_by(Phone.phone_id).limit(limit)
-    if which == "eligible":
-        query = query.where(Phone.eligible.is_(True))
-    elif which == "waiting":
-        query = query.where(Phone.pending_recall_id.is_not(None))
+    query = select(Phone).where(*_phones_where(which)).order_by(Phone.phone_id).limit(limit)
     return _with_recalls(session, session.scalars(query).all())
 
 
+def count_phones(session: Session, which: PhoneFilter) -> int:
+    """How many phones ``phones`` would list without a limit."""
+    query = select(func.count()).select_from(Phone).where(*_phones_where(which))
+    return session.scalar(query) or 0
+
+
+def _letters_where(include_replayed: bool) -> list[Any]:
+    return [] if include_replayed else [DeadLetter.status == "new"]
+
+
+def count_dead_letters(session: Session, *, include_replayed: bool) -> int:
+    """How many letters ``dead_letters`` would list without a limit."""
+    query = select(func.count()).select_from(DeadLetter).where(*_letters_where(include_replayed))
+    return session.scalar(query) or 0
+
+
 def dead_letters(session: Session, *, include_replayed: bool, limit: int) -> list[dict[str, Any]]:
-    query = select(DeadLetter).order_by(DeadLetter.id).limit(limit)
-    if not include_replayed:
-        query = query.where(DeadLetter.status == "new")
+    query = (
+        select(DeadLetter).where(*_letters_where(include_replayed)).order_by(DeadLetter.id)
+    ).limit(limit)
     return [
         {
             "id": letter.id,
@@ -126,3 +158,28 @@ def recall_counts(session: Session, now: datetime) -> RecallCounts:
         ).where(Recall.state == "pending")
     ).one()
     return RecallCounts(row[0] or 0, row[1] or 0, row[2] or 0, row[3])
+
+
+@dataclass(frozen=True, slots=True)
+class HeldRecalls:
+    """Recalls an applied replay holds back from the dispatcher, and the replays running now."""
+
+    held: int
+    oldest_due_at: datetime | None
+    replays_running: int
+    #: The latest heartbeat of any replay, running or not (None: no replay is recorded).
+    last_heartbeat_at: datetime | None
+
+
+def held_recalls(session: Session, now: datetime, running_within: timedelta) -> HeldRecalls:
+    """Held recalls, and the replays whose heartbeat is more recent than ``running_within``."""
+    held, oldest = session.execute(
+        select(func.count(), func.min(Recall.due_at)).where(Recall.state == "held")
+    ).one()
+    running, last = session.execute(
+        select(
+            func.count().filter(ReplayRun.heartbeat_at >= now - running_within),
+            func.max(ReplayRun.heartbeat_at),
+        )
+    ).one()
+    return HeldRecalls(held or 0, oldest, running or 0, last)

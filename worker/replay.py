@@ -8,17 +8,20 @@ uses. Memory grows with the number of distinct phones, not with the number of ev
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import heapq
 import os
 import shutil
+import socket
 import tempfile
+import threading
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
 from typing import IO, Any
@@ -35,11 +38,14 @@ from worker.store import apply_events
 
 __all__ = [
     "CHUNK_EVENTS",
+    "HEARTBEAT_S",
+    "RUNNING_WITHIN_S",
     "Rejection",
     "Simulation",
     "Summary",
     "apply",
     "fewer_collections",
+    "running_replay",
     "share_of",
     "simulate",
     "sorted_events",
@@ -566,3 +572,56 @@ def apply(
     if batch:
         flush()
     return summary
+
+
+# An applied replay says it is alive this often (a row in replay_runs); one silent for
+# RUNNING_WITHIN_S is taken as gone (killed, its machine lost), and its held recalls as orphaned.
+HEARTBEAT_S = 10.0
+RUNNING_WITHIN_S = 60.0
+
+
+@contextmanager
+def running_replay() -> Iterator[None]:
+    """Record an applied replay as running (host, pid, heartbeat) in the database while it runs.
+
+    Its recalls are ``held`` until it ends; ``recall status`` tells held recalls of a running
+    replay from those a replay left behind (interrupted), which only running it again releases.
+    The record is in the database so that it works with several machines on one PostgreSQL.
+    """
+    from sqlalchemy import delete, update
+
+    from worker.db import session_scope
+    from worker.models import ReplayRun
+
+    now = datetime.now(UTC)
+    with session_scope() as session:
+        # Rows of replays that died without a word: nobody else removes them.
+        gone = now - timedelta(seconds=RUNNING_WITHIN_S)
+        session.execute(delete(ReplayRun).where(ReplayRun.heartbeat_at < gone))
+        run = ReplayRun(
+            host=socket.gethostname(), pid=os.getpid(), started_at=now, heartbeat_at=now
+        )
+        session.add(run)
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(HEARTBEAT_S):
+            try:
+                with session_scope() as session:
+                    session.execute(
+                        update(ReplayRun)
+                        .where(ReplayRun.id == run.id)
+                        .values(heartbeat_at=datetime.now(UTC))
+                    )
+            except Exception:  # a missed beat is retried; the replay goes on
+                continue
+
+    thread = threading.Thread(target=beat, name="replay-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        with contextlib.suppress(Exception), session_scope() as session:
+            session.execute(delete(ReplayRun).where(ReplayRun.id == run.id))

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from config.settings import Settings, mask_url
+from worker.logs import mask_secrets
 from worker.rules import RulesError, load_rules
 
-__all__ = ["Status", "collect"]
+__all__ = ["Status", "broker_error", "check_broker", "collect"]
 
 QUEUES = ("call_results", "recalls")
 # How late the oldest pending recall may be before the system counts as unhealthy: the
@@ -30,6 +32,9 @@ class Status:
     recalls_due_next_hour: int | None = None
     recalls_overdue: int | None = None
     oldest_overdue_due_at: datetime | None = None
+    recalls_held: int | None = None
+    oldest_held_due_at: datetime | None = None
+    replays_running: int | None = None
     dead_letters_new: int | None = None
     problems: list[str] = field(default_factory=list)
 
@@ -53,14 +58,42 @@ class Status:
                 "oldest_overdue_due_at": (
                     self.oldest_overdue_due_at.isoformat() if self.oldest_overdue_due_at else None
                 ),
+                "held": self.recalls_held,
+                "oldest_held_due_at": (
+                    self.oldest_held_due_at.isoformat() if self.oldest_held_due_at else None
+                ),
             },
+            "replays_running": self.replays_running,
             "dead_letters_new": self.dead_letters_new,
         }
 
 
 def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
+    text = mask_secrets(str(error)).strip().splitlines()
     return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+def broker_error(error: BaseException, url: str) -> str:
+    """Why the broker at ``url`` cannot be used, in one line (kombu's errors run to many)."""
+    if isinstance(error, TypeError) and "password=" in urlsplit(url).query:
+        # kombu's Redis transport passes the password twice and fails with a TypeError.
+        return "a password must be in the URL's user part (redis://:PASSWORD@host), not ?password="
+    return _first_line(error)
+
+
+def check_broker(app: Any, timeout: float) -> Any:
+    """Connect to ``app``'s broker, retrying once within ``timeout``; return the connection.
+
+    The caller closes it (a ``with`` block); any failure raises (see ``broker_error``).
+    """
+    connection = app.connection_for_write()
+    try:
+        connection.ensure_connection(max_retries=1, timeout=timeout)
+        connection.default_channel.client.ping()
+    except BaseException:
+        connection.release()
+        raise
+    return connection
 
 
 def _database(status: Status, now: datetime) -> None:
@@ -68,12 +101,14 @@ def _database(status: Status, now: datetime) -> None:
 
     from worker.db import DatabaseNotReady, ensure_migrated, get_engine, session_scope
     from worker.models import DeadLetter
-    from worker.queries import recall_counts
+    from worker.queries import held_recalls, recall_counts
+    from worker.replay import RUNNING_WITHIN_S
 
     try:
         ensure_migrated(get_engine())
         with session_scope() as session:
             counts = recall_counts(session, now)
+            held = held_recalls(session, now, timedelta(seconds=RUNNING_WITHIN_S))
             status.dead_letters_new = session.scalar(
                 select(func.count()).select_from(DeadLetter).where(DeadLetter.status == "new")
             )
@@ -87,6 +122,19 @@ def _database(status: Status, now: datetime) -> None:
     status.recalls_due_next_hour = counts.due_next_hour
     status.recalls_overdue = counts.overdue
     status.oldest_overdue_due_at = counts.oldest_overdue_due_at
+    status.recalls_held, status.oldest_held_due_at = held.held, held.oldest_due_at
+    status.replays_running = held.replays_running
+    if held.held and not held.replays_running:
+        # Only a replay releases its held recalls, at its end: one that stopped never will.
+        since = (
+            f", last seen {held.last_heartbeat_at.isoformat(timespec='seconds')}"
+            if held.last_heartbeat_at is not None
+            else ""
+        )
+        status.problems.append(
+            f"{held.held} recalls held by an applied replay that is not running{since}: the"
+            " dispatcher never fires them; run the same replay again to finish"
+        )
     if counts.oldest_overdue_due_at is not None:
         late = (now - counts.oldest_overdue_due_at).total_seconds()
         if late > OVERDUE_LIMIT_S:
@@ -98,14 +146,13 @@ def _database(status: Status, now: datetime) -> None:
 
 def _broker(status: Status, app: Any, queues: tuple[str, ...], timeout: float) -> None:
     try:
-        with app.connection_for_write() as connection:
-            connection.ensure_connection(max_retries=1, timeout=timeout)
+        with check_broker(app, timeout) as connection:
             client = connection.default_channel.client
             for queue in queues:
                 status.queues[queue] = int(client.llen(queue))
         replies = app.control.ping(timeout=timeout) or []
     except Exception as error:
-        status.problems.append(f"broker: {_first_line(error)}")
+        status.problems.append(f"broker: {broker_error(error, app.conf.broker_url)}")
         return
     status.workers = sorted(name for reply in replies for name in reply)
     if not status.workers:

@@ -32,6 +32,10 @@ class RecallGroup(click.Group):
         kwargs["standalone_mode"] = False
         try:
             result = super().main(*args, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as error:
+            # `recall` or `recall rules` alone asks for the help: it is no error.
+            click.echo(error.ctx.get_help())
+            sys.exit(0)
         except click.UsageError as error:
             where = error.ctx.command_path if error.ctx is not None else "recall"
             click.echo(f"error: {error.format_message()} (see '{where} --help')", err=True)
@@ -100,6 +104,11 @@ def parse_now(text: str | None) -> datetime:
     if not MIN_YEAR <= moment.year <= MAX_YEAR:
         raise CommandError(f"--now: year must be {MIN_YEAR}-{MAX_YEAR}, got {text!r}")
     return moment
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 dead letter``, ``2 dead letters``: a count with its noun (an ``s`` unless it is one)."""
+    return f"{count:,} {noun}" if count == 1 else f"{count:,} {noun}s"
 
 
 def echo_json(data: Any) -> None:

@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from config.settings import get_settings
 from worker.app import app
-from worker.cli.common import CommandError
+from worker.cli.common import CommandError, plural
 from worker.cli.services import ready_database
 from worker.client import RecallClient
 from worker.db import session_scope
@@ -40,8 +40,11 @@ def _rebased(record: object, shift: timedelta) -> object:
     return record
 
 
-def _local(moment: datetime) -> str:
-    return moment.astimezone().strftime("%H:%M:%S")
+def _local(moment: datetime, now: datetime | None = None) -> str:
+    """``moment`` in local time: the time of day, with the date when it is not today."""
+    local = moment.astimezone()
+    today = (now or datetime.now(UTC)).astimezone().date()
+    return local.strftime("%H:%M:%S" if local.date() == today else "%a %Y-%m-%d %H:%M:%S")
 
 
 @click.command()
@@ -101,7 +104,9 @@ def _watch(worker: subprocess.Popen[bytes], seconds: int) -> None:
     shown_letters: set[int] = set()
     deadline = time.monotonic() + seconds
     quiet_since: float | None = None
-    while time.monotonic() < deadline:
+    while True:
+        # Looked at once more when the time is up: what happened in the last second counts too.
+        over = time.monotonic() >= deadline
         if worker.poll() is not None:
             raise CommandError(f"the worker stopped (exit {worker.returncode}); see its log")
         with session_scope() as session:
@@ -145,12 +150,14 @@ def _watch(worker: subprocess.Popen[bytes], seconds: int) -> None:
             if letter_id not in shown_letters:
                 shown_letters.add(letter_id)
                 click.echo(f"rejected dead letter {letter_id}: {reason}: {detail}")
+        if over:
+            break
         if shown_events and pending_soon is None:
             quiet_since = quiet_since or time.monotonic()
             if time.monotonic() - quiet_since > 3:
                 break
-        time.sleep(1)
+        time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
     click.echo(
-        f"\n{len(shown_events)} call results decided, {len(shown_fired)} recalls fired,"
-        f" {len(shown_letters)} dead letters"
+        f"\n{plural(len(shown_events), 'call result')} decided,"
+        f" {plural(len(shown_fired), 'recall')} fired, {plural(len(shown_letters), 'dead letter')}"
     )

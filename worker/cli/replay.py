@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -203,6 +204,7 @@ def replay(
             from worker.cli.services import ready_database
 
             ready_database(migrate=get_settings().embedded)
+            stack.enter_context(_applied_run())
             if not _many_writers():
                 shares = 1
         started = time.monotonic()  # the rate counts reading and sorting too
@@ -255,6 +257,23 @@ def replay(
         echo_json(result)
     else:
         click.echo(_text(result, rejects_path is not None))
+
+
+@contextmanager
+def _applied_run() -> Iterator[None]:
+    """An applied replay, recorded as running while it runs; interrupted, how to finish it.
+
+    Its recalls stay held until its end: running it again (idempotent) takes what was not yet
+    written and releases them.
+    """
+    from worker.replay import running_replay
+
+    try:
+        with running_replay():
+            yield
+    except KeyboardInterrupt:
+        click.echo("interrupted: run the same replay again to finish", err=True)
+        sys.exit(130)
 
 
 def _many_writers() -> bool:

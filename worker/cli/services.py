@@ -6,14 +6,17 @@ import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import click
+from sqlalchemy.orm import Session
 
 from config.settings import get_settings, mask_url
 from worker.cli.common import (
     CommandError,
     echo_json,
     json_option,
+    plural,
     read_rules,
     rules_option,
     use_rules_file,
@@ -27,8 +30,11 @@ from worker.db import (
     upgrade,
 )
 from worker.sources import SourceError, UnreadableRow, check_files, iter_records
+from worker.status import Status, broker_error, check_broker
 
 WORKER_QUEUES = "call_results,recalls"
+# How long `recall publish` waits for the broker before it gives up (as `recall status` does).
+BROKER_TIMEOUT_S = 2.0
 
 
 def ready_database(*, migrate: bool) -> None:
@@ -74,8 +80,7 @@ def worker(no_beat: bool, rules_path: Path | None, celery_args: tuple[str, ...])
     )
     argv = ["worker", "--loglevel", "INFO", "-Q", WORKER_QUEUES]
     if not no_beat:
-        settings.home.mkdir(parents=True, exist_ok=True)
-        argv += ["--beat", "--schedule", str(settings.home / "celerybeat-schedule")]
+        argv += ["--beat", "--schedule", str(settings.ready_home() / "celerybeat-schedule")]
     try:
         app.worker_main([*argv, *celery_args])
     finally:
@@ -100,6 +105,8 @@ def publish(files: tuple[Path, ...], batch: int | None) -> None:
     A CSV row that cannot be delimited (a quote left open) has no record to send: it is listed on
     stderr with its file and line, and publishing goes on.
     """
+    from kombu.exceptions import KombuError
+
     from worker.app import app
     from worker.client import RecallClient, batched
 
@@ -108,6 +115,8 @@ def publish(files: tuple[Path, ...], batch: int | None) -> None:
     except SourceError as error:
         raise CommandError(str(error)) from None
     client = RecallClient(app=app)
+    broker = app.conf.broker_url
+    _reach_broker(app, broker)
     sent = messages = unreadable = 0
 
     def records(path: Path) -> Iterator[object]:
@@ -133,12 +142,24 @@ def publish(files: tuple[Path, ...], batch: int | None) -> None:
                     messages += 1
     except SourceError as error:
         raise CommandError(f"{error} ({sent} events published before this)") from None
+    except (KombuError, OSError) as error:  # the broker went away meanwhile
+        raise CommandError(
+            f"broker {mask_url(broker)}: {broker_error(error, broker)}"
+            f" ({sent} events published before the error)"
+        ) from None
     rows = "1 unreadable row" if unreadable == 1 else f"{unreadable} unreadable rows"
     skipped = f"; {rows} not published (listed above)" if unreadable else ""
-    click.echo(
-        f"published {sent} events in {messages} messages to {mask_url(app.conf.broker_url)}"
-        + skipped
-    )
+    click.echo(f"published {sent} events in {messages} messages to {mask_url(broker)}{skipped}")
+
+
+def _reach_broker(app: Any, url: str) -> None:
+    """Refuse, in one line, a broker that cannot be reached, before anything is read or sent."""
+    try:
+        check_broker(app, BROKER_TIMEOUT_S).release()
+    except Exception as error:
+        raise CommandError(
+            f"cannot reach the broker {mask_url(url)}: {broker_error(error, url)}"
+        ) from None
 
 
 @click.group("db")
@@ -186,25 +207,36 @@ def phones_show(phone_id: str, as_json: bool) -> None:
 
 
 @phones.command("list")
-@click.option("--eligible", "which", flag_value="eligible", help="Only dial-eligible phones.")
-@click.option("--waiting", "which", flag_value="waiting", help="Only phones with a pending recall.")
+@click.option("--eligible", is_flag=True, help="Only dial-eligible phones.")
+@click.option("--waiting", is_flag=True, help="Only phones with a pending recall.")
 @click.option("--limit", type=click.IntRange(min=1), default=1000, show_default=True)
 @json_option
-def phones_list(which: str | None, limit: int, as_json: bool) -> None:
-    """List phones (all, --eligible or --waiting), in id order."""
+def phones_list(eligible: bool, waiting: bool, limit: int, as_json: bool) -> None:
+    """List phones (all, --eligible or --waiting), in id order.
+
+    When there are more than --limit, "showing N of M phones" is said on stderr.
+    """
+    from worker.queries import PhoneFilter, count_phones
     from worker.queries import phones as list_phones
 
+    if eligible and waiting:
+        # A phone waiting for a recall is not eligible: together they would list nothing.
+        raise click.UsageError("--eligible and --waiting cannot be used together")
+    which: PhoneFilter = "eligible" if eligible else "waiting" if waiting else "all"
     ready_database(migrate=False)
     with session_scope() as session:
-        rows = list_phones(session, which or "all", limit)  # type: ignore[arg-type]
+        rows = list_phones(session, which, limit)
+        total = count_phones(session, which) if len(rows) == limit else len(rows)
     if as_json:
         echo_json(rows)
-        return
-    for row in rows:
-        pending = row["pending_recall"]
-        state = "eligible" if row["eligible"] else ("waiting" if pending else "-")
-        due = pending["due_at"] if pending else (row["eligible_at"] or "")
-        click.echo(f"{row['phone_id']:<24} {row['plan_id']:<12} {state:<9} {due}")
+    else:
+        for row in rows:
+            pending = row["pending_recall"]
+            state = "eligible" if row["eligible"] else ("waiting" if pending else "-")
+            due = pending["due_at"] if pending else (row["eligible_at"] or "")
+            click.echo(f"{row['phone_id']:<24} {row['plan_id']:<12} {state:<9} {due}")
+    if total > len(rows):
+        click.echo(f"showing {len(rows):,} of {plural(total, 'phone')} (--limit)", err=True)
 
 
 @click.group("dead-letters")
@@ -217,18 +249,30 @@ def dead_letters() -> None:
 @click.option("--limit", type=click.IntRange(min=1), default=1000, show_default=True)
 @json_option
 def dead_letters_list(include_replayed: bool, limit: int, as_json: bool) -> None:
-    """List dead letters, oldest first."""
+    """List dead letters, oldest first.
+
+    How many there are is said on stderr ("showing N of M" when there are more than --limit).
+    """
+    from worker.queries import count_dead_letters
     from worker.queries import dead_letters as query
 
     ready_database(migrate=False)
     with session_scope() as session:
         rows = query(session, include_replayed=include_replayed, limit=limit)
+        total = (
+            count_dead_letters(session, include_replayed=include_replayed)
+            if len(rows) == limit
+            else len(rows)
+        )
     if as_json:
         echo_json(rows)
-        return
-    for row in rows:
-        click.echo(f"{row['id']:>6} {row['received_at']} {row['reason']:<14} {row['detail']}")
-    click.echo(f"{len(rows)} dead letters", err=True)
+    else:
+        for row in rows:
+            click.echo(f"{row['id']:>6} {row['received_at']} {row['reason']:<14} {row['detail']}")
+    if total > len(rows):
+        click.echo(f"showing {len(rows):,} of {plural(total, 'dead letter')} (--limit)", err=True)
+    elif not as_json:
+        click.echo(plural(total, "dead letter"), err=True)
 
 
 @dead_letters.command("replay")
@@ -242,12 +286,34 @@ def dead_letters_replay(ids: tuple[int, ...], rules_path: Path | None, as_json: 
     rules = read_rules(rules_path)
     ready_database(migrate=False)
     with session_scope() as session:
+        _refuse_unknown_letters(session, ids)
         report, refused = replay_dead_letters(session, rules, datetime.now(UTC), ids or None)
     taken = len(report.decisions)
     if as_json:
         echo_json({"taken": taken, "still_refused": refused, "actions": report.counts()})
         return
-    click.echo(f"{taken} dead letters taken, {refused} still refused")
+    click.echo(f"{plural(taken, 'dead letter')} taken, {refused:,} still refused")
+
+
+def _refuse_unknown_letters(session: Session, ids: tuple[int, ...]) -> None:
+    """``--id``: a letter that does not exist, or was replayed already, is an error."""
+    from sqlalchemy import select
+
+    from worker.models import DeadLetter
+
+    if not ids:
+        return
+    query = select(DeadLetter.id, DeadLetter.status).where(DeadLetter.id.in_(ids))
+    found = {row.id: row.status for row in session.execute(query)}
+    missing = sorted(set(ids) - set(found))
+    replayed = sorted(i for i in set(ids) & set(found) if found[i] != "new")
+    problems = []
+    if missing:
+        problems.append(f"no dead letter with id {', '.join(map(str, missing))}")
+    if replayed:
+        problems.append(f"already replayed: {', '.join(map(str, replayed))}")
+    if problems:
+        raise CommandError("; ".join(problems) + " (see `recall dead-letters list --all`)")
 
 
 @click.command()
@@ -270,21 +336,40 @@ def status(timeout: float, rules_path: Path | None, as_json: bool) -> None:
     if as_json:
         echo_json(result.to_json())
     else:
-        data = result.to_json()
-        recalls = data["recalls"]
-        lines = [
-            f"status          {'healthy' if result.healthy else 'UNHEALTHY'}",
-            f"broker          {data['broker']}",
-            f"database        {data['database']}",
-            f"rules           {data['rules']}",
-            f"workers         {len(result.workers)}: {', '.join(result.workers) or '-'}",
-            "queues          "
-            + (", ".join(f"{name} {depth}" for name, depth in result.queues.items()) or "-"),
-            f"recalls         {recalls['pending']} pending, {recalls['due_next_hour']} due in the"
-            f" next hour, {recalls['overdue']} overdue"
-            + (f" (oldest due {recalls['oldest_overdue_due_at']})" if recalls["overdue"] else ""),
-            f"dead letters    {data['dead_letters_new']} new",
-        ]
-        lines += [f"problem         {problem}" for problem in result.problems]
-        click.echo("\n".join(lines))
+        click.echo(_status_text(result))
     sys.exit(0 if result.healthy else 1)
+
+
+def _status_text(result: Status) -> str:
+    """``recall status`` as aligned lines; what the database could not tell is "unknown"."""
+    data = result.to_json()
+    recalls = data["recalls"]
+    if recalls["pending"] is None:
+        recalls_line = "unknown"
+    else:
+        recalls_line = (
+            f"{recalls['pending']} pending, {recalls['due_next_hour']} due in the next hour,"
+            f" {recalls['overdue']} overdue"
+        )
+        if recalls["overdue"]:
+            recalls_line += f" (oldest due {recalls['oldest_overdue_due_at']})"
+        if recalls["held"]:
+            running = data["replays_running"]
+            recalls_line += (
+                f"; {recalls['held']} held (oldest due {recalls['oldest_held_due_at']}),"
+                f" {plural(running, 'replay')} running"
+            )
+    letters = data["dead_letters_new"]
+    lines = [
+        f"status          {'healthy' if result.healthy else 'UNHEALTHY'}",
+        f"broker          {data['broker']}",
+        f"database        {data['database']}",
+        f"rules           {data['rules']}",
+        f"workers         {len(result.workers)}: {', '.join(result.workers) or '-'}",
+        "queues          "
+        + (", ".join(f"{name} {depth}" for name, depth in result.queues.items()) or "-"),
+        f"recalls         {recalls_line}",
+        f"dead letters    {'unknown' if letters is None else f'{letters} new'}",
+    ]
+    lines += [f"problem         {problem}" for problem in result.problems]
+    return "\n".join(lines)
