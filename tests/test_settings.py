@@ -52,3 +52,13 @@ def test_single_event_messages_are_taken_together_and_reserved_to_match() -> Non
         Settings.from_env({**BASE, "RECALL_INGEST_FLUSH_COUNT": "0"})
     with pytest.raises(SettingsError, match="RECALL_INGEST_FLUSH_MS"):
         Settings.from_env({**BASE, "RECALL_INGEST_FLUSH_MS": "-1"})
+
+
+def test_the_clock_skew_allowed_to_events_is_a_setting() -> None:
+    # Hardening #2: an event dated further ahead of the deciding clock than this is refused.
+    assert Settings.from_env(BASE).clock_skew_s == 300
+    assert Settings.from_env({**BASE, "RECALL_CLOCK_SKEW_S": "60"}).clock_skew_s == 60
+    assert Settings.from_env({**BASE, "RECALL_CLOCK_SKEW_S": "0"}).clock_skew_s == 0
+    for bad in ("-1", "soon"):
+        with pytest.raises(SettingsError, match="RECALL_CLOCK_SKEW_S"):
+            Settings.from_env({**BASE, "RECALL_CLOCK_SKEW_S": bad})
