@@ -15,6 +15,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from tests.helpers import DECISION_KEYS, json_of, one_line_error, reset_process_state
+from tests.test_engine import DST_DECISIONS, sunday_rules
 from worker.cli import main
 from worker.events import event_from_csv_row, parse_event
 from worker.rules import DEFAULT_RULES_PATH, Rules, load_rules
@@ -383,6 +384,28 @@ def test_decide_refuses_an_event_ahead_of_its_clock(
     finally:
         monkeypatch.delenv("RECALL_CLOCK_SKEW_S")
         reset_process_state()
+
+
+@pytest.mark.parametrize(("zone", "window", "occurred_at", "due_at", "shown"), DST_DECISIONS)
+def test_decide_calling_hours_on_dst_days(
+    runner: CliRunner,
+    tmp_path: Path,
+    zone: str,
+    window: str,
+    occurred_at: str,
+    due_at: str,
+    shown: str,
+) -> None:
+    # Hardening #5.
+    rules = tmp_path / "rules.toml"
+    rules.write_text(sunday_rules(zone, window), encoding="utf-8")
+    event = event_json(plan_id="p", occurred_at=occurred_at)
+    args = ("decide", "--rules", str(rules), "--now", occurred_at)
+    data = json_of(run(runner, *args, "--json", input=event))
+    assert (data["due_at"], data["adjustments"]) == (due_at, ["calling_hours"])
+    text = run(runner, *args, input=event)
+    assert text.exit_code == 0, text.output
+    assert f"action    recall at {due_at} ({shown})" in text.stdout
 
 
 def test_decide_missing_event_file_is_an_error(runner: CliRunner, tmp_path: Path) -> None:
