@@ -63,6 +63,7 @@ ENVIRONMENT = (
     "RECALL_MAX_BATCH",
     "RECALL_INGEST_FLUSH_COUNT",
     "RECALL_INGEST_FLUSH_MS",
+    "RECALL_CLOCK_SKEW_S",
     "RECALL_METRICS_PORT",
     "RECALL_METRICS_ADDRESS",
     "RECALL_LOG_FORMAT",
@@ -103,6 +104,10 @@ class Settings:
     #: How long a message waits for others to be taken with (milliseconds), at most: a lone
     #: message is stored this much later, never longer.
     ingest_flush_ms: float = 20.0
+    #: How far ahead of the deciding clock an event's occurred_at may be (seconds): a dialer's
+    #: clock runs a little fast; a call dated further ahead is refused (invalid_event), since
+    #: trusted it would make every real call for its phone look late until that date.
+    clock_skew_s: int = 300
     #: Port of each worker's Prometheus endpoint (/metrics); 0 turns it off.
     metrics_port: int = 9547
     #: Address the endpoint listens on: loopback on the embedded default (one machine, nothing
@@ -152,6 +157,7 @@ class Settings:
             max_batch=int(_number(env, "RECALL_MAX_BATCH", 5000, 1)),
             ingest_flush_count=int(_number(env, "RECALL_INGEST_FLUSH_COUNT", 50, 1)),
             ingest_flush_ms=_number(env, "RECALL_INGEST_FLUSH_MS", 20.0, 0.0),
+            clock_skew_s=int(_number(env, "RECALL_CLOCK_SKEW_S", 300, 0)),
             metrics_port=int(_number(env, "RECALL_METRICS_PORT", 9547, 0)),
             metrics_address=env.get("RECALL_METRICS_ADDRESS", "").strip()
             or ("127.0.0.1" if embedded else "0.0.0.0"),

@@ -14,7 +14,8 @@ import orjson
 import pytest
 from click.testing import CliRunner, Result
 
-from tests.helpers import DECISION_KEYS, json_of, one_line_error
+from tests.helpers import DECISION_KEYS, json_of, one_line_error, reset_process_state
+from tests.test_engine import DST_DECISIONS, sunday_rules
 from worker.cli import main
 from worker.events import event_from_csv_row, parse_event
 from worker.rules import DEFAULT_RULES_PATH, Rules, load_rules
@@ -368,6 +369,54 @@ def test_decide_extreme_timestamps_fail_cleanly(
         runner, "decide", "--json", "--now", now, input=event_json(occurred_at=occurred_at)
     )
     one_line_error(result)
+
+
+def test_decide_refuses_an_event_ahead_of_its_clock(
+    runner: CliRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Hardening #2: judged against --now, else against the wall clock.
+    ahead = event_json(occurred_at="2026-03-30T09:05:01+00:00")
+    line = one_line_error(run(runner, "decide", "--json", "--now", NOW, input=ahead))
+    assert line == (
+        "error: invalid_event: occurred_at: 2026-03-30T09:05:01+00:00 is 301 s ahead of the clock"
+        " (2026-03-30T09:00:00+00:00); the limit is RECALL_CLOCK_SKEW_S=300 s"
+    )
+    within = event_json(occurred_at="2026-03-30T09:05:00+00:00")
+    assert json_of(run(runner, "decide", "--json", "--now", NOW, input=within))["action"] == (
+        "recall"
+    )
+    far = event_json(occurred_at="2099-06-01T10:00:00Z")
+    one_line_error(run(runner, "decide", input=far), "invalid_event: occurred_at: 2099-06-01")
+    monkeypatch.setenv("RECALL_CLOCK_SKEW_S", "3600")
+    reset_process_state()
+    try:
+        wider = run(runner, "decide", "--json", "--now", NOW, input=ahead)
+        assert json_of(wider)["action"] == "recall"
+    finally:
+        monkeypatch.delenv("RECALL_CLOCK_SKEW_S")
+        reset_process_state()
+
+
+@pytest.mark.parametrize(("zone", "window", "occurred_at", "due_at", "shown"), DST_DECISIONS)
+def test_decide_calling_hours_on_dst_days(
+    runner: CliRunner,
+    tmp_path: Path,
+    zone: str,
+    window: str,
+    occurred_at: str,
+    due_at: str,
+    shown: str,
+) -> None:
+    # Hardening #5.
+    rules = tmp_path / "rules.toml"
+    rules.write_text(sunday_rules(zone, window), encoding="utf-8")
+    event = event_json(plan_id="p", occurred_at=occurred_at)
+    args = ("decide", "--rules", str(rules), "--now", occurred_at)
+    data = json_of(run(runner, *args, "--json", input=event))
+    assert (data["due_at"], data["adjustments"]) == (due_at, ["calling_hours"])
+    text = run(runner, *args, input=event)
+    assert text.exit_code == 0, text.output
+    assert f"action    recall at {due_at} ({shown})" in text.stdout
 
 
 def test_decide_missing_event_file_is_an_error(runner: CliRunner, tmp_path: Path) -> None:

@@ -491,6 +491,26 @@ def test_dead_letters_replay_after_a_rules_fix(
     assert text.stdout == "0 dead letters taken, 1 still refused\n"
 
 
+def test_dead_letters_replay_takes_a_letter_once_the_clock_has_passed_it(
+    recall: Invoke, db_engine: Engine, default_rules: Rules
+) -> None:
+    # Hardening #2: ingested when the clock read NOW, an event dated a day later was refused;
+    # `recall dead-letters replay` judges against the wall clock, long past that day.
+    ahead = event(event_id="f1", phone_id="PF", occurred_at="2026-01-15T10:00:00+00:00")
+    with Session(db_engine) as session, session.begin():
+        report = ingest(session, [ahead], default_rules, NOW, task="test")
+    assert report.actions == ["reject"]
+    (letter,) = json_of(recall("dead-letters", "list", "--json"))
+    assert (letter["event_id"], letter["reason"]) == ("f1", "invalid_event")
+    assert letter["detail"].startswith("occurred_at: 2026-01-15T10:00:00+00:00 is 23.9 hours ahead")
+
+    replayed = json_of(recall("dead-letters", "replay", "--json"))
+
+    assert (replayed["taken"], replayed["still_refused"]) == (1, 0)
+    phone = json_of(recall("phones", "show", "PF", "--json"))
+    assert phone["last_result_at"] == "2026-01-15T10:00:00+00:00"
+
+
 def test_dead_letters_replay_reads_rules_from_the_environment(
     recall: Invoke,
     filled: dict[str, Decision],

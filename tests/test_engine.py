@@ -8,14 +8,16 @@ each row is decided by exactly one rule or adjustment.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
+import pendulum
 import pytest
 
 from tests.helpers import at, make_event
-from worker.engine import PendingRecall, PhoneHistory, decide
-from worker.rules import Rules, load_rules
+from worker.engine import PendingRecall, PhoneHistory, decide, next_opening
+from worker.rules import CallingHours, Rules, load_rules
 
 WEEKDAYS_9_TO_5 = (
     'mon = "09:00-17:00", tue = "09:00-17:00", wed = "09:00-17:00", thu = "09:00-17:00", '
@@ -963,6 +965,91 @@ def test_calling_hours_boundary_in_dst_gap(
     rules: Rules, event: dict[str, Any], expected: dict[str, Any]
 ) -> None:
     _check(rules, event, PhoneHistory(), None, expected)
+
+
+# Hardening #5: calling hours that do not exist, or exist twice, on a DST day. Worked by hand:
+# London springs forward on Sun 2026-03-29 at 01:00 UTC (01:00 GMT -> 02:00 BST) and falls back
+# on Sun 2026-10-25 at 01:00 UTC (02:00 BST -> 01:00 GMT: 01:00-02:00 local happens twice);
+# New York springs forward on Sun 2026-03-08 at 07:00 UTC (02:00 EST -> 03:00 EDT) and falls
+# back on Sun 2026-11-01 at 06:00 UTC (02:00 EDT -> 01:00 EST). Only Sunday is open.
+LONDON, NEW_YORK = "Europe/London", "America/New_York"
+DST_WINDOWS = [
+    # Wholly in the gap: no instant of it exists, so Sunday is closed; the next Sunday.
+    (LONDON, "01:00-02:00", "2026-03-28T22:15:00Z", "2026-04-05T00:00:00+00:00"),
+    (NEW_YORK, "02:00-02:30", "2026-03-08T05:15:00Z", "2026-03-15T06:00:00+00:00"),
+    # Starts in the gap, ends after it: opens at the end of the gap.
+    (LONDON, "01:30-03:00", "2026-03-28T22:15:00Z", "2026-03-29T01:00:00+00:00"),
+    (NEW_YORK, "02:30-04:00", "2026-03-08T05:15:00Z", "2026-03-08T07:00:00+00:00"),
+    # Ends in the gap: open until the clocks jump (00:50 GMT is inside), closed after (02:05 BST).
+    (LONDON, "00:00-01:30", "2026-03-29T00:50:00Z", "2026-03-29T00:50:00+00:00"),
+    (LONDON, "00:00-01:30", "2026-03-29T01:05:00Z", "2026-04-04T23:00:00+00:00"),
+    # The overlap: opens at the first occurrence (01:00 BST, 01:00 EDT)...
+    (LONDON, "01:00-02:00", "2026-10-24T22:15:00Z", "2026-10-25T00:00:00+00:00"),
+    (NEW_YORK, "01:00-02:00", "2026-10-31T12:00:00Z", "2026-11-01T05:00:00+00:00"),
+    # ... stays open through the second (01:30 GMT, 01:30 EST), and closes at 02:00 GMT.
+    (LONDON, "01:00-02:00", "2026-10-25T01:30:00Z", "2026-10-25T01:30:00+00:00"),
+    (NEW_YORK, "01:00-02:00", "2026-11-01T06:30:00Z", "2026-11-01T06:30:00+00:00"),
+    (LONDON, "01:00-02:00", "2026-10-25T02:00:00Z", "2026-11-01T01:00:00+00:00"),
+    # Ends in the overlap: closed from 01:30 BST, open again from 01:00 GMT until 01:30 GMT.
+    (LONDON, "00:30-01:30", "2026-10-25T00:35:00Z", "2026-10-25T01:00:00+00:00"),
+    # Starts in the overlap: 01:30 BST first; at 01:05 GMT the clock reads before the start.
+    (LONDON, "01:30-03:00", "2026-10-25T00:10:00Z", "2026-10-25T00:30:00+00:00"),
+    (LONDON, "01:30-03:00", "2026-10-25T01:05:00Z", "2026-10-25T01:30:00+00:00"),
+    (NEW_YORK, "01:30-03:00", "2026-11-01T06:05:00Z", "2026-11-01T06:30:00+00:00"),
+    # An ordinary Sunday is what it always was.
+    (LONDON, "09:00-17:00", "2026-01-10T12:00:00Z", "2026-01-11T09:00:00+00:00"),
+    (NEW_YORK, "09:00-17:00", "2026-01-11T16:00:00Z", "2026-01-11T16:00:00+00:00"),
+]
+
+
+@pytest.mark.parametrize(("zone", "window", "moment", "expected"), DST_WINDOWS)
+def test_next_opening_across_dst_changes(
+    zone: str, window: str, moment: str, expected: str
+) -> None:
+    start, end = (int(part[:2]) * 60 + int(part[3:]) for part in window.split("-"))
+    hours = CallingHours(((),) * 6 + (((start, end),),))
+    local = at(moment).astimezone(pendulum.timezone(zone))
+    opening = next_opening(local, hours)
+    assert opening.astimezone(UTC).isoformat() == expected
+    # Its local wall-clock time is inside the window.
+    wall = opening.astimezone(pendulum.timezone(zone))
+    assert wall.weekday() == 6
+    assert start <= wall.hour * 60 + wall.minute < end
+
+
+#: The issue's decisions (and New York's overlap), also checked through `recall decide`.
+DST_DECISIONS = [
+    (LONDON, "01:00-02:00", "2026-03-28T22:00:00Z", "2026-04-05T00:00:00+00:00",
+     "Sun 2026-04-05 01:00 BST"),
+    (NEW_YORK, "02:00-02:30", "2026-03-08T05:00:00Z", "2026-03-15T06:00:00+00:00",
+     "Sun 2026-03-15 02:00 EDT"),
+    (LONDON, "01:00-02:00", "2026-10-24T22:00:00Z", "2026-10-25T00:00:00+00:00",
+     "Sun 2026-10-25 01:00 BST"),
+    (NEW_YORK, "01:00-02:00", "2026-10-31T04:00:00Z", "2026-11-01T05:00:00+00:00",
+     "Sun 2026-11-01 01:00 EDT"),
+]  # fmt: skip
+
+
+def sunday_rules(zone: str, window: str) -> str:
+    """A plan ``p`` in ``zone`` open on Sundays in ``window`` only."""
+    return f'[[plans]]\nid = "p"\ntimezone = "{zone}"\ncalling_hours = {{ sun = "{window}" }}\n'
+
+
+@pytest.mark.parametrize(("zone", "window", "occurred_at", "due_at", "shown"), DST_DECISIONS)
+def test_a_recall_into_a_dst_window(
+    write_rules: Callable[..., Path],
+    zone: str,
+    window: str,
+    occurred_at: str,
+    due_at: str,
+    shown: str,
+) -> None:
+    rules = load_rules(write_rules(sunday_rules(zone, window)))
+    event = make_event(plan_id="p", occurred_at=occurred_at)
+    decision = decide(event, rules, PhoneHistory(), event.occurred_at)
+    assert (decision.action, decision.adjustments) == ("recall", ("calling_hours",))
+    assert decision.to_json()["due_at"] == due_at
+    assert decision.explanation.endswith(f"moved to the next calling hours, {shown}")
 
 
 def test_plan_without_timezone_takes_the_defaults_zone(rules: Rules) -> None:

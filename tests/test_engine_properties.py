@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -13,9 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.helpers import at, make_event
-from worker.engine import Decision, PendingRecall, PhoneHistory, decide
+from worker.engine import Decision, PendingRecall, PhoneHistory, decide, next_opening
 from worker.events import CallResult
-from worker.rules import Duration, Plan, Rules, load_rules
+from worker.rules import CallingHours, Duration, Plan, Rules, load_rules
 
 ZONES = (
     "Europe/London",
@@ -158,6 +158,114 @@ def test_recall_inside_calling_hours(scenario: Scenario) -> None:
     minutes = local.hour * 60 + local.minute
     ranges = hours.days[local.weekday()]
     assert any(start <= minutes < end for start, end in ranges), (local, ranges)
+
+
+@st.composite
+def calling_hours(draw: st.DrawFn) -> CallingHours:
+    """Up to two ranges a day, on quarter hours, most of them among the hours DST changes skip
+    or repeat (00:00-05:00), some anywhere; at least one day open."""
+    days: list[tuple[tuple[int, int], ...]] = []
+    for _ in range(7):
+        ranges: list[tuple[int, int]] = []
+        cursor = 0
+        for _ in range(draw(st.integers(0, 2))):
+            start = cursor + draw(st.integers(0, 12) | st.integers(0, 95)) * 15
+            if start >= 24 * 60:
+                break
+            cursor = min(start + draw(st.integers(1, 16)) * 15, 24 * 60)
+            ranges.append((start, cursor))
+        days.append(tuple(ranges))
+    if not any(days):
+        days[draw(st.integers(0, 6))] = ((60, 120),)
+    return CallingHours(tuple(days))
+
+
+def _open(stamp: float, zone: str, hours: CallingHours) -> bool:
+    """Whether the local clock (the standard library's zoneinfo) reads inside the hours then."""
+    local = datetime.fromtimestamp(stamp, ZoneInfo(zone))
+    seconds = local.hour * 3600 + local.minute * 60 + local.second + local.microsecond / 1e6
+    return any(start * 60 <= seconds < end * 60 for start, end in hours.days[local.weekday()])
+
+
+def _change_instant(noon: datetime, zone: str) -> datetime:
+    """The instant ``zone``'s offset changed in the day before ``noon`` (to the second)."""
+    tz = ZoneInfo(zone)
+    low, high = noon - timedelta(days=1), noon
+    while high - low > timedelta(seconds=1):
+        middle = low + (high - low) / 2
+        if middle.astimezone(tz).utcoffset() == low.astimezone(tz).utcoffset():
+            low = middle
+        else:
+            high = middle
+    return high
+
+
+CHANGES = {zone: [_change_instant(day, zone) for day in _transition_days(zone)] for zone in ZONES}
+
+
+@st.composite
+def zone_and_instant(draw: st.DrawFn) -> tuple[str, datetime]:
+    """A zone, and an instant anywhere or from a day and a half before one of its own DST
+    changes to a few hours after it."""
+    zone = draw(st.sampled_from(ZONES))
+    if not CHANGES[zone] or draw(st.integers(0, 3)) == 0:
+        return zone, draw(instants())
+    change = draw(st.sampled_from(CHANGES[zone]))
+    return zone, change + timedelta(minutes=draw(st.integers(-36 * 60, 6 * 60)))
+
+
+@settings(max_examples=500, deadline=None)
+@given(where=zone_and_instant(), hours=calling_hours())
+def test_next_opening_is_the_first_instant_inside_the_hours(
+    where: tuple[str, datetime], hours: CallingHours
+) -> None:
+    # Hardening #5: whatever DST does to the ranges. Ranges and offset changes fall on whole
+    # minutes, so an open instant before the opening would show on a whole minute (or at start).
+    zone, instant = where
+    moment = instant.astimezone(pendulum.timezone(zone))
+    opening = next_opening(moment, hours)
+    start, found = moment.timestamp(), opening.timestamp()
+    assert found >= start
+    assert _open(found, zone, hours), (moment, opening)
+    assert (found == start) == _open(start, zone, hours)
+    first_minute = int(start // 60 + 1) * 60
+    assert not any(_open(stamp, zone, hours) for stamp in range(first_minute, int(found), 60))
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    where=zone_and_instant(),
+    hours=calling_hours(),
+    sip_code=st.sampled_from(COMMON_SIP_CODES),
+    outcome_code=st.none() | st.sampled_from(KNOWN_OUTCOMES),
+    retry_after_s=st.none() | st.integers(0, 3 * 86400),
+    earlier=st.lists(st.integers(1, 10 * 86400), max_size=6),
+    late_by=st.integers(0, 3 * 86400),
+)
+def test_a_recall_always_falls_inside_the_calling_hours(
+    where: tuple[str, datetime],
+    hours: CallingHours,
+    sip_code: int,
+    outcome_code: str | None,
+    retry_after_s: int | None,
+    earlier: list[int],
+    late_by: int,
+) -> None:
+    # Hardening #5: a recall's due time is read inside the hours on the phone's local clock,
+    # whatever the caps, Retry-After and DST changes do to it.
+    zone, instant = where
+    plan = replace(RULES.plans["default"], calling_hours=hours)
+    rules = replace(RULES, plans={**RULES.plans, plan.id: plan})
+    event = make_event(
+        plan_id=plan.id, sip_code=sip_code, outcome_code=outcome_code, timezone=zone,
+        occurred_at=instant.isoformat(), retry_after_s=retry_after_s,
+    )  # fmt: skip
+    history = PhoneHistory(attempts=tuple(instant - timedelta(seconds=s) for s in earlier))
+    decision = decide(event, rules, history, instant + timedelta(seconds=late_by))
+    if decision.action != "recall":
+        return
+    assert decision.due_at is not None
+    assert _open(decision.due_at.timestamp(), zone, hours), decision
 
 
 def _check_caps(plan: Plan, zone: str, times: list[datetime], due: datetime) -> None:

@@ -75,6 +75,7 @@ SUMMARY_KEYS = {
     "recalls_fired",
     "recalls_pending",
     "dead_letters",
+    "events_after_now",
 }
 
 
@@ -912,6 +913,112 @@ def test_a_truncated_list_of_rejections_says_how_many_and_where_the_rest_are(
     )
 
 
+# Hardening #13: replay ends at --now. a and y1 recall at 10:15, after --now (10:14): neither
+# fires. b lies 2 minutes after --now, within the clock skew: taken, it supersedes a. c and d lie
+# further after --now than the skew: not in the history, dead letters like any bad row.
+AFTER_NOW_END = t("10:14")
+AFTER_NOW = [
+    ev("a", "X", t("10:00")),
+    ev("y1", "Y", t("10:00")),
+    ev("b", "X", t("10:16")),
+    ev("c", "Y", t("10:30")),
+    ev("d", "Z", "2026-06-01T10:00:00+00:00"),
+    "{not json",
+]
+
+
+def check_after_now(result: dict[str, Any], out: Path, rejects: Path) -> None:
+    summary = result["summary"]
+    assert summary["events"] == 3
+    assert (summary["dead_letters"], summary["events_after_now"]) == (3, 2)
+    assert (summary["recalls_fired"], summary["recalls_pending"]) == (0, 2)
+    assert [d["event_id"] for d in read_jsonl(out)] == ["a", "y1", "b"]
+    found = read_jsonl(rejects)
+    assert [(r["event_id"], r["line"], r["reason"]) for r in found] == [
+        ("c", 4, "invalid_event"),
+        ("d", 5, "invalid_event"),
+        (None, 6, "invalid_event"),
+    ]
+    assert found[0]["detail"] == (
+        "occurred_at: 2026-01-14T10:30:00+00:00 is 960 s ahead of the clock"
+        " (2026-01-14T10:14:00+00:00); the limit is RECALL_CLOCK_SKEW_S=300 s"
+    )
+    assert found[1]["detail"].startswith("occurred_at: 2026-06-01T10:00:00+00:00 is 137 days ")
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+@pytest.mark.parametrize("compare", [False, True])
+def test_events_after_now_are_left_out_and_no_recall_fires_after_it(
+    tmp_path: Path, rules_file: Path, jobs: str, compare: bool
+) -> None:
+    path = write_lines(tmp_path / "x.jsonl", AFTER_NOW)
+    out, rejects = tmp_path / "out.jsonl", tmp_path / "rejects.jsonl"
+    slower = tmp_path / "slower.toml"
+    slower.write_text(RULES + SLOWER_BUSY, encoding="utf-8")
+    args = (
+        path, "--dry-run", "--now", AFTER_NOW_END, "--rules", rules_file, "--jobs", jobs,
+        *(("--compare", slower) if compare else ()),
+    )  # fmt: skip
+
+    result = replay_json(*args, "--output", out, "--dead-letters", rejects)
+
+    check_after_now(result, out, rejects)
+    if compare:
+        other = result["compare"]["summary"]
+        assert (other["events"], other["recalls_fired"], other["recalls_pending"]) == (3, 0, 2)
+        assert (other["dead_letters"], other["events_after_now"]) == (3, 2)
+    text = recall("replay", *args)
+    assert text.exit_code == 0, (text.output, text.exception)
+    assert re.search(r"^  of which after --now +2( +2)?$", text.stdout, re.MULTILINE), text.stdout
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_events_after_now_are_left_out_when_applied(
+    tmp_path: Path,
+    rules_file: Path,
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+    jobs: str,
+) -> None:
+    use_database(monkeypatch, database_url)
+    path = write_lines(tmp_path / "x.jsonl", AFTER_NOW)
+    out, rejects = tmp_path / "out.jsonl", tmp_path / "rejects.jsonl"
+
+    result = replay_json(
+        path, "--now", AFTER_NOW_END, "--rules", rules_file, "--jobs", jobs,
+        "--output", out, "--dead-letters", rejects,
+    )  # fmt: skip
+
+    assert result["mode"] == "applied"
+    check_after_now(result, out, rejects)
+    at = {clock: datetime.fromisoformat(t(clock)) for clock in ("10:15", "10:31")}
+    assert recall_rows(database_url) == {
+        "a": ("superseded", at["10:15"], None),
+        "y1": ("pending", at["10:15"], None),
+        "b": ("pending", at["10:31"], None),
+    }
+    letters = json_of(recall("dead-letters", "list", "--json"))
+    assert sorted((x["event_id"], x["reason"]) for x in letters if x["event_id"]) == [
+        ("c", "invalid_event"),
+        ("d", "invalid_event"),
+    ]
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_now_before_the_whole_history_leaves_every_event_out(tmp_path: Path, jobs: str) -> None:
+    count = write_jsonl(history(seed=19, leads=40), tmp_path / "h.jsonl")
+
+    result = replay_json(
+        tmp_path / "h.jsonl", "--dry-run", "--now", "2020-01-01T00:00:00Z", "--jobs", jobs
+    )
+
+    summary = result["summary"]
+    assert (summary["events"], summary["dead_letters"], summary["events_after_now"]) == (
+        0, count, count,
+    )  # fmt: skip
+    assert (summary["recalls_fired"], summary["recalls_pending"]) == (0, 0)
+
+
 @pytest.mark.usefixtures("private_tmp")
 def test_a_file_that_cannot_be_read_is_a_one_line_error_that_leaves_nothing(
     tmp_path: Path,
@@ -1555,6 +1662,7 @@ def test_json_summary_counts_an_exact_history(tmp_path: Path, rules_file: Path) 
         "recalls_fired": 3,
         "recalls_pending": 17,
         "dead_letters": 1,
+        "events_after_now": 0,
     }
     assert result["mode"] == "dry-run"
     assert [r["line"] for r in result["rejections_sample"]] == [23]

@@ -61,3 +61,13 @@ def test_metrics_listen_on_loopback_unless_in_production() -> None:
     chosen = {**BASE, "RECALL_METRICS_ADDRESS": "10.0.0.7"}
     assert Settings.from_env(chosen).metrics_address == "10.0.0.7"
     assert Settings.from_env({"RECALL_METRICS_ADDRESS": "::"}).metrics_address == "::"
+
+
+def test_the_clock_skew_allowed_to_events_is_a_setting() -> None:
+    # Hardening #2: an event dated further ahead of the deciding clock than this is refused.
+    assert Settings.from_env(BASE).clock_skew_s == 300
+    assert Settings.from_env({**BASE, "RECALL_CLOCK_SKEW_S": "60"}).clock_skew_s == 60
+    assert Settings.from_env({**BASE, "RECALL_CLOCK_SKEW_S": "0"}).clock_skew_s == 0
+    for bad in ("-1", "soon"):
+        with pytest.raises(SettingsError, match="RECALL_CLOCK_SKEW_S"):
+            Settings.from_env({**BASE, "RECALL_CLOCK_SKEW_S": bad})

@@ -22,7 +22,7 @@ import pytest
 from sqlalchemy import Engine, inspect, select, text
 from sqlalchemy.orm import Session
 
-from tests.helpers import EVENT_DEFAULTS, at
+from tests.helpers import EVENT_DEFAULTS, at, reset_process_state
 from worker import queries
 from worker.events import parse_event
 from worker.models import Attempt, DeadLetter, Phone, ProcessedEvent, Recall
@@ -642,6 +642,69 @@ def test_replay_of_one_event_id_dead_lettered_for_two_phones(
     assert [row.event_id for row in table(db_engine, ProcessedEvent)] == ["n1"]
 
 
+def test_an_event_far_ahead_of_the_clock_is_a_dead_letter_and_poisons_nothing(
+    db_engine: Engine, rules: Rules
+) -> None:
+    # Hardening #2: a dialer's clock said 2099; trusted, every real call for PF would be late.
+    future = event(
+        event_id="fut-1", plan_id="manual", lead_id="L", phone_id="PF",
+        occurred_at="2099-06-01T10:00:00Z", outcome_code="CALLBACK",
+    )  # fmt: skip
+    report = run_ingest(db_engine, [future, event(event_id="ok", phone_id="PO")], rules)
+
+    assert report.actions == ["reject", "recall"]
+    (letter,) = table(db_engine, DeadLetter)
+    assert (letter.event_id, letter.reason) == ("fut-1", "invalid_event")
+    assert letter.detail == (
+        "occurred_at: 2099-06-01T10:00:00+00:00 is 26,800 days ahead of the clock"
+        " (2026-01-14T10:01:00+00:00); the limit is RECALL_CLOCK_SKEW_S=300 s"
+    )
+    assert phone_json(db_engine, "PF") is None
+    # A real call for PF is decided as any other.
+    (decision,) = run_ingest(db_engine, [event(event_id="real", phone_id="PF")], rules).decisions
+    assert (decision.action, decision.due_at) == ("recall", DUE_486)
+
+
+def test_the_clock_skew_is_a_bound_on_how_far_ahead_an_event_may_be(
+    db_engine: Engine, rules: Rules, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    within = event(event_id="in", phone_id="P1", occurred_at="2026-01-14T10:06:00+00:00")
+    beyond = event(event_id="out", phone_id="P2", occurred_at="2026-01-14T10:06:01+00:00")
+    assert run_ingest(db_engine, [within, beyond], rules).actions == ["recall", "reject"]
+    (letter,) = table(db_engine, DeadLetter)
+    assert letter.detail.startswith("occurred_at: 2026-01-14T10:06:01+00:00 is 301 s ahead")
+
+    monkeypatch.setenv("RECALL_CLOCK_SKEW_S", "0")
+    reset_process_state()
+    try:
+        late = event(event_id="zero", phone_id="P3", occurred_at="2026-01-14T10:01:01+00:00")
+        (rejected,) = run_ingest(db_engine, [late], rules).rejected
+        assert rejected[2].endswith("the limit is RECALL_CLOCK_SKEW_S=0 s")
+    finally:
+        monkeypatch.delenv("RECALL_CLOCK_SKEW_S")
+        reset_process_state()
+
+
+def test_a_letter_from_the_future_is_taken_once_the_clock_has_passed_it(
+    db_engine: Engine, rules: Rules
+) -> None:
+    ahead = event(event_id="f1", phone_id="PF", occurred_at="2026-01-14T11:00:00+00:00")
+    run_ingest(db_engine, [ahead], rules)
+
+    # Still ahead of the clock: refused again, with the clock of this replay in the reason.
+    report, refused = replay(db_engine, rules, at("2026-01-14T10:30:00+00:00"))
+    assert (actions(report), refused) == ([], 1)
+    (letter,) = table(db_engine, DeadLetter)
+    assert (letter.status, letter.reason) == ("new", "invalid_event")
+    assert "ahead of the clock (2026-01-14T10:30:00+00:00)" in letter.detail
+
+    # Within the skew of a later clock: taken, and decided as of its own time.
+    report, refused = replay(db_engine, rules, at("2026-01-14T10:55:00+00:00"))
+    assert (actions(report), refused) == (["recall"], 0)
+    assert report.decisions[0].due_at == at("2026-01-14T11:15:00+00:00")
+    assert [x.status for x in table(db_engine, DeadLetter)] == ["replayed"]
+
+
 # --- dispatch: claim_due -------------------------------------------------------------------------
 
 
@@ -1044,7 +1107,8 @@ def test_an_older_call_is_decided_in_its_place_and_the_newer_one_again(
     assert (phone.generation, phone.system_recalls) == (2, 2)
     assert (phone.last_event_id, phone.pending_recall_id) == ("e2", "e2")
     assert phone.last_decision == stored["e2"][1]
-    assert len(run_ingest(db_engine, [older, newer], rules).decisions) == 2  # duplicates now
+    again = run_ingest(db_engine, [older, newer], rules, at("2026-01-14T10:33:00+00:00"))
+    assert len(again.decisions) == 2  # duplicates now
     assert recall_states(db_engine) == {"e1": "superseded", "e2": "pending"}
 
 
@@ -1060,7 +1124,8 @@ def test_late_calls_hold_the_pending_recall_to_the_attempt_cap(
     in_order_at = at("2026-01-15T10:00:00+00:00")
 
     late = [calls[2], calls[0], calls[1]]  # the newest first: the other two are late
-    decisions = [run_ingest(db_engine, [call], rules).decisions[0] for call in late]
+    clock = at("2026-01-14T10:11:00+00:00")  # when the calls arrive, after all three
+    decisions = [run_ingest(db_engine, [call], rules, clock).decisions[0] for call in late]
 
     assert [(d.action, d.due_at) for d in decisions] == [
         ("recall", at("2026-01-14T10:25:00+00:00")),
@@ -1112,10 +1177,11 @@ def test_a_late_call_after_a_firing_keeps_it_and_redecides_what_followed(
     run_ingest(db_engine, [event(event_id="e1")], rules)
     fired_at = at("2026-01-14T10:15:00.300000+00:00")
     fire(db_engine, ["e1"], fired_at)
-    run_ingest(db_engine, [event(event_id="e3", occurred_at="2026-01-14T10:30:00+00:00")], rules)
+    e3 = event(event_id="e3", occurred_at="2026-01-14T10:30:00+00:00")
+    run_ingest(db_engine, [e3], rules, at("2026-01-14T10:31:00+00:00"))
 
     late = event(event_id="e2", occurred_at="2026-01-14T10:20:00+00:00")
-    (decision,) = run_ingest(db_engine, [late], rules).decisions
+    (decision,) = run_ingest(db_engine, [late], rules, at("2026-01-14T10:32:00+00:00")).decisions
 
     assert (decision.action, decision.due_at) == ("recall", at("2026-01-14T10:35:00+00:00"))
     assert "replaces" not in decision.explanation  # the phone was eligible, nothing pending

@@ -9,12 +9,13 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 import orjson
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from config.settings import get_settings
 from worker.engine import Decision
 from worker.events import MAX_EVENT_BYTES, CallResult, InvalidEvent, parse_event, parse_event_json
 from worker.models import DeadLetter
@@ -22,9 +23,11 @@ from worker.rules import Rules
 from worker.store import Letter, apply_events, record_dead_letters
 
 __all__ = [
+    "AheadOfClock",
     "IngestReport",
     "Rejected",
     "accept",
+    "check_clock",
     "event_id_of",
     "ingest",
     "raw_text",
@@ -94,8 +97,44 @@ class Rejected(ValueError):
         self.detail = detail
 
 
-def accept(raw: object, rules: Rules) -> CallResult:
-    """Validate one raw input (a decoded event or its JSON text) against the schema and rules."""
+class AheadOfClock(Rejected):
+    """An event dated further ahead of the deciding clock than ``RECALL_CLOCK_SKEW_S`` allows."""
+
+
+def _ahead(seconds: float) -> str:
+    if seconds >= 86_400:
+        days = int(seconds // 86_400)
+        return f"{days:,} day{'s' if days > 1 else ''}"
+    if seconds >= 3600:
+        return f"{seconds // 360 / 10:.1f} hours"  # rounded down, as days are
+    return f"{seconds:,.0f} s"
+
+
+def check_clock(event: CallResult, now: datetime, skew_s: int | None = None) -> None:
+    """Refuse ``event`` if it occurred more than ``skew_s`` seconds after ``now``.
+
+    A dialer's clock can be wrong. Trusted, a call dated years ahead makes every real call for
+    its phone look late (decided before it) and holds the phone until that date. Refused, it waits
+    in the dead letters, and a replay of them takes it once the clock has passed it. ``now`` is
+    the deciding clock: the worker's wall clock, or ``--now`` of ``recall decide`` and replay.
+    ``skew_s`` defaults to ``RECALL_CLOCK_SKEW_S``.
+    """
+    limit = get_settings().clock_skew_s if skew_s is None else skew_s
+    ahead = (event.occurred_at - now).total_seconds()
+    if ahead > limit:
+        raise AheadOfClock(
+            "invalid_event",
+            f"occurred_at: {event.occurred_at.isoformat()} is {_ahead(ahead)} ahead of the clock"
+            f" ({now.astimezone(UTC).isoformat(timespec='seconds')}); the limit is"
+            f" RECALL_CLOCK_SKEW_S={limit} s",
+        )
+
+
+def accept(raw: object, rules: Rules, now: datetime, skew_s: int | None = None) -> CallResult:
+    """Validate one raw input (a decoded event or its JSON text) against the schema and rules.
+
+    ``now`` is the deciding clock, for ``check_clock``.
+    """
     try:
         # Senders in other languages may put the event on the wire as JSON text.
         if isinstance(raw, str | bytes):
@@ -117,6 +156,7 @@ def accept(raw: object, rules: Rules) -> CallResult:
         raise Rejected("invalid_event", str(error)) from None
     if event.plan_id not in rules.plans:
         raise Rejected("unknown_plan", f"plan_id: plan {event.plan_id!r} is not in the rules")
+    check_clock(event, now, skew_s)
     return event
 
 
@@ -133,7 +173,7 @@ def ingest(
     taken: list[bool] = []
     for raw in payloads:
         try:
-            good.append(accept(raw, rules))
+            good.append(accept(raw, rules, now))
         except Rejected as error:
             reject(raw, error.reason, error.detail, _event_id_of(raw))
             taken.append(False)
@@ -164,7 +204,7 @@ def replay_dead_letters(
     for letter in session.scalars(query.with_for_update()):
         try:
             # The stored text is the payload as sent (or its JSON form): it parses as it did.
-            taken.append(accept(letter.payload, rules))
+            taken.append(accept(letter.payload, rules, now))
         except Rejected as error:
             letter.reason, letter.detail = error.reason, error.detail
             refused += 1

@@ -30,7 +30,7 @@ import orjson
 
 from worker.engine import Decision, decide, phone_zone, timezone
 from worker.events import NO_EXTRA, CallResult
-from worker.pipeline import Rejected, accept, event_id_of, raw_text
+from worker.pipeline import AheadOfClock, Rejected, accept, event_id_of, raw_text
 from worker.rules import Rules
 from worker.sources import UnreadableRow, iter_records
 from worker.state import PhoneState, attempt_lookback
@@ -71,6 +71,8 @@ class Rejection:
     event_id: str | None = None
     #: Where its file stands among the files replayed (orders rejections across processes).
     file_index: int = 0
+    #: Refused for lying after the replay's --now (beyond the skew): not in the history replayed.
+    after_now: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -173,8 +175,11 @@ class SortedEvents:
         on_read: Callable[[int], None] | None = None,  # records read so far, every 10,000
         share: tuple[int, int] = (0, 1),
         on_accept: Callable[[CallResult], None] | None = None,
+        now: datetime | None = None,
     ) -> None:
         self._share = share
+        # The replay's --now: events further ahead of it than the skew are not in its history.
+        self._now = now or datetime.now(UTC)
         self._on_accept = on_accept
         self._run: list[tuple[int, int, int, CallResult]] = []
         self._spilled: list[str] = []
@@ -211,12 +216,12 @@ class SortedEvents:
                     )  # fmt: skip
                     continue
                 try:
-                    event = accept(raw, rules)
+                    event = accept(raw, rules, self._now)
                 except Rejected as error:
                     on_reject(
                         Rejection(
                             str(path), number, error.reason, error.detail, raw_text(raw),
-                            event_id_of(raw), file_index,
+                            event_id_of(raw), file_index, isinstance(error, AheadOfClock),
                         )
                     )  # fmt: skip
                     continue
@@ -288,12 +293,15 @@ def sorted_events(
     *,
     chunk: int = CHUNK_EVENTS,
     on_read: Callable[[int], None] | None = None,
+    now: datetime | None = None,
 ) -> SortedEvents:
     """Validate every record of ``files``; the result iterates them in event-time order.
 
     Rejected records go to ``on_reject`` as they are read; ties are broken by file, then line.
+    ``now`` is the replay's end (default: the wall clock): events further ahead of it than
+    ``RECALL_CLOCK_SKEW_S`` are rejected (``worker.pipeline.check_clock``).
     """
-    return SortedEvents(files, rules, on_reject, chunk=chunk, on_read=on_read)
+    return SortedEvents(files, rules, on_reject, chunk=chunk, on_read=on_read, now=now)
 
 
 @dataclass
@@ -309,6 +317,8 @@ class Summary:
     delay_minutes: Counter[int] = field(default_factory=Counter)
     fired: int = 0
     dead_letters: int = 0
+    #: Of the dead letters, events that lay after the replay's --now (beyond the clock skew).
+    after_now: int = 0
 
     def add(self, event: CallResult, decision: Decision, zone: str) -> None:
         self.events += 1
@@ -336,6 +346,7 @@ class Summary:
         self.delay_minutes.update(other.delay_minutes)
         self.fired += other.fired
         self.dead_letters += other.dead_letters
+        self.after_now += other.after_now
 
     def delay_percentile(self, fraction: float) -> float | None:
         """The recall delay at ``fraction`` (0.5 = median), in seconds, to a minute's accuracy."""
@@ -361,14 +372,18 @@ class Summary:
             "recall_delay_s": {"median": median, "p95": p95},
             "recalls_fired": self.fired,
             "dead_letters": self.dead_letters,
+            "events_after_now": self.after_now,
         }
 
 
 class Simulation:
     """Phones in memory, a simulated clock, and recalls that fire as the clock passes them."""
 
-    def __init__(self, rules: Rules) -> None:
+    def __init__(self, rules: Rules, until: datetime | None = None) -> None:
         self.rules = rules
+        # The end of the simulation: the clock never passes it, even for an event within the
+        # clock skew after it, so that no recall fires after --now.
+        self.until = until
         self.phones: dict[str, PhoneState] = {}
         # (due timestamp, recall_id, phone_id, due_at): floats compare far faster than datetimes.
         self.due: list[tuple[float, str, str, datetime]] = []
@@ -392,7 +407,8 @@ class Simulation:
                 self.summary.fired += 1
 
     def take(self, event: CallResult) -> Decision:
-        self.advance(event.occurred_at)
+        end = self.until
+        self.advance(event.occurred_at if end is None or event.occurred_at <= end else end)
         state = self.phones.get(event.phone_id)
         if state is None:
             state = self.phones[event.phone_id] = PhoneState(
@@ -516,8 +532,8 @@ def simulate(
 
     Returns the summary, the recalls still pending at the end, and the what-if beside it.
     """
-    simulation = Simulation(rules)
-    comparison = Comparison(Simulation(compare_rules)) if compare_rules is not None else None
+    simulation = Simulation(rules, until)
+    comparison = Comparison(Simulation(compare_rules, until)) if compare_rules is not None else None
     for position, event in events:
         decision = simulation.take(event)
         if on_decision is not None:
@@ -539,6 +555,7 @@ APPLY_BATCH = 5000
 def apply(
     events: Iterable[tuple[Position, CallResult]],
     rules: Rules,
+    until: datetime,
     *,
     on_decision: OnDecision | None = None,
     on_progress: Callable[[int], None] | None = None,
@@ -546,7 +563,8 @@ def apply(
     """Write ``events`` (in replay order) to the database through the worker's own code.
 
     Each batch is one transaction of ``apply_events`` on the simulated clock (each event decided
-    as of its own time, recalls due before it fired first). Returns the summary of what was decided.
+    as of its own time, recalls due before it, and not after ``until``, fired first). Returns the
+    summary of what was decided.
     """
     from worker.db import session_scope  # dry runs never load it
 
@@ -555,7 +573,7 @@ def apply(
 
     def flush() -> None:
         with session_scope() as session:
-            applied = apply_events(session, [event for _, event in batch], rules, None)
+            applied = apply_events(session, [event for _, event in batch], rules, None, until=until)
         for (position, event), decision in zip(batch, applied.decisions, strict=True):
             summary.add(event, decision, phone_zone(rules, event))
             if on_decision is not None:

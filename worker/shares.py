@@ -143,7 +143,7 @@ def _run_share(job: _Job, index: int, shares: int, counters: Any, parent: Any) -
     ):
 
         def on_reject(rejection: Rejection) -> None:
-            row = (rejection.file_index, rejection.line, rejection.to_json())
+            row = (rejection.file_index, rejection.line, rejection.to_json(), rejection.after_now)
             rejects.write(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE))
 
         def on_decision(position: Position, decision: Decision) -> None:
@@ -158,7 +158,7 @@ def _run_share(job: _Job, index: int, shares: int, counters: Any, parent: Any) -
 
         with SortedEvents(
             job.files, job.rules, on_reject, chunk=job.chunk, share=(index, shares),
-            on_accept=lambda event: ids.add(event.event_id), on_read=on_read,
+            on_accept=lambda event: ids.add(event.event_id), on_read=on_read, now=job.until,
         ) as events:  # fmt: skip
             ids.finish()
             parent.send((ids.path, events.count))
@@ -169,9 +169,11 @@ def _run_share(job: _Job, index: int, shares: int, counters: Any, parent: Any) -
                 from worker.db import get_engine  # dry runs never load it
 
                 get_engine().dispose(close=False)  # the parent's pooled connections stay its own
-                return _Part(
-                    apply(events.positioned(), job.rules, on_decision=keep, on_progress=on_progress)
-                )
+                summary = apply(
+                    events.positioned(), job.rules, job.until,
+                    on_decision=keep, on_progress=on_progress,
+                )  # fmt: skip
+                return _Part(summary)
             summary, pending, comparison = simulate(
                 events.positioned(), job.rules, job.compare_rules, job.until,
                 on_decision=keep, on_progress=on_progress,
@@ -305,8 +307,8 @@ def _merge(
 ) -> Shared:
     paths = [os.path.join(directory, str(index)) for index in range(len(results))]
     by_line = heapq.merge(*(read_rows(f"{path}.rejects") for path in paths), key=lambda r: r[:2])
-    for _, _, data in by_line:
-        on_reject(Rejection(**data))
+    for _, _, data, after_now in by_line:
+        on_reject(Rejection(**data, after_now=after_now))
     if on_decision is not None:
         by_position = heapq.merge(
             *(read_rows(f"{path}.decisions") for path in paths), key=lambda r: r[:3]

@@ -420,14 +420,19 @@ class _PhonesAppeared(Exception):
 
 
 def apply_events(
-    session: Session, events: Sequence[CallResult], rules: Rules, now: datetime | None
+    session: Session,
+    events: Sequence[CallResult],
+    rules: Rules,
+    now: datetime | None,
+    *,
+    until: datetime | None = None,
 ) -> Applied:
     """Decide ``events`` against their phones' history and write everything in this transaction.
 
     Events of one phone are taken in event-time order (ties in the given order). With ``now``
     None, the clock is simulated (replay): each event is decided as of its own time, and a
-    pending recall that fell due before it fires first, at its due time. Returns one decision
-    per event, in the order given.
+    pending recall that fell due before it fires first, at its due time, though never one due
+    after ``until`` (the replay's end). Returns one decision per event, in the order given.
     """
     if not events:
         return Applied([])
@@ -438,10 +443,10 @@ def apply_events(
         # finds it before anything else is written: the batch is decided again the safe way.
         try:
             with session.begin_nested():
-                return _apply_events(session, events, rules, now, optimistic=True)
+                return _apply_events(session, events, rules, now, until, optimistic=True)
         except _PhonesAppeared:
             pass
-    return _apply_events(session, events, rules, now)
+    return _apply_events(session, events, rules, now, until)
 
 
 def _apply_events(
@@ -449,6 +454,7 @@ def _apply_events(
     events: Sequence[CallResult],
     rules: Rules,
     now: datetime | None,
+    until: datetime | None = None,
     *,
     optimistic: bool = False,
 ) -> Applied:
@@ -477,7 +483,12 @@ def _apply_events(
         state = states[event.phone_id]
         if first_copy[event.event_id] != index:
             state.seen.setdefault(event.event_id, event.occurred_at)
-        if now is None and state.pending is not None and state.pending.due_at <= event.occurred_at:
+        if (
+            now is None
+            and state.pending is not None
+            and state.pending.due_at <= event.occurred_at
+            and (until is None or state.pending.due_at <= until)
+        ):
             fired_id = state.fire(state.pending.due_at)
             if fired_id is not None:
                 fired[fired_id] = state.eligible_at or event.occurred_at

@@ -159,6 +159,15 @@ def bad_case(n: int | str) -> st.SearchStrategy[Case]:
                 "not an ISO-8601 date and time",
             )
         ),
+        # Hardening #2: a dialer's clock far ahead (an hour to a century) poisons no phone.
+        st.integers(3600, 100 * 366 * 86400).map(
+            lambda ahead: Case(
+                _with(n, "occurred_at", (datetime.now(UTC) + timedelta(seconds=ahead)).isoformat()),
+                "invalid_event",
+                "occurred_at",
+                "ahead of the clock",
+            )
+        ),
         st.sampled_from(
             ["0001-01-01T00:00:00+00:00", "1969-12-31T23:59:59+00:00", "9999-12-31T23:59:59+00:00"]
         ).map(
@@ -267,8 +276,14 @@ def good_event(n: int | str) -> st.SearchStrategy[dict[str, Any]]:
             "lead_id": ODD_ID.map(lambda t: f"L-good-{n}-{t}"),
             "phone_id": ODD_ID.map(lambda t: f"P-good-{n}-{t}"),
             "sip_code": st.integers(100, 699),
+            # The same instant written with several offsets (not the same wall clock with
+            # another offset: -05:00 would be five hours ahead of the worker's clock).
             "occurred_at": st.sampled_from(["+00:00", "-05:00", "+05:45", "Z"]).map(
-                lambda offset: moment.isoformat().replace("+00:00", offset)
+                lambda offset: (
+                    moment.astimezone(datetime.fromisoformat(f"2026-01-01T00:00:00{offset}").tzinfo)
+                    .isoformat()
+                    .replace("+00:00", offset)
+                )
             ),
         },
         optional={
@@ -366,7 +381,7 @@ def test_malformed_events_and_messages_become_dead_letters_and_good_ones_are_app
     bad, good = generate()
     rules = load_rules()
     for item in good:  # the good ones really are good, the bad ones really bad
-        accept(orjson.loads(orjson.dumps(item)), rules)
+        accept(orjson.loads(orjson.dumps(item)), rules, datetime.now(UTC))
     refused = sum(_refused(case.payload, rules) for case in bad)
     assert refused == len(bad)
     messages = message_cases(len(bad) + len(good))
@@ -467,7 +482,7 @@ def _marker_source(payload: Any) -> str:
 
 def _refused(payload: Any, rules: Any) -> bool:
     try:
-        accept(payload, rules)
+        accept(payload, rules, datetime.now(UTC))
     except Rejected:
         return True
     return False

@@ -13,6 +13,8 @@ Two parts, both through one real worker on Redis and PostgreSQL:
 - **DST changes, due times only.** The next DST changes are months away and firing is by UTC
   instant (shown live above), so these events are dated on those days in 2027 and published to
   the same worker: it decides them as it would then, and their recalls wait in the database.
+  The worker refuses events further ahead of its clock than RECALL_CLOCK_SKEW_S (hardening #2),
+  so this one is started with a skew that reaches past those days.
   Must hold: each stored due time equals the instant worked out by hand in CASES.
 """
 
@@ -157,7 +159,12 @@ def test_clock(
     # Decided "now", a past day's recall would be due at once: the DST days must be ahead.
     assert now < min(at(fields["occurred_at"]) for _, _, fields, _ in CASES), "move CASES on"
     opening = (now + timedelta(seconds=75)).replace(second=0, microsecond=0) + timedelta(minutes=1)
-    started = stack(broker_url, postgres, live_rules(opening))
+    # Reaches past the DST days, which are ahead of the clock (else dead letters, by design).
+    skew = (max(at(fields["occurred_at"]) for _, _, fields, _ in CASES) - now) + timedelta(days=1)
+    started = stack(
+        broker_url, postgres, live_rules(opening),
+        RECALL_CLOCK_SKEW_S=str(int(skew.total_seconds())),
+    )  # fmt: skip
     worker, db = started.worker, started.db
     client = RecallClient(broker_url)
     called = utcnow() - BUSY + timedelta(minutes=1)  # its 15-minute recall: outside the hours

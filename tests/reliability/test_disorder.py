@@ -9,7 +9,8 @@ The events lie in the future, so no recall falls due during the test: the live w
 nothing, and the replay's clock is stopped short of every due time (it would otherwise fire
 recalls between one call and the next, which the workers, on the real clock, cannot yet do).
 For the same reason the real clock and the replay's event-time clock decide alike: no recall is
-"already due, so due now" for either.
+"already due, so due now" for either. The workers refuse events further ahead of their clock
+than RECALL_CLOCK_SKEW_S (hardening #2), so they run with a skew reaching past these.
 """
 
 from __future__ import annotations
@@ -151,8 +152,14 @@ def test_shuffled_and_redelivered_events_on_two_workers_end_as_in_order(
         del decision["_order"]
 
     with fresh_database(postgres) as (url, engine):
+        # The skew reaches past the events' days (else dead letters, by design).
+        skew = {
+            "RECALL_CLOCK_SKEW_S": str(
+                int((start - datetime.now(UTC)).total_seconds()) + 30 * 86400
+            )
+        }
         workers = tuple(
-            worker_process(worker_env(broker_url, url, tmp_path / name), name=name)
+            worker_process({**worker_env(broker_url, url, tmp_path / name), **skew}, name=name)
             for name in ("a", "b")
         )
         client = RecallClient(broker_url)

@@ -19,11 +19,18 @@ from worker.cli.common import (
 from worker.engine import Decision, PhoneHistory
 from worker.engine import decide as decide_event
 from worker.events import InvalidEvent, parse_event_json
+from worker.pipeline import Rejected, check_clock
 
 
 @click.command()
 @click.argument("event_file", metavar="[FILE|-]", default="-", type=click.File("rb"))
-@click.option("--now", "now_text", metavar="ISO", help="Decide as of this instant (default: now).")
+@click.option(
+    "--now",
+    "now_text",
+    metavar="ISO",
+    help="Decide as of this instant (default: now). An event more than RECALL_CLOCK_SKEW_S"
+    " (300 s) after it is refused as invalid_event.",
+)
 @rules_option
 @json_option
 def decide(
@@ -36,6 +43,11 @@ def decide(
         event = parse_event_json(event_file.read())
     except InvalidEvent as error:
         raise CommandError(f"invalid event: {error}") from None
+    if event.plan_id in rules.plans:  # else the decision says unknown_plan, as accept does
+        try:
+            check_clock(event, now)
+        except Rejected as error:
+            raise CommandError(f"{error.reason}: {error.detail}") from None
     decision = decide_event(event, rules, PhoneHistory(), now)
     if decision.action == "reject":
         raise CommandError(f"{decision.reason}: {decision.explanation}")

@@ -131,7 +131,8 @@ class Progress:
     "--now",
     "now_text",
     metavar="ISO",
-    help="End of the simulation (default: now): recalls due later stay pending.",
+    help="End of the history (default: now): recalls due later stay pending; events more than"
+    " RECALL_CLOCK_SKEW_S (300 s) after it are rejected, and counted as after --now.",
 )
 @click.option(
     "--jobs",
@@ -163,10 +164,11 @@ def replay(
 ) -> None:
     """Replay call results from FILES (JSON Lines or CSV, .gz too) in event-time order.
 
-    Recalls fire as the simulated clock passes them. Without --dry-run the results are written to
-    the database through the worker's own code (idempotent on event_id: a second replay changes
-    nothing). Memory grows with the number of phones; large inputs are sorted on disk. Output
-    files replace their targets only when the replay succeeds, and may not be inputs.
+    Recalls fire as the simulated clock passes them, never after --now. Without --dry-run the
+    results are written to the database through the worker's own code (idempotent on event_id: a
+    second replay changes nothing). Memory grows with the number of phones; large inputs are
+    sorted on disk. Output files replace their targets only when the replay succeeds, and may not
+    be inputs.
     """
     rules = read_rules(rules_path)
     compare_rules = read_rules(compare_path) if compare_path is not None else None
@@ -188,11 +190,12 @@ def replay(
         rejects = JsonLinesWriter(stack, rejects_path)
         decisions_out = JsonLinesWriter(stack, output)
         rejected: list[Rejection] = []
-        rejection_count = 0
+        rejection_count = after_now = 0
 
         def on_reject(rejection: Rejection) -> None:
-            nonlocal rejection_count
+            nonlocal rejection_count, after_now
             rejection_count += 1
+            after_now += rejection.after_now
             rejects.write(rejection.to_json())
             if len(summary_rejections) < SHOWN_REJECTIONS:
                 summary_rejections.append(rejection)
@@ -225,7 +228,7 @@ def replay(
         else:  # one process; also when an event id was sent for phones of two processes
             try:
                 events = stack.enter_context(
-                    sorted_events(files, rules, on_reject, on_read=progress.reading)
+                    sorted_events(files, rules, on_reject, on_read=progress.reading, now=until)
                 )
             except SourceError as error:
                 raise CommandError(str(error)) from None
@@ -239,13 +242,14 @@ def replay(
                 )  # fmt: skip
             else:
                 summary = apply(
-                    events.positioned(), rules, on_decision=keep, on_progress=progress.tick
+                    events.positioned(), rules, until, on_decision=keep, on_progress=progress.tick
                 )
         if not dry_run:
             pending = _finish_applied(summary, until, rejected)
-        summary.dead_letters = rejection_count
-        if comparison is not None:  # the same rows are rejected under either rules
-            comparison.simulation.summary.dead_letters = rejection_count
+        # Rows are rejected before any rule looks at them: the same for both rule sets.
+        summaries = [summary] if comparison is None else [summary, comparison.simulation.summary]
+        for each in summaries:
+            each.dead_letters, each.after_now = rejection_count, after_now
         elapsed = progress.close()
 
     result = _result(summary, pending, elapsed, dry_run, summary_rejections, comparison, rules)
@@ -389,6 +393,7 @@ def _text(result: dict[str, Any], rejects_written: bool = False) -> str:
     row("recalls fired", lambda s: s["recalls_fired"])
     row("recalls pending at end", lambda s: s["recalls_pending"])
     row("dead letters", lambda s: s["dead_letters"])
+    row("  of which after --now", lambda s: s["events_after_now"])
     width = max(len(label) for label, _ in rows) + 2
     lines = [f"replay ({result['mode']}): {result['rules']}"]
     if "compare" in result:
