@@ -25,13 +25,14 @@ from typing import IO, Any
 
 import orjson
 
-from worker.engine import Decision, decide, phone_zone, timezone
+from worker.engine import Decision, phone_zone, timezone
 from worker.events import NO_EXTRA, CallResult
 from worker.pipeline import Rejected, accept, event_id_of, raw_text
 from worker.rules import Rules
 from worker.sources import iter_records
-from worker.state import PhoneState, attempt_lookback
+from worker.state import attempt_lookback
 from worker.store import apply_events
+from worker.timeline import Timeline
 
 __all__ = [
     "CHUNK_EVENTS",
@@ -350,17 +351,16 @@ class Summary:
 
 
 class Simulation:
-    """Phones in memory, a simulated clock, and recalls that fire as the clock passes them."""
+    """The timeline in memory on a simulated clock: recalls fire as the clock passes them."""
 
     def __init__(self, rules: Rules) -> None:
         self.rules = rules
-        self.phones: dict[str, PhoneState] = {}
+        self.timeline = Timeline(rules)
+        self.phones = self.timeline.phones
         # (due timestamp, recall_id, phone_id, due_at): floats compare far faster than datetimes.
         self.due: list[tuple[float, str, str, datetime]] = []
         self.summary = Summary()
         self.lookback = attempt_lookback(rules) or timedelta(days=1)
-        #: Event ids taken lately, across phones; forgotten after the lookback (see _compact).
-        self.recent_ids: dict[str, datetime] = {}
         self._taken = 0
         self._next_compaction = 50_000
 
@@ -378,17 +378,8 @@ class Simulation:
 
     def take(self, event: CallResult) -> Decision:
         self.advance(event.occurred_at)
-        state = self.phones.get(event.phone_id)
-        if state is None:
-            state = self.phones[event.phone_id] = PhoneState(
-                event.phone_id, event.lead_id, event.plan_id
-            )
-        # The event id is the idempotency key across all phones, as in the database.
-        first_seen = self.recent_ids.setdefault(event.event_id, event.occurred_at)
-        if first_seen is not event.occurred_at:
-            state.seen.setdefault(event.event_id, first_seen)
-        decision = decide(event, self.rules, state.history(), event.occurred_at)
-        transition = state.take(event, decision)
+        step = self.timeline.take(event, None)
+        transition = step.transition
         if transition.rescheduled is not None:
             recall_id, due_at = transition.rescheduled
             heapq.heappush(self.due, (due_at.timestamp(), recall_id, event.phone_id, due_at))
@@ -403,6 +394,7 @@ class Simulation:
                     scheduled.due_at,
                 ),
             )
+        decision = step.decision
         self.summary.add(event, decision, phone_zone(self.rules, event))
         self._taken += 1
         # Compaction visits every phone: run it once per phone-count of events (at least 50,000)
@@ -415,10 +407,7 @@ class Simulation:
     def _compact(self, now: datetime) -> None:
         # Keep memory proportional to phones: forget what no rule can look at any more, and drop
         # heap entries of superseded recalls.
-        horizon = now - self.lookback
-        for state in self.phones.values():
-            state.forget_before(horizon)
-        self.recent_ids = {key: when for key, when in self.recent_ids.items() if when >= horizon}
+        self.timeline.forget_before(now - self.lookback)
         if len(self.due) > 2 * len(self.phones):
             self.due = [
                 item for item in self.due if self.phones[item[2]].pending_recall_id == item[1]
