@@ -83,14 +83,15 @@ Position = tuple[int, int, int]
 
 
 def share_of(raw: object, shares: int) -> int:
-    """Which of ``shares`` processes replays a record: a stable hash of its phone id.
+    """Which of ``shares`` processes replays a record: a stable hash of its lead id.
 
-    A record with no readable phone id goes to the first, which rejects it.
+    A lead's phones stay together (rules may count every call to a lead). A record with no
+    readable lead id goes to the first, which rejects it.
     """
-    phone_id = raw.get("phone_id") if isinstance(raw, dict) else None
-    if not isinstance(phone_id, str):
+    lead_id = raw.get("lead_id") if isinstance(raw, dict) else None
+    if not isinstance(lead_id, str):
         return 0
-    return zlib.crc32(phone_id.encode("utf-8", "surrogatepass")) % shares
+    return zlib.crc32(lead_id.encode("utf-8", "surrogatepass")) % shares
 
 
 def _sort_key(event: CallResult) -> int:

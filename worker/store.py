@@ -2,9 +2,9 @@
 
 Every function takes an open session (the caller owns the transaction) and works in bulk: a batch
 of events costs a fixed handful of statements, not a few per event. Concurrency is handled by
-locking phone rows (``SELECT ... FOR UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite) in
-phone-id order, always phones before recalls, so two workers on the same phone serialise and never
-deadlock.
+locking rows (``SELECT ... FOR UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite) in id
+order, always leads before phones before recalls, so two workers on the same lead serialise and
+never deadlock.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 
 from worker.engine import APPLYING_ACTIONS, Decision, PendingRecall
 from worker.events import CallResult, parse_event
-from worker.models import Attempt, Base, DeadLetter, Phone, ProcessedEvent, Recall
+from worker.models import Attempt, Base, DeadLetter, Lead, Phone, ProcessedEvent, Recall
 from worker.rules import Rules
 from worker.state import PhoneState, attempt_lookback, decision_json
 from worker.timeline import Before, StoredEvent, Timeline
@@ -213,6 +213,29 @@ _PHONE_COLUMNS = (
 )
 
 
+def _lock_leads(session: Session, lead_ids: Sequence[str]) -> None:
+    """Lock the rows of ``lead_ids`` (sorted), made on a lead's first event: one lead at a time.
+
+    Leads are always locked before phones, in id order, so two batches never deadlock. SQLite
+    has one writer at a time already; its rows are made all the same, so both hold the same.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        for part in chunks(lead_ids):
+            session.execute(
+                sqlite.insert(Lead).on_conflict_do_nothing(), [{"lead_id": i} for i in part]
+            )
+        return
+    source, values = _unnest(Lead, ("lead_id",), [(lead_id,) for lead_id in lead_ids])
+    # Waiting on another batch's uncommitted insert of a lead is waiting for that lead too.
+    insert_leads = sql.SQL(
+        "INSERT INTO leads (lead_id) SELECT * FROM {} ORDER BY lead_id ON CONFLICT DO NOTHING"
+    ).format(source)
+    with _dbapi(session).cursor() as cursor:
+        cursor.execute(insert_leads, values)
+    for among in _among(session, Lead.lead_id, lead_ids):
+        session.execute(select(Lead.lead_id).where(among).order_by(Lead.lead_id).with_for_update())
+
+
 def _load_phones(
     session: Session,
     events: Sequence[CallResult],
@@ -226,6 +249,7 @@ def _load_phones(
     New phones are created here (locked, as rows of this transaction), or, ``optimistic``, left
     to be inserted with their final state when the batch is written (see ``apply_events``).
     """
+    _lock_leads(session, sorted({event.lead_id for event in events}))
     firsts: dict[str, CallResult] = {}
     for event in events:
         firsts.setdefault(event.phone_id, event)
