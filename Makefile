@@ -6,10 +6,10 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: install demo test lint types pytest reliability bench bench-quick bench-engine bench-replay bench-ingest clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev,flower]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,flower]"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -8,10 +8,14 @@ import orjson
 import pytest
 import redis
 from celery import Celery
+from celery.signals import worker_init
+from kombu.transport import redis as kombu_redis
 
 from config.settings import Settings
 from worker.app import CALL_RESULTS_QUEUE, RECALLS_QUEUE, celery_config
 from worker.client import RecallClient
+from worker.redis_transport import TransportMismatch
+from worker.redis_transport import install as install_transport_fixes
 
 
 @pytest.fixture
@@ -67,7 +71,7 @@ def test_a_taken_message_is_held_until_acknowledged_even_if_the_worker_dies(
 ) -> None:
     # kombu's BRPOP removes a message from its queue before the worker records it as unacked; a
     # worker killed in between lost it. The worker's consumer takes and records in one step.
-    import worker.consumer  # noqa: F401  (installs the take-and-hold reading)
+    install_transport_fixes()  # what a starting worker does
 
     app.send_task("recall.process_call_result", args=[{"event_id": "held-1"}])
     client = redis.Redis.from_url(broker_url)
@@ -101,7 +105,7 @@ def test_a_taken_message_is_held_until_acknowledged_even_if_the_worker_dies(
 def test_a_worker_takes_messages_one_at_a_time_and_waits_on_an_empty_queue(
     app: Celery, broker_url: str
 ) -> None:
-    import worker.consumer  # noqa: F401
+    install_transport_fixes()
 
     received: list[str] = []
     with app.connection_for_read() as connection:
@@ -127,3 +131,18 @@ def test_a_worker_takes_messages_one_at_a_time_and_waits_on_an_empty_queue(
     # Closed unacknowledged (a warm shutdown): kombu gives both back.
     assert client.llen(CALL_RESULTS_QUEUE) == 2
     assert client.hlen("unacked") == 0
+
+
+def test_a_worker_refuses_to_start_on_a_kombu_without_the_names_its_fixes_need(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delattr(kombu_redis.Channel, "_brpop_read")
+
+    with pytest.raises(TransportMismatch, match=r"lacks _brpop_read of its Redis channel"):
+        install_transport_fixes()
+    with pytest.raises(SystemExit) as stopped:
+        worker_init.send(sender=None)
+    assert stopped.value.code == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("error: kombu 5.")
+    assert "pip install -c constraints.txt" in line

@@ -403,11 +403,11 @@ def test_an_event_id_sent_again_for_another_phone_is_a_duplicate(
 def test_an_event_id_sent_again_for_a_phone_of_another_share_is_a_duplicate(
     tmp_path: Path, rules_file: Path, jobs: str
 ) -> None:
-    # N and A are replayed by different processes (share_of): the split cannot see the copy, so
-    # the replay notices that an id crossed processes and runs again in one.
-    assert share_of({"phone_id": "N"}, 2) != share_of({"phone_id": "A"}, 2)
-    assert share_of({"phone_id": "N"}, 3) == share_of({"phone_id": "A"}, 3)
-    events = [ev("x1", "N", t("10:00")), ev("x1", "A", t("10:01")), ev("y", "B", t("10:02"))]
+    # D and A (leads L-D and L-A) are replayed by different processes (share_of): the split
+    # cannot see the copy, so the replay notices that an id crossed processes and runs again in one.
+    assert share_of({"lead_id": "L-D"}, 2) != share_of({"lead_id": "L-A"}, 2)
+    assert share_of({"lead_id": "L-D"}, 3) == share_of({"lead_id": "L-A"}, 3)
+    events = [ev("x1", "D", t("10:00")), ev("x1", "A", t("10:01")), ev("y", "B", t("10:02"))]
     out = tmp_path / "out.jsonl"
 
     result = replay_json(
@@ -416,7 +416,7 @@ def test_an_event_id_sent_again_for_a_phone_of_another_share_is_a_duplicate(
     )  # fmt: skip
 
     assert [(d["phone_id"], d["action"]) for d in read_jsonl(out)] == [
-        ("N", "recall"),
+        ("D", "recall"),
         ("A", "duplicate"),
         ("B", "recall"),
     ]

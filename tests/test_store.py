@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from tests.helpers import EVENT_DEFAULTS, at, reset_process_state
 from worker import queries
 from worker.events import parse_event
-from worker.models import Attempt, DeadLetter, Phone, ProcessedEvent, Recall
+from worker.models import Attempt, DeadLetter, Lead, Phone, ProcessedEvent, Recall
 from worker.pipeline import IngestReport, ingest, replay_dead_letters
 from worker.rules import Rules, RulesError, load_rules
 from worker.store import COPY_FROM_ROWS, Fired, apply_events, claim_due, fire_due, fire_recalls
@@ -925,6 +925,42 @@ def test_two_workers_on_one_phone_serialise(db_engine: Engine, rules: Rules) -> 
         assert row.last_result_at == at("2026-01-14T10:05:00+00:00")
         assert row.generation == 2
         assert row.system_recalls == row.generation
+
+
+def test_each_lead_gets_a_row_once(db_engine: Engine, rules: Rules) -> None:
+    first = [event(event_id="l1", phone_id="P1"), event(event_id="l2", phone_id="P2")]
+    run_ingest(db_engine, first, rules)
+    run_ingest(db_engine, [event(event_id="l3", phone_id="P3", lead_id="L2")], rules)
+
+    assert [lead.lead_id for lead in table(db_engine, Lead)] == ["L1", "L2"]
+
+
+def test_the_events_of_one_lead_wait_for_each_other_on_any_phone(
+    db_engine: Engine, rules: Rules
+) -> None:
+    """Two phones of one lead are decided one batch at a time: the lead's row is the lock."""
+    require_postgresql(db_engine)
+    run_ingest(db_engine, [event(event_id="k1", phone_id="K1", lead_id="LK")], rules)
+    done = threading.Event()
+
+    def other_phone() -> None:
+        with transaction(db_engine) as session:
+            ingest(session, [event(event_id="k2", phone_id="K2", lead_id="LK")], rules, NOW,
+                   task="t")  # fmt: skip
+        done.set()
+
+    worker = threading.Thread(target=other_phone)
+    with transaction(db_engine) as holder:
+        holder.execute(select(Lead.lead_id).where(Lead.lead_id == "LK").with_for_update())
+        worker.start()
+        deadline = time.monotonic() + 20
+        while lock_waiters(db_engine) < 1:
+            assert time.monotonic() < deadline, "the other phone's batch never waited for the lead"
+            time.sleep(0.005)
+        assert not done.is_set()
+    worker.join(timeout=30)
+    assert done.is_set()
+    assert phone_row(db_engine, "K2").last_event_id == "k2"
 
 
 def lock_waiters(engine: Engine) -> int:

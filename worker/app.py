@@ -105,6 +105,19 @@ def _after_fork(**_: Any) -> None:
 
 
 @worker_init.connect
+def _install_transport_fixes(**_: Any) -> None:
+    # Before the consumer reads a message: kombu's Redis transport with our two fixes, or no
+    # worker at all (a kombu without the private names they need).
+    from worker.redis_transport import TransportMismatch, install
+
+    try:
+        install()
+    except TransportMismatch as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+@worker_init.connect
 def _check_database(**_: Any) -> None:
     # Refuse to start on an unmigrated database; the embedded default migrates itself.
     from worker.db import DatabaseNotReady, database_url, ensure_migrated, get_engine, upgrade

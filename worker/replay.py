@@ -28,13 +28,14 @@ from typing import IO, Any
 
 import orjson
 
-from worker.engine import Decision, decide, phone_zone, timezone
+from worker.engine import Decision, phone_zone, timezone
 from worker.events import NO_EXTRA, CallResult
 from worker.pipeline import AheadOfClock, Rejected, accept, event_id_of, raw_text
 from worker.rules import Rules
 from worker.sources import UnreadableRow, iter_records
-from worker.state import PhoneState, attempt_lookback
+from worker.state import attempt_lookback
 from worker.store import apply_events
+from worker.timeline import Timeline
 
 __all__ = [
     "CHUNK_EVENTS",
@@ -90,14 +91,15 @@ Position = tuple[int, int, int]
 
 
 def share_of(raw: object, shares: int) -> int:
-    """Which of ``shares`` processes replays a record: a stable hash of its phone id.
+    """Which of ``shares`` processes replays a record: a stable hash of its lead id.
 
-    A record with no readable phone id goes to the first, which rejects it.
+    A lead's phones stay together (rules may count every call to a lead). A record with no
+    readable lead id goes to the first, which rejects it.
     """
-    phone_id = raw.get("phone_id") if isinstance(raw, dict) else None
-    if not isinstance(phone_id, str):
+    lead_id = raw.get("lead_id") if isinstance(raw, dict) else None
+    if not isinstance(lead_id, str):
         return 0
-    return zlib.crc32(phone_id.encode("utf-8", "surrogatepass")) % shares
+    return zlib.crc32(lead_id.encode("utf-8", "surrogatepass")) % shares
 
 
 def _sort_key(event: CallResult) -> int:
@@ -377,20 +379,19 @@ class Summary:
 
 
 class Simulation:
-    """Phones in memory, a simulated clock, and recalls that fire as the clock passes them."""
+    """The timeline in memory on a simulated clock: recalls fire as the clock passes them."""
 
     def __init__(self, rules: Rules, until: datetime | None = None) -> None:
         self.rules = rules
         # The end of the simulation: the clock never passes it, even for an event within the
         # clock skew after it, so that no recall fires after --now.
         self.until = until
-        self.phones: dict[str, PhoneState] = {}
+        self.timeline = Timeline(rules, until=until)
+        self.phones = self.timeline.phones
         # (due timestamp, recall_id, phone_id, due_at): floats compare far faster than datetimes.
         self.due: list[tuple[float, str, str, datetime]] = []
         self.summary = Summary()
         self.lookback = attempt_lookback(rules) or timedelta(days=1)
-        #: Event ids taken lately, across phones; forgotten after the lookback (see _compact).
-        self.recent_ids: dict[str, datetime] = {}
         self._taken = 0
         self._next_compaction = 50_000
 
@@ -409,17 +410,8 @@ class Simulation:
     def take(self, event: CallResult) -> Decision:
         end = self.until
         self.advance(event.occurred_at if end is None or event.occurred_at <= end else end)
-        state = self.phones.get(event.phone_id)
-        if state is None:
-            state = self.phones[event.phone_id] = PhoneState(
-                event.phone_id, event.lead_id, event.plan_id
-            )
-        # The event id is the idempotency key across all phones, as in the database.
-        first_seen = self.recent_ids.setdefault(event.event_id, event.occurred_at)
-        if first_seen is not event.occurred_at:
-            state.seen.setdefault(event.event_id, first_seen)
-        decision = decide(event, self.rules, state.history(), event.occurred_at)
-        transition = state.take(event, decision)
+        step = self.timeline.take(event, None)
+        transition = step.transition
         if transition.rescheduled is not None:
             recall_id, due_at = transition.rescheduled
             heapq.heappush(self.due, (due_at.timestamp(), recall_id, event.phone_id, due_at))
@@ -434,6 +426,7 @@ class Simulation:
                     scheduled.due_at,
                 ),
             )
+        decision = step.decision
         self.summary.add(event, decision, phone_zone(self.rules, event))
         self._taken += 1
         # Compaction visits every phone: run it once per phone-count of events (at least 50,000)
@@ -446,10 +439,7 @@ class Simulation:
     def _compact(self, now: datetime) -> None:
         # Keep memory proportional to phones: forget what no rule can look at any more, and drop
         # heap entries of superseded recalls.
-        horizon = now - self.lookback
-        for state in self.phones.values():
-            state.forget_before(horizon)
-        self.recent_ids = {key: when for key, when in self.recent_ids.items() if when >= horizon}
+        self.timeline.forget_before(now - self.lookback)
         if len(self.due) > 2 * len(self.phones):
             self.due = [
                 item for item in self.due if self.phones[item[2]].pending_recall_id == item[1]

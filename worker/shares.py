@@ -1,9 +1,9 @@
-"""Replays split by phone across processes (``recall replay --jobs N``).
+"""Replays split by lead across processes (``recall replay --jobs N``).
 
-Phones never change each other: each process reads every file but keeps only the records of its
-share of the phones (a stable hash of ``phone_id``), then validates and sorts them, and decides
+Leads never change each other: each process reads every file but keeps only the records of its
+share of the leads (a stable hash of ``lead_id``), then validates and sorts them, and decides
 them exactly as a single process would, in memory (dry) or into the database (applied). Only the
-event id crosses phones (a copy sent for another phone is a duplicate), so once every process has
+event id crosses leads (a copy sent for another phone is a duplicate), so once every process has
 read its share, each hands over a sorted list of hashes of the event ids it took; if two took the
 same id the split would not be exact, nothing is decided, and the caller replays in one process.
 Decisions and rejections are merged back into the single process's order.

@@ -2,15 +2,15 @@
 
 Every function takes an open session (the caller owns the transaction) and works in bulk: a batch
 of events costs a fixed handful of statements, not a few per event. Concurrency is handled by
-locking phone rows (``SELECT ... FOR UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite) in
-phone-id order, always phones before recalls, so two workers on the same phone serialise and never
-deadlock.
+locking rows (``SELECT ... FOR UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite) in id
+order, always leads before phones before recalls, so two workers on the same lead serialise and
+never deadlock.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import cache
 from typing import Any, TypeVar
@@ -33,11 +33,12 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from worker.engine import APPLYING_ACTIONS, Decision, PendingRecall, decide
+from worker.engine import APPLYING_ACTIONS, Decision, PendingRecall
 from worker.events import CallResult, parse_event
-from worker.models import Attempt, Base, DeadLetter, Phone, ProcessedEvent, Recall
+from worker.models import Attempt, Base, DeadLetter, Lead, Phone, ProcessedEvent, Recall
 from worker.rules import Rules
 from worker.state import PhoneState, attempt_lookback, decision_json
+from worker.timeline import Before, StoredEvent, Timeline
 
 __all__ = [
     "Applied",
@@ -212,6 +213,29 @@ _PHONE_COLUMNS = (
 )
 
 
+def _lock_leads(session: Session, lead_ids: Sequence[str]) -> None:
+    """Lock the rows of ``lead_ids`` (sorted), made on a lead's first event: one lead at a time.
+
+    Leads are always locked before phones, in id order, so two batches never deadlock. SQLite
+    has one writer at a time already; its rows are made all the same, so both hold the same.
+    """
+    if session.get_bind().dialect.name != "postgresql":
+        for part in chunks(lead_ids):
+            session.execute(
+                sqlite.insert(Lead).on_conflict_do_nothing(), [{"lead_id": i} for i in part]
+            )
+        return
+    source, values = _unnest(Lead, ("lead_id",), [(lead_id,) for lead_id in lead_ids])
+    # Waiting on another batch's uncommitted insert of a lead is waiting for that lead too.
+    insert_leads = sql.SQL(
+        "INSERT INTO leads (lead_id) SELECT * FROM {} ORDER BY lead_id ON CONFLICT DO NOTHING"
+    ).format(source)
+    with _dbapi(session).cursor() as cursor:
+        cursor.execute(insert_leads, values)
+    for among in _among(session, Lead.lead_id, lead_ids):
+        session.execute(select(Lead.lead_id).where(among).order_by(Lead.lead_id).with_for_update())
+
+
 def _load_phones(
     session: Session,
     events: Sequence[CallResult],
@@ -225,6 +249,7 @@ def _load_phones(
     New phones are created here (locked, as rows of this transaction), or, ``optimistic``, left
     to be inserted with their final state when the batch is written (see ``apply_events``).
     """
+    _lock_leads(session, sorted({event.lead_id for event in events}))
     firsts: dict[str, CallResult] = {}
     for event in events:
         firsts.setdefault(event.phone_id, event)
@@ -279,58 +304,41 @@ def _load_phones(
 
 
 def _rewind_late_phones(
-    session: Session,
-    events: Sequence[CallResult],
-    states: dict[str, PhoneState],
-    rules: Rules,
-    now: datetime | None,
+    session: Session, events: Sequence[CallResult], timeline: Timeline, now: datetime | None
 ) -> list[CallResult]:
-    """Put phones that get a late call back as they were before it; return what to re-decide.
+    """Wind the phones that get a late call back to before it; return the events to re-decide.
 
-    A call older than the last result applied to its phone would have been decided before that
-    result had the calls arrived in order. So the phone is wound back to just before the
-    earliest such call (its stored events from then on are un-written: events, attempts and the
-    recalls they made, and the recall pending at that moment is waiting again) and those stored
-    events are returned, to be decided again with the late calls in event-time order. The phones
-    are already locked, so this is part of the batch's transaction.
+    The timeline says which phones are late and what their state becomes (see
+    ``Timeline.rewind``); this reads the stored history it needs and un-writes the phone's events
+    from the earliest late call on (events, attempts and the recalls they made; the recall
+    pending at that moment waits again). The phones are already locked, so this is part of the
+    batch's transaction.
 
     A recall that fired cannot be un-fired (the phone was made eligible and the dialer told): a
     phone with a recall fired at or after the late call's time is not wound back, and the late
-    call is taken as before, as ``stale``. So is one whose history names a plan no longer in the
-    rules. Re-decided events use the rules and the clock of now, as the late call does.
+    call is taken as before, as ``stale``. Re-decided events use the rules and the clock of now,
+    as the late call does.
     """
-    starts: dict[str, datetime] = {}
-    for event in events:
-        state = states[event.phone_id]
-        last = state.last_result_at
-        if (
-            last is not None
-            and event.occurred_at < last
-            and event.event_id not in state.seen
-            and event.plan_id in rules.plans
-        ):
-            start = starts.get(event.phone_id, event.occurred_at)
-            starts[event.phone_id] = min(start, event.occurred_at)
-
+    starts = timeline.late_starts(events)
     redecided: list[CallResult] = []
     waiting_again: list[str] = []
     for phone_id in sorted(starts):
-        start, state = starts[phone_id], states[phone_id]
+        start = starts[phone_id]
         fired_since = select(Recall.recall_id).where(
             Recall.phone_id == phone_id, Recall.state == "fired", Recall.due_at >= start
         )
         if session.scalar(fired_since.limit(1)) is not None:
             continue
         stored = ProcessedEvent
-        later_rows = session.execute(
-            select(stored.event_id, stored.action, stored.decision, stored.payload).where(
-                stored.phone_id == phone_id, stored.occurred_at >= start
+        later = [
+            StoredEvent(parse_event(row.payload), row.action, row.decision)
+            for row in session.execute(
+                select(stored.action, stored.decision, stored.payload).where(
+                    stored.phone_id == phone_id, stored.occurred_at >= start
+                )
             )
-        ).all()
-        later = [parse_event(row.payload) for row in later_rows]
-        if any(event.plan_id not in rules.plans for event in later):
-            continue
-        before = session.execute(
+        ]
+        row = session.execute(
             select(stored.event_id, stored.occurred_at, stored.lead_id, stored.plan_id,
                    stored.decision)
             .where(stored.phone_id == phone_id, stored.occurred_at < start,
@@ -338,35 +346,24 @@ def _rewind_late_phones(
             .order_by(stored.occurred_at.desc(), stored.event_id.desc())
             .limit(1)
         ).first()  # fmt: skip
-
-        applied = [row for row in later_rows if row.action in APPLYING_ACTIONS]
-        state.generation -= len(applied)
-        state.system_recalls -= sum(
-            row.action == "recall" and row.decision.get("source") != "user_outcome"
-            for row in applied
-        )
-        state.attempts = [attempt for attempt in state.attempts if attempt < start]
-        for event in later:
-            state.seen.pop(event.event_id, None)
-        state.eligible, state.eligible_at = False, None
-        state.pending_recall_id, state.pending = None, None
-        state.last_result_at = state.last_event_id = state.last_decision = None
-        if before is not None:
-            state.last_result_at, state.last_event_id = before.occurred_at, before.event_id
-            state.lead_id, state.plan_id = before.lead_id, before.plan_id
-            state.last_decision = before.decision
+        before = None
+        if row is not None:
+            before = Before(row.event_id, row.occurred_at, row.lead_id, row.plan_id, row.decision)
             recall = session.execute(
                 select(Recall.state, Recall.due_at, Recall.source, Recall.rule, Recall.fired_at)
-                .where(Recall.recall_id == before.event_id)
+                .where(Recall.recall_id == row.event_id)
             ).first()  # fmt: skip
-            if recall is not None and recall.state == "fired":  # before the late call
-                state.eligible, state.eligible_at = True, recall.fired_at
-            elif recall is not None:
-                state.pending_recall_id = before.event_id
-                state.pending = PendingRecall(recall.due_at, recall.source, recall.rule)
-                if recall.state == "superseded":
-                    waiting_again.append(before.event_id)
-        redecided.extend(sorted(later, key=lambda event: (event.occurred_at, event.event_id)))
+            if recall is not None:
+                pending = PendingRecall(recall.due_at, recall.source, recall.rule)
+                before = replace(
+                    before, recall_state=recall.state, recall=pending, fired_at=recall.fired_at
+                )
+        again = timeline.rewind(phone_id, start, later, before)
+        if again is None:
+            continue
+        if before is not None and before.recall_state == "superseded":
+            waiting_again.append(before.event_id)
+        redecided.extend(again)
 
     undone = [event.event_id for event in redecided]
     for model, key in (
@@ -460,11 +457,11 @@ def _apply_events(
 ) -> Applied:
     wall = now or max(event.occurred_at for event in events)
     states, new_phones = _load_phones(session, events, rules, wall, optimistic=optimistic)
+    timeline = Timeline(rules, states, until=until)
     # Late calls: their phones' later stored events are decided again, in order, with them.
     # Put first, a stored event wins over a redelivered copy of it in this batch.
-    redecided = _rewind_late_phones(session, events, states, rules, now)
+    redecided = _rewind_late_phones(session, events, timeline, now)
     events = [*redecided, *events]
-    order = sorted(range(len(events)), key=lambda i: (events[i].phone_id, events[i].occurred_at))
     decisions: list[Decision | None] = [None] * len(events)
     event_rows: list[tuple[Any, ...]] = []
     recall_rows: dict[str, dict[str, Any]] = {}
@@ -473,29 +470,11 @@ def _apply_events(
     fired: dict[str, datetime] = {}
     changed: set[str] = {event.phone_id for event in redecided}
 
-    # The event id is the key across phones: of copies in this batch, the earliest in event
-    # time (then in the given order) is taken and the others are duplicates.
-    first_copy: dict[str, int] = {}
-    for index in sorted(range(len(events)), key=lambda i: events[i].occurred_at):
-        first_copy.setdefault(events[index].event_id, index)
-    for index in order:
-        event = events[index]
-        state = states[event.phone_id]
-        if first_copy[event.event_id] != index:
-            state.seen.setdefault(event.event_id, event.occurred_at)
-        if (
-            now is None
-            and state.pending is not None
-            and state.pending.due_at <= event.occurred_at
-            and (until is None or state.pending.due_at <= until)
-        ):
-            fired_id = state.fire(state.pending.due_at)
-            if fired_id is not None:
-                fired[fired_id] = state.eligible_at or event.occurred_at
-                changed.add(event.phone_id)
-        decision = decide(event, rules, state.history(), now or event.occurred_at)
-        decisions[index] = decision
-        transition = state.take(event, decision)
+    for place, event, decision, transition, fired_now in timeline.take_all(events, now):
+        decisions[place] = decision
+        if fired_now is not None:
+            fired[fired_now[0]] = fired_now[1]
+            changed.add(event.phone_id)
         if decision.action == "duplicate":
             continue
         event_rows.append(

@@ -137,7 +137,7 @@ class Progress:
 @click.option(
     "--jobs",
     type=click.IntRange(min=1),
-    help="Processes, each taking a share of the phones (default: one per core); applied to"
+    help="Processes, each taking a share of the leads (default: one per core); applied to"
     " SQLite, one.",
 )
 @rules_option
