@@ -248,11 +248,16 @@ def test_decide_now_with_other_offset(runner: CliRunner, event_file: Path) -> No
     assert data["due_at"] == "2026-03-30T11:00:00+00:00"
 
 
-def test_decide_without_now_uses_the_clock(runner: CliRunner, event_file: Path) -> None:
-    # the event is in the past of any test run after 2026-03-30; either way it recalls
+def test_decide_without_now_decides_as_of_the_event(runner: CliRunner, event_file: Path) -> None:
+    # DESIGN.md section 7: as of the event's own occurred_at, whenever it runs: the same answer
+    # as --now at that instant, never "already due when decided".
     data = json_of(run(runner, "decide", str(event_file), "--json"))
     assert data["action"] == "recall"
     assert data["due_at"] is not None
+    occurred = orjson.loads(event_file.read_bytes())["occurred_at"]
+    at_its_time = json_of(run(runner, "decide", str(event_file), "--json", "--now", occurred))
+    assert data == at_its_time
+    assert "already due" not in data["explanation"]
 
 
 def test_decide_with_rules_option(
@@ -374,7 +379,7 @@ def test_decide_extreme_timestamps_fail_cleanly(
 def test_decide_refuses_an_event_ahead_of_its_clock(
     runner: CliRunner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Hardening #2: judged against --now, else against the wall clock.
+    # Hardening #2: judged against --now (without it, the event is decided as of its own time).
     ahead = event_json(occurred_at="2026-03-30T09:05:01+00:00")
     line = one_line_error(run(runner, "decide", "--json", "--now", NOW, input=ahead))
     assert line == (
@@ -386,7 +391,11 @@ def test_decide_refuses_an_event_ahead_of_its_clock(
         "recall"
     )
     far = event_json(occurred_at="2099-06-01T10:00:00Z")
-    one_line_error(run(runner, "decide", input=far), "invalid_event: occurred_at: 2099-06-01")
+    one_line_error(
+        run(runner, "decide", "--now", NOW, input=far), "invalid_event: occurred_at: 2099-06-01"
+    )
+    # Without --now an event is decided as of its own time: never ahead of that clock.
+    assert json_of(run(runner, "decide", "--json", input=far))["action"] == "recall"
     monkeypatch.setenv("RECALL_CLOCK_SKEW_S", "3600")
     reset_process_state()
     try:
@@ -668,3 +677,20 @@ def test_installed_console_script_decides(tmp_path: Path) -> None:
     data = orjson.loads(completed.stdout)
     assert set(data) == DECISION_KEYS
     assert data["due_at"] == "2026-03-30T09:15:00+00:00"
+
+
+def test_the_readme_decide_example_prints_what_the_readme_shows() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    block = readme.split("```sh\n$ echo '", 1)[1].split("```", 1)[0]
+    command, *shown = block.splitlines()
+    payload, invocation = command.split("' | ", 1)
+    assert invocation == "recall decide"
+
+    script = shutil.which("recall", path=str(Path(sys.executable).parent)) or shutil.which("recall")
+    assert script is not None, "the recall console script is not installed"
+    done = subprocess.run(
+        [script, "decide"], input=payload, capture_output=True, text=True, check=False
+    )
+
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout.splitlines() == shown

@@ -28,7 +28,8 @@ from worker.pipeline import Rejected, check_clock
     "--now",
     "now_text",
     metavar="ISO",
-    help="Decide as of this instant (default: now). An event more than RECALL_CLOCK_SKEW_S"
+    help="Decide as of this instant (default: the event's own occurred_at, so that the same"
+    " event and rules always print the same decision). An event more than RECALL_CLOCK_SKEW_S"
     " (300 s) after it is refused as invalid_event.",
 )
 @rules_option
@@ -38,12 +39,14 @@ def decide(
 ) -> None:
     """Print the decision for one event (a JSON object) read from FILE or standard input."""
     rules = read_rules(rules_path)
-    now = parse_now(now_text)
+    now = parse_now(now_text) if now_text is not None else None
     try:
         event = parse_event_json(event_file.read())
     except InvalidEvent as error:
         raise CommandError(f"invalid event: {error}") from None
-    if event.plan_id in rules.plans:  # else the decision says unknown_plan, as accept does
+    if now is None:
+        now = event.occurred_at
+    elif event.plan_id in rules.plans:  # else the decision says unknown_plan, as accept does
         try:
             check_clock(event, now)
         except Rejected as error:
