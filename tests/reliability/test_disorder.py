@@ -39,7 +39,7 @@ from worker.client import RecallClient
 from worker.events import parse_event
 from worker.models import Attempt, Phone, ProcessedEvent, Recall
 from worker.replay import Simulation
-from worker.rules import load_rules
+from worker.rules import Rules, load_rules
 from worker.sample import generate
 from worker.state import decision_json
 
@@ -50,6 +50,10 @@ SEED = 20261127
 
 class StoppedClock(Simulation):
     """An in-order replay whose clock never reaches a due time: no recall fires."""
+
+    def __init__(self, rules: Rules) -> None:
+        # The timeline fires a recall due before an event only up to the simulation's end.
+        super().__init__(rules, until=datetime.min.replace(tzinfo=UTC))
 
     def advance(self, until: datetime) -> None:
         return None
