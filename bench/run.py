@@ -56,9 +56,9 @@ from tests.servers import PostgresServer, redis_for_tests  # noqa: E402
 from tests.workers import WorkerProcess  # noqa: E402
 from worker.app import CALL_RESULTS_QUEUE, app, celery_config  # noqa: E402
 from worker.client import RecallClient  # noqa: E402
-from worker.db import make_engine, session_scope, upgrade  # noqa: E402
-from worker.models import Phone, ProcessedEvent, Recall  # noqa: E402
-from worker.store import _insert_rows  # noqa: E402
+from worker.store.bulk import insert_rows  # noqa: E402
+from worker.store.database import make_engine, session_scope, upgrade  # noqa: E402
+from worker.store.models import Phone, ProcessedEvent, Recall  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -212,7 +212,7 @@ def replay(sizes: Sizes, results: dict[str, Any]) -> None:
 
 def insert_dicts(session: Any, model: type[Any], rows: list[dict[str, Any]]) -> None:
     """The rows (dicts with the same keys) through the store's bulk insert."""
-    _insert_rows(session, model, list(rows[0]), [tuple(row.values()) for row in rows])
+    insert_rows(session, model, list(rows[0]), [tuple(row.values()) for row in rows])
 
 
 def write_recalls(url: str, prefix: str, dues: list[datetime]) -> None:

@@ -12,8 +12,8 @@ import click
 import orjson
 
 from config.settings import SettingsError
-from worker.events import MAX_YEAR, MIN_YEAR
-from worker.rules import Rules, RulesError, load_rules
+from worker.domain.events import MAX_YEAR, MIN_YEAR
+from worker.domain.rules import Rules, RulesError, load_rules
 
 F = TypeVar("F", bound=Callable[..., Any])
 

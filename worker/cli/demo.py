@@ -18,10 +18,10 @@ from worker.app import app
 from worker.cli.common import CommandError, plural
 from worker.cli.services import ready_database
 from worker.client import RecallClient
-from worker.db import session_scope
-from worker.embedded import release_embedded_broker
-from worker.models import DeadLetter, ProcessedEvent, Recall
-from worker.sources import iter_records
+from worker.replay.sources import iter_records
+from worker.runtime.embedded_redis import release_embedded_broker
+from worker.store.database import session_scope
+from worker.store.models import DeadLetter, ProcessedEvent, Recall
 
 SAMPLES = Path(__file__).resolve().parents[2] / "samples"
 # The bundled sample's clock: its events happened just before this instant, and the demo moves
