@@ -38,7 +38,7 @@ from tests.workers import WorkerProcess
 from worker.client import RecallClient
 from worker.domain.events import parse_event
 from worker.domain.phone import decision_json
-from worker.domain.rules import load_rules
+from worker.domain.rules import Rules, load_rules
 from worker.replay.sample import generate
 from worker.replay.simulation import Simulation
 from worker.store.models import Attempt, Phone, ProcessedEvent, Recall
@@ -50,6 +50,10 @@ SEED = 20261127
 
 class StoppedClock(Simulation):
     """An in-order replay whose clock never reaches a due time: no recall fires."""
+
+    def __init__(self, rules: Rules) -> None:
+        # The timeline fires a recall due before an event only up to the simulation's end.
+        super().__init__(rules, until=datetime.min.replace(tzinfo=UTC))
 
     def advance(self, until: datetime) -> None:
         return None
