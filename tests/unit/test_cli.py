@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import click
 import orjson
 import pytest
 from click.testing import CliRunner, Result
@@ -694,3 +695,25 @@ def test_the_readme_decide_example_prints_what_the_readme_shows() -> None:
 
     assert (done.returncode, done.stderr) == (0, "")
     assert done.stdout.splitlines() == shown
+
+
+def test_each_lazy_command_is_listed_with_its_own_help() -> None:
+    """The group lists commands from a table, without loading them: the table must not drift."""
+    context = click.Context(main)
+    for name, (_, shown) in main.lazy_commands.items():
+        command = main.get_command(context, name)
+        assert command is not None, name
+        assert command.get_short_help_str(limit=10**6) == shown, name
+
+
+def test_decide_and_help_load_neither_sqlalchemy_nor_celery(event_file: Path) -> None:
+    probe = (
+        "import sys; from worker.cli import main; sys.argv = ['recall', *sys.argv[1:]]\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('sqlalchemy', 'celery', 'alembic', 'kombu') if m in sys.modules))"
+    )
+    for args in (["--help"], ["decide", str(event_file)], ["rules", "check"]):
+        done = subprocess.run(
+            [sys.executable, "-c", probe, *args], capture_output=True, text=True, check=True
+        )
+        assert done.stdout.splitlines()[-1] == "[]", args
