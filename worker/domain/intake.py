@@ -1,7 +1,8 @@
-"""Ingestion: validate raw call results, decide the good ones, dead-letter the bad ones.
+"""Intake: a raw call result checked against the schema, the rules and the deciding clock.
 
-This is the domain action behind both ingestion tasks and ``recall dead-letters replay``: the
-caller opens the transaction, this does the work in bulk inside it.
+What the worker, replay and ``recall decide`` all do first to an input: ``accept`` turns it into
+a ``CallResult`` or refuses it with the contract's reason (``Rejected``); the helpers say what
+the dead letter of a refused input holds.
 """
 
 from __future__ import annotations

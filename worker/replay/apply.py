@@ -1,9 +1,8 @@
-"""Replay: historical call results through the same rules, in event-time order, simulated clock.
+"""An applied replay: the sorted history written through the worker's own persistence code.
 
-Input is read and validated as it streams, sorted on disk when it is larger than one chunk (an
-external merge sort), and fed in ``occurred_at`` order (ties by file, then line) either to an
-in-memory simulation (``--dry-run``, ``--compare``) or to the same persistence code the worker
-uses. Memory grows with the number of distinct phones, not with the number of events.
+Batches of events are applied on the simulated clock (``store.decisions.apply_events`` with no
+wall clock); while it runs, the replay records itself with a heartbeat, so that ``recall status``
+tells its held recalls from those of a replay that died.
 """
 
 from __future__ import annotations

@@ -1,9 +1,7 @@
-"""Replay: historical call results through the same rules, in event-time order, simulated clock.
+"""The dry replay: the one timeline in memory on a simulated clock, its summary and its what-if.
 
-Input is read and validated as it streams, sorted on disk when it is larger than one chunk (an
-external merge sort), and fed in ``occurred_at`` order (ties by file, then line) either to an
-in-memory simulation (``--dry-run``, ``--compare``) or to the same persistence code the worker
-uses. Memory grows with the number of distinct phones, not with the number of events.
+Recalls fire as the simulated clock passes them; ``simulate`` runs a sorted history to the end
+(``--now``), under a second rule set too when comparing (``Comparison``).
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
-"""Replay: historical call results through the same rules, in event-time order, simulated clock.
+"""Replay's input: records read, validated and fed in event-time order, sorted on disk if large.
 
 Input is read and validated as it streams, sorted on disk when it is larger than one chunk (an
-external merge sort), and fed in ``occurred_at`` order (ties by file, then line) either to an
-in-memory simulation (``--dry-run``, ``--compare``) or to the same persistence code the worker
-uses. Memory grows with the number of distinct phones, not with the number of events.
+external merge sort), and iterated in ``occurred_at`` order (ties by file, then line). Memory
+grows with one chunk, not with the input.
 """
 
 from __future__ import annotations

@@ -1,10 +1,7 @@
-"""Persistence of decisions and recalls: the SQL behind ingestion, dispatch and firing.
+"""Bulk SQL: many rows in a fixed handful of statements, on PostgreSQL and SQLite alike.
 
-Every function takes an open session (the caller owns the transaction) and works in bulk: a batch
-of events costs a fixed handful of statements, not a few per event. Concurrency is handled by
-locking rows (``SELECT ... FOR UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite) in id
-order, always leads before phones before recalls, so two workers on the same lead serialise and
-never deadlock.
+Binary COPY and ``unnest`` arrays on PostgreSQL, executemany on SQLite; ``where_in`` conditions
+that carry any number of ids. Every caller passes an open session: it owns the transaction.
 """
 
 from __future__ import annotations

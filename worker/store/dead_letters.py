@@ -1,10 +1,7 @@
-"""Persistence of decisions and recalls: the SQL behind ingestion, dispatch and firing.
+"""The dead-letter store: every rejected input kept whole with its reason, for operators.
 
-Every function takes an open session (the caller owns the transaction) and works in bulk: a batch
-of events costs a fixed handful of statements, not a few per event. Concurrency is handled by
-locking rows (``SELECT ... FOR UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite) in id
-order, always leads before phones before recalls, so two workers on the same lead serialise and
-never deadlock.
+``Letter`` is the one way a dead letter is made (ingestion, the consumer, replay); it is stored
+as it came, as far as the database can hold it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Persistence of decisions and recalls: the SQL behind ingestion, dispatch and firing.
+"""Ingestion's writes: a batch of events decided through the timeline and stored in one go.
 
 Every function takes an open session (the caller owns the transaction) and works in bulk: a batch
 of events costs a fixed handful of statements, not a few per event. Concurrency is handled by

@@ -1,10 +1,7 @@
-"""Persistence of decisions and recalls: the SQL behind ingestion, dispatch and firing.
+"""Recalls falling due: the dispatcher's claim, firing (idempotent) and the end of a replay.
 
-Every function takes an open session (the caller owns the transaction) and works in bulk: a batch
-of events costs a fixed handful of statements, not a few per event. Concurrency is handled by
-locking rows (``SELECT ... FOR UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite) in id
-order, always leads before phones before recalls, so two workers on the same lead serialise and
-never deadlock.
+A recall is a row with its due time, never a long broker countdown (DESIGN.md section 3). Firing
+locks the phones first, as ingestion does, and fires only a recall still current.
 """
 
 from __future__ import annotations
