@@ -12,10 +12,10 @@ import statistics
 import time
 from datetime import UTC, datetime
 
-from worker.engine import PhoneHistory, decide
-from worker.events import parse_event
-from worker.rules import load_rules
-from worker.sample import generate
+from worker.domain.engine import PhoneHistory, decide
+from worker.domain.events import parse_event
+from worker.domain.rules import load_rules
+from worker.replay.sample import generate
 
 
 def main() -> None:

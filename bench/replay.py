@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.servers import PostgresServer  # noqa: E402  (path set just above)
-from worker.db import upgrade  # noqa: E402
-from worker.sample import iter_generate, write_jsonl  # noqa: E402
+from worker.replay.sample import iter_generate, write_jsonl  # noqa: E402
+from worker.store.database import upgrade  # noqa: E402
 
 NOW = "2026-06-01T00:00:00+00:00"
 

@@ -20,8 +20,11 @@ How each figure is taken (see docs/PERFORMANCE.md):
   the last due time (from the database).
 - ``fire_lateness_p99_s``: recalls due at a steady 200 a second; p99 of fired minus due.
 - ``engine_decide_us``: ``bench/engine.py``'s median cost of one decision.
+- ``cli_decide_x_python``: the median wall time of ``recall decide`` on one event over the median
+  of ``python -c "import pendulum, orjson, tomllib, click"``, 5 of each, interleaved, same run
+  (the command's start-up against the interpreter's with the libraries it cannot do without).
 
-``--only PART`` (repeatable: ingestion, recalls, replay, engine) takes some of them;
+``--only PART`` (repeatable: ingestion, recalls, replay, engine, cli) takes some of them;
 ``make bench-ingest`` is ``--only ingestion``.
 
 Speed is reported, never asserted: the quick run fails only on errors.
@@ -56,9 +59,9 @@ from tests.servers import PostgresServer, redis_for_tests  # noqa: E402
 from tests.workers import WorkerProcess  # noqa: E402
 from worker.app import CALL_RESULTS_QUEUE, app, celery_config  # noqa: E402
 from worker.client import RecallClient  # noqa: E402
-from worker.db import make_engine, session_scope, upgrade  # noqa: E402
-from worker.models import Phone, ProcessedEvent, Recall  # noqa: E402
-from worker.store import _insert_rows  # noqa: E402
+from worker.store.bulk import insert_rows  # noqa: E402
+from worker.store.database import make_engine, session_scope, upgrade  # noqa: E402
+from worker.store.models import Phone, ProcessedEvent, Recall  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,7 @@ TARGETS: list[tuple[str, str, Callable[[float, dict[str, Any]], bool] | None]] =
     ("burst_100k_all_eligible_s", "<= 30", lambda v, r: v <= 30),
     ("fire_lateness_p99_s", "<= 2", lambda v, r: v <= 2),
     ("engine_decide_us", "(report)", None),
+    ("cli_decide_x_python", "<= 3", lambda v, r: v <= 3),
 ]
 # An always-open plan without caps: every 486 is a recall 15 minutes after the call.
 RULES = '[[plans]]\nid = "open"\ntimezone = "UTC"\n'
@@ -212,7 +216,7 @@ def replay(sizes: Sizes, results: dict[str, Any]) -> None:
 
 def insert_dicts(session: Any, model: type[Any], rows: list[dict[str, Any]]) -> None:
     """The rows (dicts with the same keys) through the store's bulk insert."""
-    _insert_rows(session, model, list(rows[0]), [tuple(row.values()) for row in rows])
+    insert_rows(session, model, list(rows[0]), [tuple(row.values()) for row in rows])
 
 
 def write_recalls(url: str, prefix: str, dues: list[datetime]) -> None:
@@ -317,7 +321,29 @@ def table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-PARTS = ("ingestion", "recalls", "replay", "engine")
+def cli(results: dict[str, Any]) -> None:
+    event = (
+        '{"event_id":"e1","plan_id":"default","lead_id":"L1","phone_id":"P1","sip_code":486,'
+        '"occurred_at":"2026-03-28T20:50:00+00:00"}'
+    )
+    recall = str(Path(sys.executable).with_name("recall"))
+    commands = {
+        "decide": [recall, "decide", "-"],
+        "python": [sys.executable, "-c", "import pendulum, orjson, tomllib, click"],
+    }
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(5):  # interleaved: the machine's noise falls on both alike
+        for name, command in commands.items():
+            started = time.perf_counter()
+            subprocess.run(command, input=event, text=True, capture_output=True, check=True)
+            times[name].append(time.perf_counter() - started)
+    decide_s, python_s = (statistics.median(times[name]) for name in ("decide", "python"))
+    results["cli_decide_s"] = round(decide_s, 4)
+    results["cli_python_s"] = round(python_s, 4)
+    results["cli_decide_x_python"] = round(decide_s / python_s, 2)
+
+
+PARTS = ("ingestion", "recalls", "replay", "engine", "cli")
 
 
 def main() -> None:
@@ -348,6 +374,8 @@ def main() -> None:
         replay(sizes, results)
     if "engine" in parts:
         engine(args.quick, results)
+    if "cli" in parts:
+        cli(results)
     results["run"] = {
         "quick": args.quick,
         "parts": [part for part in PARTS if part in parts],

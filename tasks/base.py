@@ -12,8 +12,8 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 
 from config.settings import RETRY_BACKOFF_MAX_S
-from worker.db import DatabaseNotReady, session_scope
-from worker.rules import RulesError
+from worker.domain.rules import RulesError
+from worker.store.database import DatabaseNotReady, session_scope
 
 __all__ = ["RecallTask"]
 

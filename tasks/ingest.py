@@ -11,11 +11,12 @@ from typing import Any
 from config.settings import get_settings
 from tasks.base import RecallTask
 from worker.app import app
-from worker.batching import BufferedTask
-from worker.metrics import record
-from worker.pipeline import event_id_of, ingest, raw_text
-from worker.runtime import current_rules
-from worker.store import Letter, record_dead_letters
+from worker.domain.intake import event_id_of, raw_text
+from worker.runtime.batching import BufferedTask
+from worker.runtime.metrics import record
+from worker.runtime.rules_cache import current_rules
+from worker.store.dead_letters import Letter, record_dead_letters
+from worker.store.ingest import ingest
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,7 @@ def _ingest(
 
 class OneEventTask(RecallTask, BufferedTask):
     """``recall.process_call_result``: the worker takes several of its messages at a time, in
-    one transaction (worker/batching.py); called any other way, it is an ordinary task."""
+    one transaction (worker/runtime/batching.py); called any other way, it is an ordinary task."""
 
     abstract = True
 

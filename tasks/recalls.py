@@ -10,10 +10,10 @@ from datetime import datetime, timedelta
 from config.settings import get_settings
 from tasks.base import RecallTask
 from worker.app import app
-from worker.metrics import record
-from worker.notify import publish_eligible
-from worker.queries import recall_counts
-from worker.store import claim_due, fire_recalls
+from worker.runtime.metrics import record
+from worker.runtime.notify import publish_eligible
+from worker.store.queries import recall_counts
+from worker.store.recalls import claim_due, fire_recalls
 
 log = logging.getLogger(__name__)
 

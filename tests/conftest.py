@@ -13,9 +13,9 @@ from sqlalchemy import Engine
 from tests.helpers import make_event as _make_event
 from tests.servers import PostgresServer, redis_for_tests
 from tests.workers import WorkerProcess, dispose_engines
-from worker.db import make_engine, upgrade
-from worker.events import CallResult
-from worker.rules import Rules, load_rules
+from worker.domain.events import CallResult
+from worker.domain.rules import Rules, load_rules
+from worker.store.database import make_engine, upgrade
 
 
 @pytest.fixture(scope="session")

@@ -9,9 +9,9 @@ from typing import Any
 import orjson
 from click.testing import Result
 
-import worker.db
+import worker.store.database
 from config.settings import get_settings
-from worker.events import CallResult, parse_event
+from worker.domain.events import CallResult, parse_event
 
 #: The keys of a decision's JSON form (the contract, DESIGN.md section 7).
 DECISION_KEYS = {
@@ -76,10 +76,10 @@ def truncated_gzip(data: bytes) -> bytes:
 def reset_process_state() -> None:
     """Forget the cached settings, engine and session factory (each is built once per process)."""
     get_settings.cache_clear()
-    if worker.db.get_engine.cache_info().currsize:
-        worker.db.get_engine().dispose()
-    worker.db.get_engine.cache_clear()
-    worker.db._session_factory.cache_clear()
+    if worker.store.database.get_engine.cache_info().currsize:
+        worker.store.database.get_engine().dispose()
+    worker.store.database.get_engine.cache_clear()
+    worker.store.database._session_factory.cache_clear()
 
 
 def json_of(result: Result) -> Any:

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def dispose_engines() -> None:
     """Close pooled connections of the test process so a test database can be dropped."""
-    from worker.db import get_engine
+    from worker.store.database import get_engine
 
     if get_engine.cache_info().currsize:
         get_engine().dispose()

@@ -28,7 +28,7 @@ RECALLS_QUEUE = "recalls"
 def broker_url(settings: Settings) -> str:
     if settings.broker_url is not None:
         return settings.broker_url
-    from worker.embedded import embedded_broker_url
+    from worker.runtime.embedded_redis import embedded_broker_url
 
     return embedded_broker_url(settings)
 
@@ -56,7 +56,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         # Each pool process reserves as many messages as the worker takes together in one
-        # transaction (RECALL_INGEST_FLUSH_COUNT, worker/batching.py); 1 with batching off.
+        # transaction (RECALL_INGEST_FLUSH_COUNT, worker/runtime/batching.py); 1 with batching off.
         "worker_prefetch_multiplier": settings.ingest_flush_count,
         # Flower sees every task, with its name and arguments.
         "worker_send_task_events": True,
@@ -87,8 +87,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "timezone": "UTC",
         "enable_utc": True,
         "worker_hijack_root_logger": False,
-        # Celery's consumer, plus a dead letter for each message it refuses (worker/consumer.py).
-        "worker_consumer": "worker.consumer:RecallConsumer",
+        # Celery's consumer, plus a dead letter for each message it refuses
+        # (worker/runtime/consumer.py).
+        "worker_consumer": "worker.runtime.consumer:RecallConsumer",
     }
 
 
@@ -99,7 +100,7 @@ app.add_defaults(lambda: celery_config(get_settings()))
 @worker_process_init.connect
 def _after_fork(**_: Any) -> None:
     # A forked pool process must not reuse the parent's database connections.
-    from worker.db import get_engine
+    from worker.store.database import get_engine
 
     get_engine().dispose(close=False)
 
@@ -108,7 +109,7 @@ def _after_fork(**_: Any) -> None:
 def _install_transport_fixes(**_: Any) -> None:
     # Before the consumer reads a message: kombu's Redis transport with our two fixes, or no
     # worker at all (a kombu without the private names they need).
-    from worker.redis_transport import TransportMismatch, install
+    from worker.runtime.redis_transport import TransportMismatch, install
 
     try:
         install()
@@ -120,9 +121,15 @@ def _install_transport_fixes(**_: Any) -> None:
 @worker_init.connect
 def _check_database(**_: Any) -> None:
     # Refuse to start on an unmigrated database; the embedded default migrates itself.
-    from worker.db import DatabaseNotReady, database_url, ensure_migrated, get_engine, upgrade
-    from worker.rules import RulesError
-    from worker.runtime import current_rules
+    from worker.domain.rules import RulesError
+    from worker.runtime.rules_cache import current_rules
+    from worker.store.database import (
+        DatabaseNotReady,
+        database_url,
+        ensure_migrated,
+        get_engine,
+        upgrade,
+    )
 
     settings = get_settings()
     try:
@@ -136,14 +143,14 @@ def _check_database(**_: Any) -> None:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
 
-    from worker import metrics
+    from worker.runtime import metrics
 
     metrics.start(settings)
 
 
 @worker_process_shutdown.connect
 def _child_gone(pid: int | None = None, **_: Any) -> None:
-    from worker import metrics
+    from worker.runtime import metrics
 
     metrics.stop_child(pid or os.getpid())
 
@@ -151,6 +158,6 @@ def _child_gone(pid: int | None = None, **_: Any) -> None:
 @after_setup_logger.connect
 @after_setup_task_logger.connect
 def _logging(logger: logging.Logger, **_: Any) -> None:
-    from worker.logs import install
+    from worker.runtime.logs import install
 
     install(logger, get_settings().log_format)

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.test_integration import Db, open_db
 from tests.reliability.support import worker_env
 from tests.servers import PostgresServer, RedisServer
-from tests.test_integration import Db, open_db
 from tests.workers import WorkerProcess, dispose_engines
-from worker.db import upgrade
+from worker.store.database import upgrade
 
 __all__ = ["open_db"]  # the integration suite's database reader, shared
 

@@ -16,7 +16,7 @@ from sqlalchemy import Engine
 from tests.servers import PostgresServer
 from tests.workers import WorkerProcess, dispose_engines
 from worker.client import RecallClient
-from worker.db import make_engine, upgrade
+from worker.store.database import make_engine, upgrade
 
 #: A decision line of the ingestion tasks: "event <id> phone <id>: <action> (<reason>)".
 DECISION_LINE = re.compile(

@@ -16,7 +16,8 @@ from tests.workers import WorkerProcess
 BROKER_AWAY = re.compile(
     r"Connection refused|Cannot connect to redis"
     # kombu's own line when a message of the lost connection cannot be acknowledged or given
-    # back (worker/consumer.py makes that a connection error); the broker keeps it as unacked.
+    # back (worker/runtime/consumer.py makes that a connection error); the broker keeps it as
+    # unacked.
     r"|Couldn't (?:ack|reject) '[^']+', ?reason: ?\S*ConnectionError"
     r"|Error on restarting Gossip: AttributeError\(\"'NoneType' object has no attribute"
     r" 'connection_errors'\"\)"

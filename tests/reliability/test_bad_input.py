@@ -34,10 +34,10 @@ from tests.reliability.fast_harness import fresh_database, publish_mixed, worker
 from tests.servers import PostgresServer
 from tests.workers import WorkerProcess
 from worker.client import RecallClient
-from worker.events import MAX_EVENT_BYTES, MAX_ID_LENGTH, MAX_RETRY_AFTER_S
-from worker.models import DeadLetter, Phone, ProcessedEvent
-from worker.pipeline import Rejected, accept
-from worker.rules import is_valid_timezone, load_rules
+from worker.domain.events import MAX_EVENT_BYTES, MAX_ID_LENGTH, MAX_RETRY_AFTER_S
+from worker.domain.intake import Rejected, accept
+from worker.domain.rules import is_valid_timezone, load_rules
+from worker.store.models import DeadLetter, Phone, ProcessedEvent
 
 BAD_EVENTS = 2000
 GOOD_EVENTS = 600

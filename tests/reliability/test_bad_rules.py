@@ -33,9 +33,9 @@ from sqlalchemy.orm import Session
 from tests.workers import ROOT, WorkerProcess
 from worker.cli import main
 from worker.client import RecallClient
-from worker.db import make_engine, upgrade
-from worker.models import ProcessedEvent
-from worker.rules import DEFAULT_RULES_PATH
+from worker.domain.rules import DEFAULT_RULES_PATH
+from worker.store.database import make_engine, upgrade
+from worker.store.models import ProcessedEvent
 
 CASES = 150
 BASE: dict[str, Any] = tomllib.loads(DEFAULT_RULES_PATH.read_text(encoding="utf-8"))
@@ -288,7 +288,9 @@ def test_a_running_worker_keeps_its_last_good_rules_and_takes_a_good_file_again(
         broken = [item for item in generate() if item.section in ("toml", "plans")][:3]
         for number, item in enumerate(broken):
             rules.write_text(item.text(rules_with_busy_after(30)), encoding="utf-8")
-            time.sleep(2.5)  # past the worker's reload check interval (worker/runtime.py)
+            time.sleep(
+                2.5
+            )  # past the worker's reload check interval (worker/runtime/rules_cache.py)
             assert delay(f"broken-{number}") == timedelta(minutes=10)  # the last good rules
             refused = re.findall(r"rules not reloaded, keeping the last good rules: (.*)",
                                  worker.text())  # fmt: skip

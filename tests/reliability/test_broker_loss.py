@@ -23,10 +23,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from tests.reliability.conftest import Figures, Stack
-from tests.reliability.support import errors_besides_broker_away, seconds
-from tests.servers import PostgresServer, RedisServer
-from tests.test_integration import (
+from tests.integration.test_integration import (
     BUSY,
     EARLY_TOLERANCE,
     REDISPATCH_AFTER,
@@ -37,8 +34,11 @@ from tests.test_integration import (
     utcnow,
     wait_until,
 )
+from tests.reliability.conftest import Figures, Stack
+from tests.reliability.support import errors_besides_broker_away, seconds
+from tests.servers import PostgresServer, RedisServer
 from worker.client import RecallClient
-from worker.models import Phone, ProcessedEvent, Recall
+from worker.store.models import Phone, ProcessedEvent, Recall
 
 pytestmark = pytest.mark.integration
 
@@ -168,7 +168,7 @@ def test_worker_outlives_a_broker_restart(
     stack: Callable[..., Stack],
 ) -> None:
     """Regression: with a firing held for its due time, losing Redis made the worker exit
-    (worker/consumer.py). It must reconnect, fire the recall and take new events."""
+    (worker/runtime/consumer.py). It must reconnect, fire the recall and take new events."""
     started = stack(own_redis.url, postgres, RULES)
     worker, db = started.worker, started.db
     client = RecallClient(own_redis.url)

@@ -29,9 +29,9 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from tests.helpers import at
+from tests.integration.test_integration import BUSY, EARLY_TOLERANCE, utcnow, wait_until
 from tests.reliability.conftest import Figures, Stack
 from tests.servers import PostgresServer
-from tests.test_integration import BUSY, EARLY_TOLERANCE, utcnow, wait_until
 from worker.client import RecallClient
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]

@@ -23,9 +23,7 @@ from pathlib import Path
 import pytest
 
 from config.settings import RETRY_BACKOFF_MAX_S
-from tests.reliability.conftest import Figures, Stack
-from tests.servers import PostgresServer
-from tests.test_integration import (
+from tests.integration.test_integration import (
     RULES,
     assert_no_errors,
     busy_due_in,
@@ -33,9 +31,11 @@ from tests.test_integration import (
     utcnow,
     wait_until,
 )
+from tests.reliability.conftest import Figures, Stack
+from tests.servers import PostgresServer
 from tests.workers import WorkerProcess
 from worker.client import RecallClient
-from worker.models import Attempt, DeadLetter, ProcessedEvent, Recall
+from worker.store.models import Attempt, DeadLetter, ProcessedEvent, Recall
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 

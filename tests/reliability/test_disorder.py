@@ -26,6 +26,7 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
+from tests.integration.test_integration import assert_no_errors
 from tests.reliability.fast_harness import (
     fresh_database,
     publish_mixed,
@@ -33,15 +34,14 @@ from tests.reliability.fast_harness import (
     worker_env,
 )
 from tests.servers import PostgresServer
-from tests.test_integration import assert_no_errors
 from tests.workers import WorkerProcess
 from worker.client import RecallClient
-from worker.events import parse_event
-from worker.models import Attempt, Phone, ProcessedEvent, Recall
-from worker.replay import Simulation
-from worker.rules import Rules, load_rules
-from worker.sample import generate
-from worker.state import decision_json
+from worker.domain.events import parse_event
+from worker.domain.phone import decision_json
+from worker.domain.rules import Rules, load_rules
+from worker.replay.sample import generate
+from worker.replay.simulation import Simulation
+from worker.store.models import Attempt, Phone, ProcessedEvent, Recall
 
 EVENTS = 10_000
 DUPLICATE_SHARE = 0.20

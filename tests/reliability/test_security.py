@@ -40,8 +40,8 @@ from tests.reliability.fast_harness import fresh_database, worker_env
 from tests.servers import PostgresServer, free_port, redis_binary, unavailable, wait_for
 from tests.workers import ROOT, WorkerProcess
 from worker.cli import main
-from worker.events import MAX_EVENT_BYTES, MAX_ID_LENGTH
-from worker.models import DeadLetter, ProcessedEvent
+from worker.domain.events import MAX_EVENT_BYTES, MAX_ID_LENGTH
+from worker.store.models import DeadLetter, ProcessedEvent
 
 PASSWORD = "Pw-7xQ2-s3cr3t"
 MAX_BATCH = 50

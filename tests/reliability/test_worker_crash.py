@@ -25,16 +25,16 @@ import pytest
 import redis
 from sqlalchemy import func, select
 
+from tests.integration.test_integration import assert_no_errors, utcnow, wait_until
 from tests.reliability.conftest import Figures, Stack
 from tests.servers import PostgresServer
-from tests.test_integration import assert_no_errors, utcnow, wait_until
 from tests.workers import WorkerProcess
 from worker.client import RecallClient
-from worker.events import parse_event
-from worker.models import Attempt, Phone, ProcessedEvent, Recall
-from worker.replay import Simulation
-from worker.rules import load_rules
-from worker.state import decision_json
+from worker.domain.events import parse_event
+from worker.domain.phone import decision_json
+from worker.domain.rules import load_rules
+from worker.replay.simulation import Simulation
+from worker.store.models import Attempt, Phone, ProcessedEvent, Recall
 
 pytestmark = [pytest.mark.reliability, pytest.mark.integration]
 

@@ -1,19 +1,62 @@
-"""The ``recall`` command: one group, one module per sub-command family."""
+"""The ``recall`` command: one group, one module per sub-command family, loaded when used.
+
+A command's module is imported only when that command runs (``recall decide`` loads neither
+SQLAlchemy nor Celery), so the group knows each command by where it lives and its one-line help
+(tests/unit/test_cli.py checks that the two agree).
+"""
 
 from __future__ import annotations
 
 from worker.cli.common import main
-from worker.cli.decide import decide
-from worker.cli.demo import demo
-from worker.cli.replay import replay
-from worker.cli.rules import rules
-from worker.cli.sample import sample
-from worker.cli.services import db, dead_letters, phones, publish, status, worker
 
 __all__ = ["main"]
 
-main.add_command(decide)
-main.add_command(rules)
-main.add_command(sample)
-for command in (worker, publish, replay, phones, dead_letters, status, db, demo):
-    main.add_command(command)
+main.lazy_commands.update(
+    {
+        "decide": (
+            "worker.cli.decide:decide",
+            "Print the decision for one event (a JSON object) read from FILE or standard input.",
+        ),
+        "rules": (
+            "worker.cli.rules:rules",
+            "Check, show or export the effective rules (the defaults with your file merged over).",
+        ),
+        "sample": (
+            "worker.cli.sample:sample",
+            "Generate a call-result history for LEADS leads over DAYS days, in event-time order.",
+        ),
+        "worker": (
+            "worker.cli.services:worker",
+            "Run the worker (ingestion and recall firing) with the periodic dispatcher.",
+        ),
+        "publish": (
+            "worker.cli.services:publish",
+            "Publish call results from JSON Lines or CSV files (.gz too), as the dialer would.",
+        ),
+        "replay": (
+            "worker.cli.replay:replay",
+            "Replay call results from FILES (JSON Lines or CSV, .gz too) in event-time order.",
+        ),
+        "phones": (
+            "worker.cli.services:phones",
+            "Show lead phones: eligibility, pending recall and last decision.",
+        ),
+        "dead-letters": (
+            "worker.cli.services:dead_letters",
+            "Rejected events kept with their reason: list them, replay them after a fix.",
+        ),
+        "status": (
+            "worker.cli.services:status",
+            "Workers, queues, recalls and dead letters at a glance; exit 1 when unhealthy.",
+        ),
+        "db": (
+            "worker.cli.services:db",
+            "Database schema management.",
+        ),
+        "demo": (
+            "worker.cli.demo:demo",
+            "Start a worker on the embedded default, publish a sample, and show decisions and"
+            " firings.",
+        ),
+    }
+)

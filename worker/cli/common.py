@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -12,8 +13,8 @@ import click
 import orjson
 
 from config.settings import SettingsError
-from worker.events import MAX_YEAR, MIN_YEAR
-from worker.rules import Rules, RulesError, load_rules
+from worker.domain.events import MAX_YEAR, MIN_YEAR
+from worker.domain.rules import Rules, RulesError, load_rules
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -26,7 +27,40 @@ class CommandError(click.ClickException):
 
 
 class RecallGroup(click.Group):
-    """The top-level group: every error, usage errors included, is one line on stderr."""
+    """The top-level group: every error, usage errors included, is one line on stderr.
+
+    Commands may be registered lazily, in ``lazy_commands`` (name: ("module:attribute", short
+    help)): the module is imported when the command is run or its own help is asked for.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy_commands: dict[str, tuple[str, str]] = {}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy_commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in self.lazy_commands:
+            module, _, attribute = self.lazy_commands[cmd_name][0].partition(":")
+            self.add_command(getattr(importlib.import_module(module), attribute), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # The listing from the registered helps: loading every command would load everything.
+        names = self.list_commands(ctx)
+        if not names:
+            return
+        limit = formatter.width - 6 - max(len(name) for name in names)
+        rows = []
+        for name in names:
+            if name in self.commands:
+                rows.append((name, self.commands[name].get_short_help_str(limit)))
+            else:
+                listed = click.Command(name, help=self.lazy_commands[name][1])
+                rows.append((name, listed.get_short_help_str(limit)))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
 
     def main(self, *args: Any, **kwargs: Any) -> Any:
         kwargs["standalone_mode"] = False

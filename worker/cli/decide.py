@@ -16,10 +16,10 @@ from worker.cli.common import (
     read_rules,
     rules_option,
 )
-from worker.engine import Decision, PhoneHistory
-from worker.engine import decide as decide_event
-from worker.events import InvalidEvent, parse_event_json
-from worker.pipeline import Rejected, check_clock
+from worker.domain.engine import Decision, PhoneHistory
+from worker.domain.engine import decide as decide_event
+from worker.domain.events import InvalidEvent, parse_event_json
+from worker.domain.intake import Rejected, check_clock
 
 
 @click.command()

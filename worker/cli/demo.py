@@ -18,12 +18,12 @@ from worker.app import app
 from worker.cli.common import CommandError, plural
 from worker.cli.services import ready_database
 from worker.client import RecallClient
-from worker.db import session_scope
-from worker.embedded import release_embedded_broker
-from worker.models import DeadLetter, ProcessedEvent, Recall
-from worker.sources import iter_records
+from worker.replay.sources import iter_records
+from worker.runtime.embedded_redis import release_embedded_broker
+from worker.store.database import session_scope
+from worker.store.models import DeadLetter, ProcessedEvent, Recall
 
-SAMPLES = Path(__file__).resolve().parents[2] / "samples"
+SAMPLES = Path(__file__).resolve().parents[2] / "config" / "demo"
 # The bundled sample's clock: its events happened just before this instant, and the demo moves
 # them to just before "now", so that their short recall times fall due while you watch.
 SAMPLE_ANCHOR = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
@@ -55,7 +55,7 @@ def _local(moment: datetime, now: datetime | None = None) -> str:
 def demo(seconds: int, sample: Path) -> None:
     """Start a worker on the embedded default, publish a sample, and show decisions and firings.
 
-    The sample's times are moved to just before now and the demo rules (samples/demo_rules.toml)
+    The sample's times are moved to just before now and the demo rules (config/demo/demo_rules.toml)
     shorten recall times, so recalls fire within a minute or two.
     """
     settings = get_settings()

@@ -22,19 +22,12 @@ from worker.cli.common import (
     rules_option,
 )
 from worker.cli.outputs import writes_files
-from worker.replay import (
-    Comparison,
-    JsonLinesWriter,
-    Rejection,
-    Summary,
-    apply,
-    fewer_collections,
-    simulate,
-    sorted_events,
-)
-from worker.rules import Rules
-from worker.shares import ShareFailed, default_shares, replay_in_shares
-from worker.sources import SourceError, check_files
+from worker.domain.rules import Rules
+from worker.replay.apply import apply
+from worker.replay.parallel import ShareFailed, default_shares, replay_in_shares
+from worker.replay.simulation import Comparison, JsonLinesWriter, Summary, simulate
+from worker.replay.sorting import Rejection, fewer_collections, sorted_events
+from worker.replay.sources import SourceError, check_files
 
 FILE = click.Path(dir_okay=False, path_type=Path)
 # Rejections listed in the summary (all of them go to --dead-letters FILE).
@@ -254,7 +247,7 @@ def replay(
 
     result = _result(summary, pending, elapsed, dry_run, summary_rejections, comparison, rules)
     if report is not None:
-        from worker.report import render_report
+        from worker.replay.report import render_report
 
         report.write_text(render_report(result, files), encoding="utf-8")
     if as_json:
@@ -270,7 +263,7 @@ def _applied_run() -> Iterator[None]:
     Its recalls stay held until its end: running it again (idempotent) takes what was not yet
     written and releases them.
     """
-    from worker.replay import running_replay
+    from worker.replay.apply import running_replay
 
     try:
         with running_replay():
@@ -282,7 +275,7 @@ def _applied_run() -> Iterator[None]:
 
 def _many_writers() -> bool:
     """Whether the database takes writers in parallel (PostgreSQL; SQLite has one at a time)."""
-    from worker.db import get_engine
+    from worker.store.database import get_engine
 
     return get_engine().dialect.name == "postgresql"
 
@@ -294,9 +287,11 @@ def _finish_applied(summary: Summary, until: datetime, rejected: list[Rejection]
     """
     from sqlalchemy import func, select
 
-    from worker.db import session_scope
-    from worker.models import DeadLetter, Recall
-    from worker.store import Letter, chunks, fire_due, record_dead_letters
+    from worker.store.bulk import chunks
+    from worker.store.database import session_scope
+    from worker.store.dead_letters import Letter, record_dead_letters
+    from worker.store.models import DeadLetter, Recall
+    from worker.store.recalls import fire_due
 
     with session_scope() as session:
         summary.fired += fire_due(session, until)

@@ -9,7 +9,7 @@ import tomli_w
 
 from worker.cli.common import echo_json, json_option, read_rules, rules_option
 from worker.cli.outputs import writes_files
-from worker.rules import Rules
+from worker.domain.rules import Rules
 
 
 @click.group()

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import click
 
-from worker import sample as generator
 from worker.cli.common import CommandError
 from worker.cli.outputs import Outputs
+from worker.replay import sample as generator
 
 
 @click.command()

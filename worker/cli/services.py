@@ -21,7 +21,9 @@ from worker.cli.common import (
     rules_option,
     use_rules_file,
 )
-from worker.db import (
+from worker.replay.sources import SourceError, UnreadableRow, check_files, iter_records
+from worker.runtime.status import Status, broker_error, check_broker
+from worker.store.database import (
     DatabaseNotReady,
     database_url,
     ensure_migrated,
@@ -29,8 +31,6 @@ from worker.db import (
     session_scope,
     upgrade,
 )
-from worker.sources import SourceError, UnreadableRow, check_files, iter_records
-from worker.status import Status, broker_error, check_broker
 
 WORKER_QUEUES = "call_results,recalls"
 # How long `recall publish` waits for the broker before it gives up (as `recall status` does).
@@ -85,7 +85,7 @@ def worker(no_beat: bool, rules_path: Path | None, celery_args: tuple[str, ...])
         app.worker_main([*argv, *celery_args])
     finally:
         if settings.embedded:
-            from worker.embedded import release_embedded_broker
+            from worker.runtime.embedded_redis import release_embedded_broker
 
             release_embedded_broker(app)
 
@@ -188,7 +188,7 @@ def phones() -> None:
 @json_option
 def phones_show(phone_id: str, as_json: bool) -> None:
     """Show one phone."""
-    from worker.queries import phone
+    from worker.store.queries import phone
 
     ready_database(migrate=False)
     with session_scope() as session:
@@ -216,8 +216,8 @@ def phones_list(eligible: bool, waiting: bool, limit: int, as_json: bool) -> Non
 
     When there are more than --limit, "showing N of M phones" is said on stderr.
     """
-    from worker.queries import PhoneFilter, count_phones
-    from worker.queries import phones as list_phones
+    from worker.store.queries import PhoneFilter, count_phones
+    from worker.store.queries import phones as list_phones
 
     if eligible and waiting:
         # A phone waiting for a recall is not eligible: together they would list nothing.
@@ -253,8 +253,8 @@ def dead_letters_list(include_replayed: bool, limit: int, as_json: bool) -> None
 
     How many there are is said on stderr ("showing N of M" when there are more than --limit).
     """
-    from worker.queries import count_dead_letters
-    from worker.queries import dead_letters as query
+    from worker.store.queries import count_dead_letters
+    from worker.store.queries import dead_letters as query
 
     ready_database(migrate=False)
     with session_scope() as session:
@@ -281,7 +281,7 @@ def dead_letters_list(include_replayed: bool, limit: int, as_json: bool) -> None
 @json_option
 def dead_letters_replay(ids: tuple[int, ...], rules_path: Path | None, as_json: bool) -> None:
     """Run the dead letters through validation and the rules again (e.g. after a rules fix)."""
-    from worker.pipeline import replay_dead_letters
+    from worker.store.ingest import replay_dead_letters
 
     rules = read_rules(rules_path)
     ready_database(migrate=False)
@@ -299,7 +299,7 @@ def _refuse_unknown_letters(session: Session, ids: tuple[int, ...]) -> None:
     """``--id``: a letter that does not exist, or was replayed already, is an error."""
     from sqlalchemy import select
 
-    from worker.models import DeadLetter
+    from worker.store.models import DeadLetter
 
     if not ids:
         return
@@ -323,14 +323,14 @@ def _refuse_unknown_letters(session: Session, ids: tuple[int, ...]) -> None:
 @json_option
 def status(timeout: float, rules_path: Path | None, as_json: bool) -> None:
     """Workers, queues, recalls and dead letters at a glance; exit 1 when unhealthy."""
-    from worker.status import collect
+    from worker.runtime.status import collect
 
     use_rules_file(rules_path)
     settings = get_settings()
     result = collect(settings, timeout=timeout)
     if settings.embedded:
         from worker.app import app
-        from worker.embedded import release_embedded_broker
+        from worker.runtime.embedded_redis import release_embedded_broker
 
         release_embedded_broker(app)
     if as_json:

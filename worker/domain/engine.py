@@ -1,0 +1,446 @@
+"""The decision: what one call result means for its phone's next dial (DESIGN.md section 2).
+
+``decide`` is a pure function of (event, rules, the phone's history, now): it reads no clock, no
+database and no broker, so the worker, the replay command and the tests all run the same code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Container
+from dataclasses import dataclass
+from datetime import UTC as UTC_ZONE
+from datetime import date, datetime, timedelta
+from functools import cache, lru_cache
+from typing import Any, Literal
+
+import pendulum
+
+from worker.domain.events import CallResult
+from worker.domain.rules import CallingHours, Duration, Outcome, Plan, Rules
+
+__all__ = [
+    "APPLYING_ACTIONS",
+    "Decision",
+    "PendingRecall",
+    "PhoneHistory",
+    "decide",
+    "next_opening",
+    "phone_zone",
+]
+
+Action = Literal["recall", "suppress", "duplicate", "stale", "reject"]
+#: The actions that change a phone (``Decision.applies``); the others leave its schedule alone.
+APPLYING_ACTIONS: tuple[Action, ...] = ("recall", "suppress")
+Source = Literal["user_outcome", "system_outcome", "sip_code"]
+
+
+@dataclass(frozen=True, slots=True)
+class PendingRecall:
+    """The recall a phone is waiting for."""
+
+    due_at: datetime
+    source: str
+    rule: str
+
+
+@dataclass(frozen=True, slots=True)
+class PhoneHistory:
+    """What the engine needs to know about a phone before this event.
+
+    ``attempts`` are the times of earlier call results (any order); ``system_recalls`` counts the
+    system recalls scheduled for the phone so far; ``seen_event_ids`` answers whether this event
+    was already processed (the worker passes the id it found, replay a per-phone set).
+    """
+
+    attempts: tuple[datetime, ...] = ()
+    last_applied_at: datetime | None = None
+    system_recalls: int = 0
+    pending: PendingRecall | None = None
+    seen_event_ids: Container[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome for one event, with everything needed to explain it."""
+
+    event_id: str
+    phone_id: str
+    action: Action
+    due_at: datetime | None
+    source: Source | None
+    rule: str | None
+    reason: str
+    adjustments: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    explanation: str = ""
+    #: The pending recall this decision replaces (never fires); not part of the JSON form.
+    supersedes: PendingRecall | None = None
+    #: For a stale call that puts the phone over an attempt cap: the pending recall's new,
+    #: later due time (not part of the JSON form).
+    reschedules: datetime | None = None
+
+    @property
+    def is_system_recall(self) -> bool:
+        """A scheduled recall that counts against the plan's ``max_recalls``."""
+        return self.action == "recall" and self.source != "user_outcome"
+
+    @property
+    def applies(self) -> bool:
+        """Whether the decision changes the phone (recall or suppress); the others do not."""
+        return self.action in APPLYING_ACTIONS
+
+    def to_json(self) -> dict[str, Any]:
+        """The contract's JSON shape (DESIGN.md section 7)."""
+        return {
+            "event_id": self.event_id,
+            "phone_id": self.phone_id,
+            "action": self.action,
+            "due_at": _utc_iso(self.due_at) if self.due_at is not None else None,
+            "source": self.source,
+            "rule": self.rule,
+            "reason": self.reason,
+            "adjustments": list(self.adjustments),
+            "warnings": list(self.warnings),
+            "explanation": self.explanation,
+        }
+
+
+UTC = pendulum.UTC
+
+
+def phone_zone(rules: Rules, event: CallResult) -> str:
+    """The phone's zone name: the event's, else its plan's, else the rules' default."""
+    plan = rules.plans.get(event.plan_id)
+    return event.timezone or (plan.timezone if plan else None) or rules.default_timezone
+
+
+@cache
+def timezone(name: str) -> pendulum.Timezone:
+    """The zone object for ``name``, loaded once (pendulum reads the zone file on every call)."""
+    return pendulum.timezone(name)
+
+
+def _utc_iso(moment: datetime) -> str:
+    # Formatting only (no arithmetic): the standard library's C code is ten times faster here.
+    return moment.astimezone(UTC_ZONE).isoformat()
+
+
+@dataclass(frozen=True, slots=True)
+class _Verdict:
+    """What the precedence rules (steps 3-6) said, before adjustments."""
+
+    source: Source | None
+    rule: str
+    reason: str
+    text: str
+    after: Duration | None = None  # None: suppress
+
+
+def _rule_verdict(event: CallResult, rules: Rules, plan: Plan) -> tuple[_Verdict, tuple[str, ...]]:
+    """Steps 3-6 for ``event``, worked out once per (plan, known outcome, SIP code)."""
+    outcome = rules.outcomes.get(event.outcome_code) if event.outcome_code else None
+    warnings = (
+        (f"unknown_outcome:{event.outcome_code}",) if event.outcome_code and not outcome else ()
+    )
+    # An unknown outcome code is no outcome for the rules: keying by the known code only keeps
+    # the memo bounded whatever senders put in the field.
+    key = (plan.id, outcome.code if outcome is not None else None, event.sip_code)
+    verdict: _Verdict | None = rules.verdicts.get(key)
+    if verdict is None:
+        verdict = rules.verdicts[key] = _precedence(outcome, event.sip_code, rules, plan)
+    return verdict, warnings
+
+
+def _precedence(outcome: Outcome | None, code: int, rules: Rules, plan: Plan) -> _Verdict:
+    # 3. A user outcome (agent disposition) decides, whatever the plan's Can Recall says.
+    if outcome is not None and outcome.kind == "user" and outcome.recall != "inherit":
+        name = f"user outcome {outcome.code} ({outcome.description})"
+        rule = f"outcome:{outcome.code}"
+        if outcome.recall == "never":
+            return _Verdict("user_outcome", rule, "user_final", f"{name} is final")
+        return _Verdict(
+            "user_outcome",
+            rule,
+            "user_recall",
+            f"{name} recalls after {outcome.recall_after}",
+            outcome.recall_after,
+        )
+
+    # 4. Can Recall off: no system recall of any kind on this plan.
+    if not plan.can_recall:
+        return _Verdict(
+            None, plan.rule, "plan_can_recall_off", f"plan {plan.id} has Can Recall off"
+        )
+
+    # 5. A system outcome: the plan's own timing, else the outcome table.
+    if outcome is not None and outcome.kind == "system":
+        name = f"system outcome {outcome.code} ({outcome.description})"
+        planned = plan.system_recalls.get(outcome.code)
+        if planned is not None:
+            text = f"plan {plan.id} recalls {name} after {planned}"
+            return _Verdict("system_outcome", plan.rule, "system_outcome_recall", text, planned)
+        rule = f"outcome:{outcome.code}"
+        if outcome.recall == "never":
+            return _Verdict("system_outcome", rule, "system_outcome_final", f"{name} is final")
+        if outcome.recall == "after":
+            text = f"{name} recalls after {outcome.recall_after}"
+            return _Verdict(
+                "system_outcome", rule, "system_outcome_recall", text, outcome.recall_after
+            )
+
+    # 6. The SIP code: its active row, else its class fallback.
+    if code < 400:
+        return _Verdict("sip_code", f"sip:{code}", "no_failure", f"SIP {code} is not a failure")
+    row = rules.sip_rule_for(code)
+    if row is None:
+        text = f"SIP {code} has no active row and no class fallback"
+        return _Verdict("sip_code", f"sip:{code}", "unknown_sip_code", text)
+    name = f"SIP {code} {row.description}" if row.code == code else f"SIP {code} (by {row.rule})"
+    if not row.recall:
+        return _Verdict("sip_code", row.rule, "sip_no_recall", f"{name} does not recall")
+    text = f"{name} recalls after {row.recall_after}"
+    return _Verdict("sip_code", row.rule, "sip_recall", text, row.recall_after)
+
+
+def next_opening(moment: datetime, hours: CallingHours) -> datetime:
+    """The first instant at or after ``moment`` inside the calling hours, in moment's zone.
+
+    Calling hours are read on the phone's local clock: an instant is inside them when the local
+    wall-clock time then is inside one of the ranges of its local date (start included, end
+    excluded). Each range's local start and end are mapped to instants, and a DST change decides
+    the rest (README, "The decision"):
+
+    - a range wholly in a spring-forward gap is never read on the clock: closed that day;
+    - a range that starts in a gap opens at the end of the gap (the first instant that exists
+      after its start); one that ends in a gap closes at the start of the gap;
+    - a fall-back overlap reads its hour twice: a range opens at the first occurrence of its
+      start (the earlier offset, fold=0), and is open during both occurrences for the part of
+      the repeated hour inside it; one ending in the overlap closes at the first occurrence of
+      its end and opens again at the second occurrence of the repeated hour, until its end.
+    """
+    assert isinstance(moment.tzinfo, pendulum.Timezone), "calling hours need a named zone"
+    zone = moment.tzinfo.key
+    at = moment.timestamp()  # instants compare by timestamp: datetimes of one zone by wall clock
+    first = moment.date().toordinal()
+    # The day before too (in an overlap at midnight an instant of the earlier date follows one of
+    # the later date), and two weeks: an open day's only range may lie in a gap one week.
+    for ordinal in range(first - 1, first + 15):
+        for opens, closes, opening in _open_spans(ordinal, hours.days[(ordinal - 1) % 7], zone):
+            if at < closes:
+                return moment if at >= opens else opening
+    raise ValueError("calling hours have no open day")  # validated away when rules load
+
+
+_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
+#: Instants of one local date lie within this of its midnight read as UTC (offsets -12 to +14 h).
+_DAY_REACH = 15 * 3600
+
+
+# Openings and closings repeat for every phone of a zone on a day: compute each once. 64k entries
+# cover every zone a dialler uses over years of days, at a few MB.
+@lru_cache(maxsize=65536)
+def _open_spans(
+    ordinal: int, ranges: tuple[tuple[int, int], ...], zone: str
+) -> tuple[tuple[int, int, datetime], ...]:
+    """The instants of local date ``ordinal`` whose wall clock reads inside ``ranges``.
+
+    As (opens, closes, opening) spans in time order: epoch seconds, closes excluded, and the
+    opening instant as a datetime in the zone.
+    """
+    tz = timezone(zone)
+    midnight = (ordinal - _EPOCH_ORDINAL) * 86_400  # the date's wall-clock midnight, as if UTC
+    spans: list[tuple[int, int]] = []
+    for low, high, offset in _offsets(midnight - _DAY_REACH, midnight + 86_400 + _DAY_REACH, tz):
+        # While the offset holds, wall-clock time is the instant plus the offset.
+        for start, end in ranges:
+            opens = max(low, midnight + start * 60 - offset)
+            closes = min(high, midnight + end * 60 - offset)
+            if opens < closes:
+                spans.append((opens, closes))
+    spans.sort()
+    merged: list[tuple[int, int]] = []
+    for opens, closes in spans:  # pieces that touch across an offset change are one span
+        if merged and opens <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], closes))
+        else:
+            merged.append((opens, closes))
+    return tuple((opens, closes, datetime.fromtimestamp(opens, tz)) for opens, closes in merged)
+
+
+def _offsets(low: int, high: int, tz: pendulum.Timezone) -> list[tuple[int, int, int]]:
+    """``[low, high)`` cut where the zone's UTC offset changes: (from, to, offset) in seconds."""
+
+    def offset(moment: int) -> int:
+        return int(datetime.fromtimestamp(moment, tz).utcoffset().total_seconds())  # type: ignore[union-attr]
+
+    pieces: list[tuple[int, int, int]] = []
+    start, current = low, offset(low)
+    # Offsets change at most once an hour (in practice twice a year): probe hourly, then find
+    # each change to the second by bisection.
+    previous = low
+    for probe in [*range(low + 3600, high, 3600), high]:
+        if offset(probe) != current:
+            before, after = previous, probe
+            while after - before > 1:
+                middle = (before + after) // 2
+                if offset(middle) == current:
+                    before = middle
+                else:
+                    after = middle
+            pieces.append((start, after, current))
+            start, current = after, offset(after)
+        previous = probe
+    pieces.append((start, high, current))
+    return pieces
+
+
+def _local(moment: datetime) -> str:
+    # Keyed by zone and fold too: equal instants in two zones read differently, and datetimes of
+    # one zone compare by wall clock alone, so a repeated hour's two halves would be one key.
+    return _local_text(moment, moment.tzinfo, moment.fold)
+
+
+# Calling-hours openings repeat for every phone of a zone: format each once.
+@lru_cache(maxsize=4096)
+def _local_text(moment: datetime, _zone: object, _fold: int) -> str:
+    return moment.strftime("%a %Y-%m-%d %H:%M %Z")
+
+
+# A call's window end is needed again by every later decision for its phone: compute it once.
+@lru_cache(maxsize=65_536)  # a few MB; recent calls are the ones asked for again
+def _window_end(attempt: datetime, zone: pendulum.Timezone, within: Duration) -> datetime:
+    return within.add_to(attempt.astimezone(zone))
+
+
+def _respect_caps_and_hours(
+    due: datetime,
+    plan: Plan,
+    attempts: tuple[datetime, ...],
+    zone: pendulum.Timezone,
+    adjustments: list[str],
+    notes: list[str],
+) -> datetime:
+    """Move ``due`` later as the plan's attempt caps and then its calling hours require."""
+    stamps = [attempt.timestamp() for attempt in attempts] if plan.max_attempts else []
+    for cap in plan.max_attempts:
+        # Only attempts whose window can still be open at `due` count; skipping the rest
+        # before any zone arithmetic keeps a long history cheap.
+        horizon = due.timestamp() - cap.within.longest_seconds
+        recent = [a for a, stamp in zip(attempts, stamps, strict=True) if stamp > horizon]
+        if len(recent) < cap.count:
+            continue
+        # An attempt holds a place in the window until its end; count-1 may stay, so wait
+        # for the count-th latest end. Ends, not attempts, are sorted: adding calendar days
+        # need not keep the order of times inside a repeated DST hour.
+        ends = sorted((_window_end(a, zone, cap.within) for a in recent), reverse=True)
+        allowed = ends[cap.count - 1]
+        if allowed > due:
+            due = allowed
+            if "max_attempts" not in adjustments:
+                adjustments.append("max_attempts")
+            notes.append(f"moved to {_local(due)} by the cap of {cap}")
+
+    if plan.calling_hours is not None:
+        opening = next_opening(due, plan.calling_hours)
+        if opening != due:
+            due = opening
+            adjustments.append("calling_hours")
+            notes.append(f"moved to the next calling hours, {_local(due)}")
+    return due
+
+
+def decide(event: CallResult, rules: Rules, history: PhoneHistory, now: datetime) -> Decision:
+    """Decide what ``event`` means for its phone, given the rules, its history and ``now``."""
+
+    def plain(action: Action, reason: str, text: str) -> Decision:
+        return Decision(
+            event.event_id, event.phone_id, action, None, None, None, reason, (), (), text
+        )
+
+    # 1. Already processed: nothing changes.
+    if event.event_id in history.seen_event_ids:
+        return plain("duplicate", "duplicate", f"event {event.event_id} was already processed")
+    plan = rules.plans.get(event.plan_id)
+    if plan is None:
+        return plain("reject", "unknown_plan", f"plan {event.plan_id!r} is not in the rules")
+    # 2. Older than what the phone already reflects: an attempt, but no schedule change.
+    if history.last_applied_at is not None and event.occurred_at < history.last_applied_at:
+        last = _utc_iso(history.last_applied_at)
+        text = f"older than the last applied result ({last})"
+        pending = history.pending
+        if pending is None or not plan.max_attempts:
+            return plain("stale", "stale", text)
+        # It changes no decision, but it was a call: the pending recall must still respect the
+        # caps with it counted, as it would have had the calls arrived in order.
+        zone = timezone(phone_zone(rules, event))
+        due = pending.due_at.astimezone(zone)
+        notes: list[str] = []
+        moved = _respect_caps_and_hours(
+            due, plan, (*history.attempts, event.occurred_at), zone, [], notes
+        )
+        if moved == due:
+            return plain("stale", "stale", text)
+        return Decision(
+            event.event_id, event.phone_id, "stale", None, None, None, "stale", (), (),
+            f"{text}; the pending recall is {'; '.join(notes)}", None, moved,
+        )  # fmt: skip
+
+    verdict, warnings = _rule_verdict(event, rules, plan)
+    supersedes = history.pending
+    replaced = (
+        f"; replaces the pending recall due {_utc_iso(supersedes.due_at)}" if supersedes else ""
+    )
+
+    def suppress(source: Source | None, rule: str, reason: str, text: str) -> Decision:
+        return Decision(
+            event.event_id, event.phone_id, "suppress", None, source, rule, reason,
+            (), warnings, f"{text}: no recall{replaced}", supersedes,
+        )  # fmt: skip
+
+    if verdict.after is None:
+        return suppress(verdict.source, verdict.rule, verdict.reason, verdict.text)
+
+    # 7. Adjustments, in the contract's order.
+    zone = timezone(phone_zone(rules, event))
+    occurred = event.occurred_at.astimezone(zone)
+    due = verdict.after.add_to(occurred)
+    adjustments: list[str] = []
+    notes = [verdict.text]
+
+    if event.retry_after_s is not None:
+        held = timedelta(seconds=event.retry_after_s)  # elapsed time: added to the UTC instant
+        floor = (occurred.astimezone(UTC_ZONE) + held).astimezone(zone)
+        if floor > due:
+            due = floor
+            adjustments.append("retry_after")
+            notes.append(f"held back by Retry-After {event.retry_after_s}s")
+
+    limit = plan.max_recalls
+    if verdict.source != "user_outcome" and limit is not None and history.system_recalls >= limit:
+        text = (
+            f"{verdict.text}, but plan {plan.id} allows {limit} system recalls"
+            f" and the phone has had {history.system_recalls}"
+        )
+        return suppress(verdict.source, plan.rule, "max_recalls", text)
+
+    if due < now:
+        due = now.astimezone(zone)
+        notes.append("already due when decided, so due now")
+
+    due = _respect_caps_and_hours(
+        due, plan, (*history.attempts, event.occurred_at), zone, adjustments, notes
+    )
+
+    return Decision(
+        event.event_id,
+        event.phone_id,
+        "recall",
+        due,
+        verdict.source,
+        verdict.rule,
+        verdict.reason,
+        tuple(adjustments),
+        warnings,
+        "; ".join(notes) + replaced,
+        supersedes,
+    )

@@ -1,0 +1,229 @@
+"""Call-result events: the wire schema of DESIGN.md section 5, validated into ``CallResult``.
+
+Every malformed input is refused with ``InvalidEvent``, whose message names the field and says
+what is wrong in one line, so that operators can fix the sender from the dead-letter store alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import MappingProxyType
+from typing import Any
+
+import orjson
+
+from worker.domain.rules import is_valid_timezone
+
+__all__ = [
+    "EVENT_FIELDS",
+    "MAX_EVENT_BYTES",
+    "NO_EXTRA",
+    "CallResult",
+    "InvalidEvent",
+    "event_from_csv_row",
+    "parse_event",
+    "parse_event_json",
+]
+
+#: Columns of the contract, in order; CSV files use the same names.
+EVENT_FIELDS = (
+    "event_id",
+    "plan_id",
+    "lead_id",
+    "phone_id",
+    "sip_code",
+    "occurred_at",
+    "outcome_code",
+    "timezone",
+    "retry_after_s",
+    "call_id",
+)
+_KNOWN_FIELDS = frozenset(EVENT_FIELDS)
+_REQUIRED_TEXT = ("event_id", "plan_id", "lead_id", "phone_id")
+_INTEGER_FIELDS = ("sip_code", "retry_after_s")
+
+# Ids are keys in the database and in every log line: 255 characters is generous for any dialer's
+# UUIDs or composite keys, and keeps an index entry small. Codes and zone names are much shorter.
+MAX_ID_LENGTH = 255
+MAX_CODE_LENGTH = 64
+# A year of Retry-After is already absurd; more would overflow date arithmetic.
+MAX_RETRY_AFTER_S = 366 * 24 * 3600
+# Far outside any real call, and it keeps date arithmetic (a year of delays) from overflowing.
+MIN_YEAR, MAX_YEAR = 1970, 9000
+# One event is a few hundred bytes; 64 KiB leaves room for the dialer's extra fields.
+MAX_EVENT_BYTES = 64 * 1024
+
+
+#: The extra fields of an event that has none (shared: a mapping proxy cannot be changed).
+NO_EXTRA: Mapping[str, Any] = MappingProxyType({})
+
+
+class InvalidEvent(ValueError):
+    """An event that does not meet the schema; ``str()`` is ``"<field>: <what is wrong>"``."""
+
+    def __init__(self, field_name: str, message: str) -> None:
+        super().__init__(f"{field_name}: {message}")
+        self.field = field_name
+
+
+@dataclass(frozen=True, slots=True)
+class CallResult:
+    """One validated call result. ``occurred_at`` is always timezone-aware."""
+
+    event_id: str
+    plan_id: str
+    lead_id: str
+    phone_id: str
+    sip_code: int
+    occurred_at: datetime
+    outcome_code: str | None = None
+    timezone: str | None = None
+    retry_after_s: int | None = None
+    call_id: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=lambda: NO_EXTRA)
+
+    def to_json(self) -> dict[str, Any]:
+        """The event in its wire form (absent optional fields left out, extras kept)."""
+        data: dict[str, Any] = {
+            "event_id": self.event_id,
+            "plan_id": self.plan_id,
+            "lead_id": self.lead_id,
+            "phone_id": self.phone_id,
+            "sip_code": self.sip_code,
+            "occurred_at": self.occurred_at.isoformat(),
+        }
+        for name in ("outcome_code", "timezone", "retry_after_s", "call_id"):
+            value = getattr(self, name)
+            if value is not None:
+                data[name] = value
+        return {**self.extra, **data}
+
+
+def _describe(value: object) -> str:
+    if value is None:
+        return "null"
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+    names.update({list: "an array", dict: "an object"})
+    return names.get(type(value), type(value).__name__)
+
+
+def _text(data: Mapping[str, Any], name: str, limit: int, *, required: bool) -> str | None:
+    value = data.get(name)
+    if value is None:
+        if required:
+            raise InvalidEvent(name, "required")
+        return None
+    if not isinstance(value, str):
+        raise InvalidEvent(name, f"must be a string, got {_describe(value)}")
+    if not value.strip():
+        raise InvalidEvent(name, "must not be empty")
+    if len(value) > limit:
+        raise InvalidEvent(name, f"longer than {limit} characters ({len(value)})")
+    if "\x00" in value:
+        raise InvalidEvent(name, "contains a NUL character")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidEvent(name, "is not valid Unicode (a lone surrogate)") from None
+    return value
+
+
+def _integer(data: Mapping[str, Any], name: str, low: int, high: int) -> int | None:
+    value = data.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidEvent(name, f"must be an integer, got {_describe(value)}")
+    if not low <= value <= high:
+        raise InvalidEvent(name, f"must be between {low} and {high}, got {value}")
+    return value
+
+
+def _timestamp(data: Mapping[str, Any]) -> datetime:
+    value = data.get("occurred_at")
+    if value is None:
+        raise InvalidEvent("occurred_at", "required")
+    if not isinstance(value, str):
+        raise InvalidEvent("occurred_at", f"must be an ISO-8601 string, got {_describe(value)}")
+    shown = value if len(value) <= 40 else value[:40] + "..."
+    # fromisoformat also takes a bare date or a week date; the contract wants a full timestamp.
+    if len(value) < 16 or value[10:11] not in ("T", "t", " "):
+        raise InvalidEvent("occurred_at", f"not an ISO-8601 date and time: {shown!r}")
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidEvent("occurred_at", f"not an ISO-8601 date and time: {shown!r}") from None
+    if moment.tzinfo is None or moment.utcoffset() is None:
+        raise InvalidEvent("occurred_at", f"no UTC offset in {shown!r}")
+    if not MIN_YEAR <= moment.year <= MAX_YEAR:
+        raise InvalidEvent("occurred_at", f"year must be {MIN_YEAR}-{MAX_YEAR}, got {shown!r}")
+    return moment
+
+
+def parse_event(data: object) -> CallResult:
+    """Validate one decoded event (a JSON object) into a ``CallResult``."""
+    if not isinstance(data, dict):
+        raise InvalidEvent("event", f"must be a JSON object, got {_describe(data)}")
+    event_id, plan_id, lead_id, phone_id = (
+        _text(data, name, MAX_ID_LENGTH, required=True) for name in _REQUIRED_TEXT
+    )
+    sip_code = _integer(data, "sip_code", 100, 699)
+    if sip_code is None:
+        raise InvalidEvent("sip_code", "required")
+    occurred_at = _timestamp(data)
+    timezone = _text(data, "timezone", MAX_CODE_LENGTH, required=False)
+    if timezone is not None and not is_valid_timezone(timezone):
+        raise InvalidEvent("timezone", f"unknown IANA time zone {timezone!r}")
+    # Most senders add nothing: one set comparison (C speed) spares the per-key loop.
+    if data.keys() <= _KNOWN_FIELDS:
+        extra: Mapping[str, Any] = NO_EXTRA
+    else:
+        extra = MappingProxyType(
+            {key: value for key, value in data.items() if key not in _KNOWN_FIELDS}
+        )
+    return CallResult(
+        event_id=event_id,  # type: ignore[arg-type]  # required=True never returns None
+        plan_id=plan_id,  # type: ignore[arg-type]
+        lead_id=lead_id,  # type: ignore[arg-type]
+        phone_id=phone_id,  # type: ignore[arg-type]
+        sip_code=sip_code,
+        occurred_at=occurred_at,
+        outcome_code=_text(data, "outcome_code", MAX_CODE_LENGTH, required=False),
+        timezone=timezone,
+        retry_after_s=_integer(data, "retry_after_s", 0, MAX_RETRY_AFTER_S),
+        call_id=_text(data, "call_id", MAX_ID_LENGTH, required=False),
+        extra=extra,
+    )
+
+
+def parse_event_json(payload: bytes | str) -> CallResult:
+    """Decode and validate one event from JSON text."""
+    size = len(payload.encode() if isinstance(payload, str) else payload)
+    if size > MAX_EVENT_BYTES:
+        raise InvalidEvent("event", f"payload of {size} bytes is over the {MAX_EVENT_BYTES} limit")
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError as error:
+        raise InvalidEvent("event", f"not valid JSON: {error}") from None
+    return parse_event(data)
+
+
+def event_from_csv_row(row: Mapping[str, str | None]) -> dict[str, Any]:
+    """Turn a CSV row into the JSON form of an event: empty cells are absent, numbers are ints.
+
+    A cell that is not a whole number is kept as text, so that validation names it precisely.
+    """
+    data: dict[str, Any] = {}
+    for key, cell in row.items():
+        if key is None or cell is None or cell == "":
+            continue
+        if key in _INTEGER_FIELDS:
+            stripped = cell.strip()
+            digits = stripped[1:] if stripped[:1] in "+-" else stripped
+            data[key] = int(stripped) if digits.isdigit() and digits.isascii() else cell
+        else:
+            data[key] = cell
+    return data

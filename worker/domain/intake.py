@@ -1,0 +1,130 @@
+"""Intake: a raw call result checked against the schema, the rules and the deciding clock.
+
+What the worker, replay and ``recall decide`` all do first to an input: ``accept`` turns it into
+a ``CallResult`` or refuses it with the contract's reason (``Rejected``); the helpers say what
+the dead letter of a refused input holds.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import orjson
+
+from config.settings import get_settings
+from worker.domain.events import (
+    MAX_EVENT_BYTES,
+    CallResult,
+    InvalidEvent,
+    parse_event,
+    parse_event_json,
+)
+from worker.domain.rules import Rules
+
+__all__ = ["AheadOfClock", "Rejected", "accept", "check_clock", "event_id_of", "raw_text"]
+
+
+def raw_text(raw: object) -> str:
+    """The payload as text for the dead-letter store, whatever it was."""
+    if isinstance(raw, bytes):
+        return raw.decode("utf-8", errors="replace")
+    if isinstance(raw, str):
+        return raw
+    try:
+        return orjson.dumps(raw, option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:
+        return repr(raw)
+
+
+def event_id_of(raw: object) -> str | None:
+    """The ``event_id`` a raw input carries, when it has a text one: to file its dead letter by."""
+    value = raw.get("event_id") if isinstance(raw, dict) else None
+    return value if isinstance(value, str) else None
+
+
+def _event_id_of(raw: object) -> str | None:
+    value = event_id_of(raw)
+    return value[:255] if value is not None else None
+
+
+def _unencodable_field(raw: object) -> str:
+    """The first field of ``raw`` that cannot be written as JSON (UTF-8), for the reason line."""
+    if isinstance(raw, dict):
+        for key, value in raw.items():
+            try:
+                orjson.dumps({key: value})
+            except TypeError:
+                return key if isinstance(key, str) and key.isprintable() else "event"
+    return "event"
+
+
+class Rejected(ValueError):
+    """An input that cannot be taken: ``reason`` is the contract's, ``detail`` names the field."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class AheadOfClock(Rejected):
+    """An event dated further ahead of the deciding clock than ``RECALL_CLOCK_SKEW_S`` allows."""
+
+
+def _ahead(seconds: float) -> str:
+    if seconds >= 86_400:
+        days = int(seconds // 86_400)
+        return f"{days:,} day{'s' if days > 1 else ''}"
+    if seconds >= 3600:
+        return f"{seconds // 360 / 10:.1f} hours"  # rounded down, as days are
+    return f"{seconds:,.0f} s"
+
+
+def check_clock(event: CallResult, now: datetime, skew_s: int | None = None) -> None:
+    """Refuse ``event`` if it occurred more than ``skew_s`` seconds after ``now``.
+
+    A dialer's clock can be wrong. Trusted, a call dated years ahead makes every real call for
+    its phone look late (decided before it) and holds the phone until that date. Refused, it waits
+    in the dead letters, and a replay of them takes it once the clock has passed it. ``now`` is
+    the deciding clock: the worker's wall clock, or ``--now`` of ``recall decide`` and replay.
+    ``skew_s`` defaults to ``RECALL_CLOCK_SKEW_S``.
+    """
+    limit = get_settings().clock_skew_s if skew_s is None else skew_s
+    ahead = (event.occurred_at - now).total_seconds()
+    if ahead > limit:
+        raise AheadOfClock(
+            "invalid_event",
+            f"occurred_at: {event.occurred_at.isoformat()} is {_ahead(ahead)} ahead of the clock"
+            f" ({now.astimezone(UTC).isoformat(timespec='seconds')}); the limit is"
+            f" RECALL_CLOCK_SKEW_S={limit} s",
+        )
+
+
+def accept(raw: object, rules: Rules, now: datetime, skew_s: int | None = None) -> CallResult:
+    """Validate one raw input (a decoded event or its JSON text) against the schema and rules.
+
+    ``now`` is the deciding clock, for ``check_clock``.
+    """
+    try:
+        # Senders in other languages may put the event on the wire as JSON text.
+        if isinstance(raw, str | bytes):
+            event = parse_event_json(raw)
+        else:
+            try:
+                size = len(orjson.dumps(raw))
+            except TypeError:
+                # A lone surrogate or an integer past 64 bits, which no JSON column can store. In
+                # a field of the schema, its check says precisely what is wrong (an out-of-range
+                # sip_code must not read as bad Unicode); else it is in an extra field.
+                parse_event(raw)
+                detail = "cannot be stored as JSON (a lone surrogate or an integer past 64 bits)"
+                raise InvalidEvent(_unencodable_field(raw), detail) from None
+            if size > MAX_EVENT_BYTES:
+                raise InvalidEvent("event", f"payload is over the {MAX_EVENT_BYTES}-byte limit")
+            event = parse_event(raw)
+    except InvalidEvent as error:
+        raise Rejected("invalid_event", str(error)) from None
+    if event.plan_id not in rules.plans:
+        raise Rejected("unknown_plan", f"plan_id: plan {event.plan_id!r} is not in the rules")
+    check_clock(event, now, skew_s)
+    return event

@@ -1,0 +1,153 @@
+"""A phone's state and how a decision or a firing changes it, with no database in sight.
+
+The worker (``worker.store``) loads these from rows and writes back what changed; replay keeps them
+in memory. Both move phones through the same transitions, so a replayed history ends exactly where
+the live worker would have.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from worker.domain.engine import Decision, PendingRecall, PhoneHistory
+from worker.domain.events import CallResult
+from worker.domain.rules import Rules
+
+__all__ = ["NewRecall", "PhoneState", "Transition", "attempt_lookback", "decision_json"]
+
+
+def attempt_lookback(rules: Rules) -> timedelta:
+    """How far back attempt caps can look: the longest window of any plan, plus a DST day."""
+    longest = timedelta(0)
+    for plan in rules.plans.values():
+        for cap in plan.max_attempts:
+            window = cap.within
+            span = timedelta(days=window.days + 1, hours=window.hours, minutes=window.minutes)
+            longest = max(longest, span)
+    return longest
+
+
+@dataclass(frozen=True, slots=True)
+class NewRecall:
+    """A recall a decision scheduled (its id is the deciding event's id)."""
+
+    recall_id: str
+    phone_id: str
+    lead_id: str
+    plan_id: str
+    generation: int
+    due_at: datetime
+    source: str
+    rule: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """What taking one event changed: the recall it replaced and the one it scheduled."""
+
+    superseded: str | None = None
+    scheduled: NewRecall | None = None
+    #: (recall id, new due time) when a late call moved the pending recall later.
+    rescheduled: tuple[str, datetime] | None = None
+
+
+@dataclass(slots=True)
+class PhoneState:
+    """Everything about one lead phone that the decisions depend on or report."""
+
+    phone_id: str
+    lead_id: str
+    plan_id: str
+    eligible: bool = False
+    eligible_at: datetime | None = None
+    generation: int = 0
+    pending_recall_id: str | None = None
+    pending: PendingRecall | None = None
+    last_result_at: datetime | None = None
+    last_event_id: str | None = None
+    #: The JSON form (as loaded from the database) or the Decision itself (kept as the object
+    #: in memory: a replay holds one per phone, and the dict is five times larger).
+    last_decision: dict[str, Any] | Decision | None = None
+    system_recalls: int = 0
+    attempts: list[datetime] = field(default_factory=list)
+    #: Event ids taken for this phone, with their times (a dict, so old ones can be forgotten).
+    seen: dict[str, datetime] = field(default_factory=dict)
+
+    def history(self) -> PhoneHistory:
+        return PhoneHistory(
+            attempts=tuple(self.attempts),
+            last_applied_at=self.last_result_at,
+            system_recalls=self.system_recalls,
+            pending=self.pending,
+            seen_event_ids=self.seen,
+        )
+
+    def take(self, event: CallResult, decision: Decision) -> Transition:
+        """Apply ``decision`` (made for ``event`` from ``history()``) to the phone."""
+        if decision.action in ("duplicate", "reject"):
+            return Transition()
+        self.seen[event.event_id] = event.occurred_at
+        self.attempts.append(event.occurred_at)
+        if not decision.applies:  # stale: an attempt, and maybe a pending recall moved later
+            if decision.reschedules is None or self.pending is None:
+                return Transition()
+            assert self.pending_recall_id is not None
+            self.pending = PendingRecall(
+                decision.reschedules, self.pending.source, self.pending.rule
+            )
+            return Transition(rescheduled=(self.pending_recall_id, decision.reschedules))
+        superseded = self.pending_recall_id
+        self.generation += 1
+        self.lead_id, self.plan_id = event.lead_id, event.plan_id
+        self.eligible, self.eligible_at = False, None
+        self.pending_recall_id, self.pending = None, None
+        self.last_result_at = event.occurred_at
+        self.last_event_id = event.event_id
+        self.last_decision = decision
+        scheduled = None
+        if decision.action == "recall" and decision.due_at is not None:
+            source = decision.source or ""
+            scheduled = NewRecall(
+                recall_id=event.event_id,
+                phone_id=event.phone_id,
+                lead_id=event.lead_id,
+                plan_id=event.plan_id,
+                generation=self.generation,
+                due_at=decision.due_at,
+                source=source,
+                rule=decision.rule or "",
+                reason=decision.reason,
+            )
+            self.pending_recall_id = event.event_id
+            self.pending = PendingRecall(decision.due_at, source, decision.rule or "")
+            if decision.is_system_recall:
+                self.system_recalls += 1
+        return Transition(superseded=superseded, scheduled=scheduled)
+
+    def fire(self, at: datetime) -> str | None:
+        """Make the phone eligible at ``at`` through its pending recall; return that recall's id."""
+        recall_id = self.pending_recall_id
+        if recall_id is None:
+            return None
+        self.eligible, self.eligible_at = True, at
+        self.pending_recall_id, self.pending = None, None
+        return recall_id
+
+    def forget_before(self, moment: datetime) -> None:
+        """Drop attempts and event ids from before ``moment`` (keeps a long replay's memory flat).
+
+        Only safe for input in event-time order, where a redelivered event stands next to its
+        first copy: ``moment`` must be at least the longest attempt window in the past.
+        """
+        if self.attempts and min(self.attempts) < moment:
+            self.attempts = [attempt for attempt in self.attempts if attempt >= moment]
+        if len(self.seen) > 8:
+            self.seen = {key: when for key, when in self.seen.items() if when >= moment}
+
+
+def decision_json(value: dict[str, Any] | Decision | None) -> dict[str, Any] | None:
+    """``PhoneState.last_decision`` in its stored (JSON) form."""
+    return value.to_json() if isinstance(value, Decision) else value

@@ -1,0 +1,271 @@
+"""The dry replay: the one timeline in memory on a simulated clock, its summary and its what-if.
+
+Recalls fire as the simulated clock passes them; ``simulate`` runs a sorted history to the end
+(``--now``), under a second rule set too when comparing (``Comparison``).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter
+from collections.abc import Callable, Iterable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+
+from worker.domain.engine import Decision, phone_zone, timezone
+from worker.domain.events import CallResult
+from worker.domain.phone import attempt_lookback
+from worker.domain.rules import Rules
+from worker.domain.timeline import Timeline
+from worker.replay.sorting import Position
+
+__all__ = [
+    "Comparison",
+    "Difference",
+    "JsonLinesWriter",
+    "OnDecision",
+    "Simulation",
+    "Summary",
+    "finish",
+    "simulate",
+]
+
+
+# Delay histogram resolution: one bucket per minute up to a day, then per hour (bounded memory).
+_DAY_MINUTES = 24 * 60
+
+
+@dataclass
+class Summary:
+    """Running counts over a replay, kept in bounded memory."""
+
+    events: int = 0
+    actions: Counter[str] = field(default_factory=Counter)
+    reasons: Counter[str] = field(default_factory=Counter)
+    sources: Counter[str] = field(default_factory=Counter)
+    recalls_by_sip_class: Counter[str] = field(default_factory=Counter)
+    recalls_by_local_hour: Counter[int] = field(default_factory=Counter)
+    delay_minutes: Counter[int] = field(default_factory=Counter)
+    fired: int = 0
+    dead_letters: int = 0
+    #: Of the dead letters, events that lay after the replay's --now (beyond the clock skew).
+    after_now: int = 0
+
+    def add(self, event: CallResult, decision: Decision, zone: str) -> None:
+        self.events += 1
+        self.actions[decision.action] += 1
+        self.reasons[decision.reason] += 1
+        if decision.source is not None:
+            self.sources[decision.source] += 1
+        if decision.action != "recall" or decision.due_at is None:
+            return
+        self.recalls_by_sip_class[f"{event.sip_code // 100}xx"] += 1
+        # Reporting only, no schedule arithmetic: the standard library's C code is much faster.
+        delay = (decision.due_at.timestamp() - event.occurred_at.timestamp()) / 60
+        minutes = int(delay) if delay < _DAY_MINUTES else int(delay // 60) * 60
+        self.delay_minutes[minutes] += 1
+        self.recalls_by_local_hour[decision.due_at.astimezone(timezone(zone)).hour] += 1
+
+    def merge(self, other: Summary) -> None:
+        """Add ``other``'s counts (another process's share of the phones) to these."""
+        self.events += other.events
+        self.actions.update(other.actions)
+        self.reasons.update(other.reasons)
+        self.sources.update(other.sources)
+        self.recalls_by_sip_class.update(other.recalls_by_sip_class)
+        self.recalls_by_local_hour.update(other.recalls_by_local_hour)
+        self.delay_minutes.update(other.delay_minutes)
+        self.fired += other.fired
+        self.dead_letters += other.dead_letters
+        self.after_now += other.after_now
+
+    def delay_percentile(self, fraction: float) -> float | None:
+        """The recall delay at ``fraction`` (0.5 = median), in seconds, to a minute's accuracy."""
+        total = sum(self.delay_minutes.values())
+        if not total:
+            return None
+        target = fraction * (total - 1)
+        seen = 0
+        for minutes in sorted(self.delay_minutes):
+            seen += self.delay_minutes[minutes]
+            if seen > target:
+                return float(minutes * 60)
+        return float(max(self.delay_minutes) * 60)
+
+    def to_json(self) -> dict[str, Any]:
+        median, p95 = self.delay_percentile(0.5), self.delay_percentile(0.95)
+        return {
+            "events": self.events,
+            "actions": dict(self.actions.most_common()),
+            "reasons": dict(self.reasons.most_common()),
+            "sources": dict(self.sources.most_common()),
+            "recalls_by_sip_class": dict(sorted(self.recalls_by_sip_class.items())),
+            "recall_delay_s": {"median": median, "p95": p95},
+            "recalls_fired": self.fired,
+            "dead_letters": self.dead_letters,
+            "events_after_now": self.after_now,
+        }
+
+
+class Simulation:
+    """The timeline in memory on a simulated clock: recalls fire as the clock passes them."""
+
+    def __init__(self, rules: Rules, until: datetime | None = None) -> None:
+        self.rules = rules
+        # The end of the simulation: the clock never passes it, even for an event within the
+        # clock skew after it, so that no recall fires after --now.
+        self.until = until
+        self.timeline = Timeline(rules, until=until)
+        self.phones = self.timeline.phones
+        # (due timestamp, recall_id, phone_id, due_at): floats compare far faster than datetimes.
+        self.due: list[tuple[float, str, str, datetime]] = []
+        self.summary = Summary()
+        self.lookback = attempt_lookback(rules) or timedelta(days=1)
+        self._taken = 0
+        self._next_compaction = 50_000
+
+    def advance(self, until: datetime) -> None:
+        """Fire every recall due at or before ``until``, at its due time."""
+        limit = until.timestamp()
+        while self.due and self.due[0][0] <= limit:
+            _, recall_id, phone_id, due_at = heapq.heappop(self.due)
+            state = self.phones[phone_id]
+            pending = state.pending
+            # Not superseded since, and not moved later by a late call.
+            if state.pending_recall_id == recall_id and pending and pending.due_at == due_at:
+                state.fire(due_at)
+                self.summary.fired += 1
+
+    def take(self, event: CallResult) -> Decision:
+        end = self.until
+        self.advance(event.occurred_at if end is None or event.occurred_at <= end else end)
+        step = self.timeline.take(event, None)
+        transition = step.transition
+        if transition.rescheduled is not None:
+            recall_id, due_at = transition.rescheduled
+            heapq.heappush(self.due, (due_at.timestamp(), recall_id, event.phone_id, due_at))
+        if transition.scheduled is not None:
+            scheduled = transition.scheduled
+            heapq.heappush(
+                self.due,
+                (
+                    scheduled.due_at.timestamp(),
+                    scheduled.recall_id,
+                    scheduled.phone_id,
+                    scheduled.due_at,
+                ),
+            )
+        decision = step.decision
+        self.summary.add(event, decision, phone_zone(self.rules, event))
+        self._taken += 1
+        # Compaction visits every phone: run it once per phone-count of events (at least 50,000)
+        # so that its cost per event stays constant however many phones there are.
+        if self._taken >= self._next_compaction:
+            self._compact(event.occurred_at)
+            self._next_compaction = self._taken + max(50_000, len(self.phones))
+        return decision
+
+    def _compact(self, now: datetime) -> None:
+        # Keep memory proportional to phones: forget what no rule can look at any more, and drop
+        # heap entries of superseded recalls.
+        self.timeline.forget_before(now - self.lookback)
+        if len(self.due) > 2 * len(self.phones):
+            self.due = [
+                item for item in self.due if self.phones[item[2]].pending_recall_id == item[1]
+            ]
+            heapq.heapify(self.due)
+
+
+class JsonLinesWriter:
+    """Decisions (or rejections) to a JSON Lines file; nothing when no path is given."""
+
+    def __init__(self, stack: ExitStack, path: Path | None) -> None:
+        self.handle: IO[bytes] | None = stack.enter_context(path.open("wb")) if path else None
+
+    def write(self, data: dict[str, Any]) -> None:
+        if self.handle is not None:
+            self.handle.write(orjson.dumps(data) + b"\n")
+
+
+@dataclass
+class Difference:
+    """One event decided differently under the two rule sets (what-if)."""
+
+    event_id: str
+    phone_id: str
+    base: dict[str, Any]
+    other: dict[str, Any]
+    #: Where the event stands in the replay (orders samples from several processes).
+    position: Position = (0, 0, 0)
+
+    def to_json(self) -> dict[str, Any]:
+        keys = ("action", "due_at", "reason", "rule", "adjustments")
+        return {
+            "event_id": self.event_id,
+            "phone_id": self.phone_id,
+            "rules": {key: self.base[key] for key in keys},
+            "compare": {key: self.other[key] for key in keys},
+        }
+
+
+@dataclass
+class Comparison:
+    """The second rule set's run beside the first, and how their decisions differ."""
+
+    simulation: Simulation
+    differing: int = 0
+    pending: int = 0  # recalls still pending when the simulation ended
+    sample: list[Difference] = field(default_factory=list)
+    sample_size: int = 20
+
+    def add(self, event: CallResult, base: Decision, position: Position = (0, 0, 0)) -> None:
+        other = self.simulation.take(event)
+        first, second = base.to_json(), other.to_json()
+        if all(first[key] == second[key] for key in ("action", "due_at", "reason", "rule")):
+            return
+        self.differing += 1
+        if len(self.sample) < self.sample_size:
+            sample = Difference(event.event_id, event.phone_id, first, second, position)
+            self.sample.append(sample)
+
+
+def finish(simulation: Simulation, until: datetime) -> int:
+    """End of the simulation: fire what is due by ``until``; return the recalls still pending."""
+    simulation.advance(until)
+    return sum(1 for state in simulation.phones.values() if state.pending_recall_id is not None)
+
+
+OnDecision = Callable[[Position, Decision], None]
+
+
+def simulate(
+    events: Iterable[tuple[Position, CallResult]],
+    rules: Rules,
+    compare_rules: Rules | None,
+    until: datetime,
+    *,
+    on_decision: OnDecision | None = None,
+    on_progress: Callable[[int], None] | None = None,
+) -> tuple[Summary, int, Comparison | None]:
+    """Simulate ``events`` (in replay order) to ``until``, under ``compare_rules`` too if given.
+
+    Returns the summary, the recalls still pending at the end, and the what-if beside it.
+    """
+    simulation = Simulation(rules, until)
+    comparison = Comparison(Simulation(compare_rules, until)) if compare_rules is not None else None
+    for position, event in events:
+        decision = simulation.take(event)
+        if on_decision is not None:
+            on_decision(position, decision)
+        if comparison is not None:
+            comparison.add(event, decision, position)
+        if on_progress is not None:
+            on_progress(1)
+    if comparison is not None:
+        comparison.pending = finish(comparison.simulation, until)
+    return simulation.summary, finish(simulation, until), comparison

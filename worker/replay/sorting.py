@@ -1,0 +1,295 @@
+"""Replay's input: records read, validated and fed in event-time order, sorted on disk if large.
+
+Input is read and validated as it streams, sorted on disk when it is larger than one chunk (an
+external merge sort), and iterated in ``occurred_at`` order (ties by file, then line). Memory
+grows with one chunk, not with the input.
+"""
+
+from __future__ import annotations
+
+import gc
+import heapq
+import os
+import shutil
+import tempfile
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import orjson
+
+from worker.domain.events import NO_EXTRA, CallResult
+from worker.domain.intake import AheadOfClock, Rejected, accept, event_id_of, raw_text
+from worker.domain.rules import Rules
+from worker.replay.sources import UnreadableRow, iter_records
+
+__all__ = [
+    "CHUNK_EVENTS",
+    "MAX_OPEN_RUNS",
+    "Position",
+    "Rejection",
+    "SortedEvents",
+    "fewer_collections",
+    "read_rows",
+    "share_of",
+    "sorted_events",
+]
+
+
+# Runs merged at once: one open file each, well under the usual limit of 1,024.
+MAX_OPEN_RUNS = 64
+
+
+# Events sorted in memory before a run is spilled to disk: about 120 MB of Python objects.
+CHUNK_EVENTS = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A row that could not be replayed: where it was, why, and what it said."""
+
+    file: str
+    line: int
+    reason: str
+    detail: str
+    payload: str
+    event_id: str | None = None
+    #: Where its file stands among the files replayed (orders rejections across processes).
+    file_index: int = 0
+    #: Refused for lying after the replay's --now (beyond the skew): not in the history replayed.
+    after_now: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "event_id": self.event_id,
+            "file": self.file,
+            "line": self.line,
+            "reason": self.reason,
+            "detail": self.detail,
+            "payload": self.payload,
+        }
+
+
+#: Where an event stands in the replay order: (microseconds since the epoch, file index, line).
+Position = tuple[int, int, int]
+
+
+def share_of(raw: object, shares: int) -> int:
+    """Which of ``shares`` processes replays a record: a stable hash of its lead id.
+
+    A lead's phones stay together (rules may count every call to a lead). A record with no
+    readable lead id goes to the first, which rejects it.
+    """
+    lead_id = raw.get("lead_id") if isinstance(raw, dict) else None
+    if not isinstance(lead_id, str):
+        return 0
+    return zlib.crc32(lead_id.encode("utf-8", "surrogatepass")) % shares
+
+
+def _sort_key(event: CallResult) -> int:
+    # Microseconds since the epoch: exact, and cheap to compare and to store.
+    return round(event.occurred_at.timestamp() * 1_000_000)
+
+
+@contextmanager
+def fewer_collections() -> Iterator[None]:
+    """Run the cyclic garbage collector rarely while the block runs.
+
+    A replay keeps millions of long-lived objects (phone states, their attempts): with the default
+    thresholds the collector re-scans them so often that it took half of a million-event replay.
+    Replay makes no reference cycles per event, so collecting every 100,000 allocations is plenty.
+    """
+    thresholds = gc.get_threshold()
+    gc.freeze()  # what exists already (modules, rules) is never collected again
+    gc.set_threshold(100_000, 50, 100)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
+
+
+def _row(key: int, file_index: int, number: int, event: CallResult) -> tuple[Any, ...]:
+    # A spilled event: its sort position, then its fields, already validated.
+    return (
+        key, file_index, number, event.event_id, event.plan_id, event.lead_id, event.phone_id,
+        event.sip_code, event.occurred_at.isoformat(), event.outcome_code, event.timezone,
+        event.retry_after_s, event.call_id, dict(event.extra) or None,
+    )  # fmt: skip
+
+
+def _event(row: list[Any]) -> CallResult:
+    # The event back from its spilled row, without validating again: it was validated on reading.
+    extra = row[13]
+    return CallResult(
+        row[3], row[4], row[5], row[6], row[7], datetime.fromisoformat(row[8]),
+        row[9], row[10], row[11], row[12],
+        MappingProxyType(extra) if extra else NO_EXTRA,
+    )  # fmt: skip
+
+
+def _spill(run: list[tuple[int, int, int, CallResult]], directory: str) -> str:
+    # (key, file, line) is unique, so tuples sort by it without a key function, at C speed.
+    run.sort()
+    handle, path = tempfile.mkstemp(prefix="recall-replay-", suffix=".jsonl", dir=directory)
+    with os.fdopen(handle, "wb") as out:
+        out.writelines(orjson.dumps(_row(*item), option=orjson.OPT_APPEND_NEWLINE) for item in run)
+    run.clear()
+    return path
+
+
+def read_rows(path: str) -> Iterator[list[Any]]:
+    """The rows of a file of JSON lines (a spilled run, a process's output), one list each."""
+    with open(path, "rb") as handle:
+        yield from map(orjson.loads, handle)
+
+
+class SortedEvents:
+    """Validated events of some files, in event-time order, sorted on disk when large.
+
+    Reading happens when it is made; iterate it once. Use it as a context manager (or call
+    ``close``): spilled runs are removed when it closes, whether or not it was read through.
+    """
+
+    def __init__(
+        self,
+        files: Iterable[Path],
+        rules: Rules,
+        on_reject: Callable[[Rejection], None],
+        *,
+        chunk: int = CHUNK_EVENTS,
+        on_read: Callable[[int], None] | None = None,  # records read so far, every 10,000
+        share: tuple[int, int] = (0, 1),
+        on_accept: Callable[[CallResult], None] | None = None,
+        now: datetime | None = None,
+    ) -> None:
+        self._share = share
+        # The replay's --now: events further ahead of it than the skew are not in its history.
+        self._now = now or datetime.now(UTC)
+        self._on_accept = on_accept
+        self._run: list[tuple[int, int, int, CallResult]] = []
+        self._spilled: list[str] = []
+        self._directory: str | None = None
+        self.count = 0
+        try:
+            self._read(files, rules, on_reject, chunk, on_read)
+        except BaseException:
+            self.close()
+            raise
+
+    def _read(
+        self,
+        files: Iterable[Path],
+        rules: Rules,
+        on_reject: Callable[[Rejection], None],
+        chunk: int,
+        on_read: Callable[[int], None] | None,
+    ) -> None:
+        index, shares = self._share
+        read = 0
+        for file_index, path in enumerate(files):
+            for number, raw in iter_records(path):
+                read += 1
+                if on_read is not None and read % 10_000 == 0:
+                    on_read(read)
+                if shares > 1 and share_of(raw, shares) != index:
+                    continue
+                if isinstance(raw, UnreadableRow):  # a quote left open: no record to validate
+                    detail = f"event: {raw.detail}"
+                    on_reject(
+                        Rejection(str(path), number, "invalid_event", detail, raw.text, None,
+                                  file_index)
+                    )  # fmt: skip
+                    continue
+                try:
+                    event = accept(raw, rules, self._now)
+                except Rejected as error:
+                    on_reject(
+                        Rejection(
+                            str(path), number, error.reason, error.detail, raw_text(raw),
+                            event_id_of(raw), file_index, isinstance(error, AheadOfClock),
+                        )
+                    )  # fmt: skip
+                    continue
+                if self._on_accept is not None:
+                    self._on_accept(event)
+                self._run.append((_sort_key(event), file_index, number, event))
+                self.count += 1
+                if len(self._run) >= chunk:
+                    self._spill()
+
+    def _spill(self) -> None:
+        if self._directory is None:
+            self._directory = tempfile.mkdtemp(prefix="recall-replay-")
+        self._spilled.append(_spill(self._run, self._directory))
+
+    def __iter__(self) -> Iterator[CallResult]:
+        for _, event in self.positioned():
+            yield event
+
+    def positioned(self) -> Iterator[tuple[Position, CallResult]]:
+        """The events in order, each with its position: (time key, file index, line)."""
+        if not self._spilled:
+            self._run.sort()
+            for key, file_index, number, event in self._run:
+                yield (key, file_index, number), event
+            return
+        if self._run:
+            self._spill()
+        while len(self._spilled) > MAX_OPEN_RUNS:  # merge in passes: keep file handles bounded
+            group, self._spilled = self._spilled[:MAX_OPEN_RUNS], self._spilled[MAX_OPEN_RUNS:]
+            self._spilled.append(self._merge_to_file(group))
+        streams = [read_rows(path) for path in self._spilled]
+        for row in heapq.merge(*streams):
+            yield (row[0], row[1], row[2]), _event(row)
+
+    def _merge_to_file(self, paths: list[str]) -> str:
+        assert self._directory is not None
+        handle, merged = tempfile.mkstemp(prefix="recall-replay-", suffix=".jsonl",
+                                          dir=self._directory)  # fmt: skip
+        with os.fdopen(handle, "wb") as out:
+            streams = [read_rows(path) for path in paths]
+            merged_rows = heapq.merge(*streams)
+            out.writelines(
+                orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE) for row in merged_rows
+            )
+        for path in paths:
+            Path(path).unlink(missing_ok=True)
+        return merged
+
+    def close(self) -> None:
+        self._run.clear()
+        for path in self._spilled:
+            Path(path).unlink(missing_ok=True)
+        if self._directory is not None:
+            shutil.rmtree(self._directory, ignore_errors=True)
+            self._directory = None
+
+    def __enter__(self) -> SortedEvents:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+def sorted_events(
+    files: Iterable[Path],
+    rules: Rules,
+    on_reject: Callable[[Rejection], None],
+    *,
+    chunk: int = CHUNK_EVENTS,
+    on_read: Callable[[int], None] | None = None,
+    now: datetime | None = None,
+) -> SortedEvents:
+    """Validate every record of ``files``; the result iterates them in event-time order.
+
+    Rejected records go to ``on_reject`` as they are read; ties are broken by file, then line.
+    ``now`` is the replay's end (default: the wall clock): events further ahead of it than
+    ``RECALL_CLOCK_SKEW_S`` are rejected (``worker.pipeline.check_clock``).
+    """
+    return SortedEvents(files, rules, on_reject, chunk=chunk, on_read=on_read, now=now)

@@ -1,0 +1,185 @@
+"""Read-side queries for the command line: phones, dead letters, counts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from worker.store.models import DeadLetter, Phone, ProcessedEvent, Recall, ReplayRun
+
+__all__ = [
+    "HeldRecalls",
+    "PhoneFilter",
+    "RecallCounts",
+    "count_dead_letters",
+    "count_phones",
+    "dead_letters",
+    "held_recalls",
+    "phone",
+    "phones",
+    "recall_counts",
+    "summary",
+]
+
+PhoneFilter = Literal["all", "eligible", "waiting"]
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
+
+
+def _phone_json(row: Phone, recall: Recall | None) -> dict[str, Any]:
+    return {
+        "phone_id": row.phone_id,
+        "lead_id": row.lead_id,
+        "plan_id": row.plan_id,
+        "eligible": row.eligible,
+        "eligible_at": _iso(row.eligible_at),
+        "pending_recall": (
+            {"due_at": _iso(recall.due_at), "source": recall.source, "rule": recall.rule}
+            if recall is not None
+            else None
+        ),
+        "last_result_at": _iso(row.last_result_at),
+        "last_decision": row.last_decision,
+    }
+
+
+def _with_recalls(session: Session, rows: Sequence[Phone]) -> list[dict[str, Any]]:
+    ids = [row.pending_recall_id for row in rows if row.pending_recall_id]
+    recalls = {
+        recall.recall_id: recall
+        for recall in session.scalars(select(Recall).where(Recall.recall_id.in_(ids)))
+    }
+    return [_phone_json(row, recalls.get(row.pending_recall_id or "")) for row in rows]
+
+
+def phone(session: Session, phone_id: str) -> dict[str, Any] | None:
+    """The contract's JSON form of one phone, or None if it was never seen."""
+    row = session.get(Phone, phone_id)
+    return None if row is None else _with_recalls(session, [row])[0]
+
+
+def _phones_where(which: PhoneFilter) -> list[Any]:
+    if which == "eligible":
+        return [Phone.eligible.is_(True)]
+    if which == "waiting":
+        return [Phone.pending_recall_id.is_not(None)]
+    return []
+
+
+def phones(session: Session, which: PhoneFilter, limit: int) -> list[dict[str, Any]]:
+    """Phones in id order: all, the dial-eligible ones, or those waiting for a recall."""
+    query = select(Phone).where(*_phones_where(which)).order_by(Phone.phone_id).limit(limit)
+    return _with_recalls(session, session.scalars(query).all())
+
+
+def count_phones(session: Session, which: PhoneFilter) -> int:
+    """How many phones ``phones`` would list without a limit."""
+    query = select(func.count()).select_from(Phone).where(*_phones_where(which))
+    return session.scalar(query) or 0
+
+
+def _letters_where(include_replayed: bool) -> list[Any]:
+    return [] if include_replayed else [DeadLetter.status == "new"]
+
+
+def count_dead_letters(session: Session, *, include_replayed: bool) -> int:
+    """How many letters ``dead_letters`` would list without a limit."""
+    query = select(func.count()).select_from(DeadLetter).where(*_letters_where(include_replayed))
+    return session.scalar(query) or 0
+
+
+def dead_letters(session: Session, *, include_replayed: bool, limit: int) -> list[dict[str, Any]]:
+    query = (
+        select(DeadLetter).where(*_letters_where(include_replayed)).order_by(DeadLetter.id)
+    ).limit(limit)
+    return [
+        {
+            "id": letter.id,
+            "received_at": _iso(letter.received_at),
+            "task": letter.task,
+            "event_id": letter.event_id,
+            "reason": letter.reason,
+            "detail": letter.detail,
+            "status": letter.status,
+            "payload": letter.payload,
+        }
+        for letter in session.scalars(query)
+    ]
+
+
+def summary(session: Session) -> dict[str, Any]:
+    """Counts for a one-screen overview."""
+
+    def grouped(column: Any) -> dict[str, int]:
+        rows = session.execute(select(column, func.count()).group_by(column))
+        return {str(key): count for key, count in rows}
+
+    return {
+        "events": grouped(ProcessedEvent.action),
+        "recalls": grouped(Recall.state),
+        "phones": session.scalar(select(func.count()).select_from(Phone)) or 0,
+        "eligible": session.scalar(
+            select(func.count()).select_from(Phone).where(Phone.eligible.is_(True))
+        )
+        or 0,
+        "dead_letters": grouped(DeadLetter.status),
+    }
+
+
+#: A pending recall this far past its due time is overdue: the dispatcher should have fired it.
+OVERDUE_AFTER = timedelta(minutes=1)
+
+
+@dataclass(frozen=True, slots=True)
+class RecallCounts:
+    """Pending recalls at a glance (one indexed query)."""
+
+    pending: int
+    due_next_hour: int
+    overdue: int
+    oldest_overdue_due_at: datetime | None
+
+
+def recall_counts(session: Session, now: datetime) -> RecallCounts:
+    late = Recall.due_at < now - OVERDUE_AFTER
+    row = session.execute(
+        select(
+            func.count(),
+            func.count().filter(Recall.due_at <= now + timedelta(hours=1)),
+            func.count().filter(late),
+            func.min(Recall.due_at).filter(late),
+        ).where(Recall.state == "pending")
+    ).one()
+    return RecallCounts(row[0] or 0, row[1] or 0, row[2] or 0, row[3])
+
+
+@dataclass(frozen=True, slots=True)
+class HeldRecalls:
+    """Recalls an applied replay holds back from the dispatcher, and the replays running now."""
+
+    held: int
+    oldest_due_at: datetime | None
+    replays_running: int
+    #: The latest heartbeat of any replay, running or not (None: no replay is recorded).
+    last_heartbeat_at: datetime | None
+
+
+def held_recalls(session: Session, now: datetime, running_within: timedelta) -> HeldRecalls:
+    """Held recalls, and the replays whose heartbeat is more recent than ``running_within``."""
+    held, oldest = session.execute(
+        select(func.count(), func.min(Recall.due_at)).where(Recall.state == "held")
+    ).one()
+    running, last = session.execute(
+        select(
+            func.count().filter(ReplayRun.heartbeat_at >= now - running_within),
+            func.max(ReplayRun.heartbeat_at),
+        )
+    ).one()
+    return HeldRecalls(held or 0, oldest, running or 0, last)
