@@ -57,8 +57,9 @@ from bench.replay import measure, tree_memory_kib  # noqa: E402
 from config.settings import Settings  # noqa: E402
 from tests.servers import PostgresServer, redis_for_tests  # noqa: E402
 from tests.workers import WorkerProcess  # noqa: E402
-from worker.app import CALL_RESULTS_QUEUE, app, celery_config  # noqa: E402
+from worker.app import app, celery_config  # noqa: E402
 from worker.client import RecallClient  # noqa: E402
+from worker.names import CALL_RESULTS_QUEUE  # noqa: E402
 from worker.store.bulk import insert_rows  # noqa: E402
 from worker.store.database import make_engine, session_scope, upgrade  # noqa: E402
 from worker.store.models import Phone, ProcessedEvent, Recall  # noqa: E402

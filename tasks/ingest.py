@@ -12,6 +12,7 @@ from config.settings import get_settings
 from tasks.base import RecallTask
 from worker.app import app
 from worker.domain.intake import event_id_of, raw_text
+from worker.names import BATCH_TASK, SINGLE_TASK
 from worker.runtime.batching import BufferedTask
 from worker.runtime.metrics import record
 from worker.runtime.rules_cache import current_rules
@@ -122,7 +123,7 @@ class OneEventTask(RecallTask, BufferedTask):
         return [{action: 1} for action in actions]
 
 
-@app.task(name="recall.process_call_result", base=OneEventTask, bind=True)
+@app.task(name=SINGLE_TASK, base=OneEventTask, bind=True)
 def process_call_result(self: RecallTask, *args: Any, **kwargs: Any) -> dict[str, int]:
     """Take one call-result event (a JSON object, or its JSON text) as the only argument."""
     if len(args) != 1 or kwargs:
@@ -135,7 +136,7 @@ def process_call_result(self: RecallTask, *args: Any, **kwargs: Any) -> dict[str
     return {_ingest(self, [args[0]])[0]: 1}
 
 
-@app.task(name="recall.process_call_results", base=RecallTask, bind=True)
+@app.task(name=BATCH_TASK, base=RecallTask, bind=True)
 def process_call_results(self: RecallTask, *args: Any, **kwargs: Any) -> dict[str, int]:
     """Take a list of call-result events in one transaction; bad ones go to the dead letters."""
     limit = get_settings().max_batch

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from config.settings import get_settings
 from tasks.base import RecallTask
 from worker.app import app
+from worker.names import DISPATCH_TASK, FIRE_TASK
 from worker.runtime.metrics import record
 from worker.runtime.notify import publish_eligible
 from worker.store.queries import recall_counts
@@ -41,7 +42,7 @@ def _update_gauges(task: RecallTask) -> None:
     record.recall_counts(counts.pending, counts.due_next_hour, counts.overdue)
 
 
-@app.task(name="recall.dispatch_due", base=RecallTask, bind=True)
+@app.task(name=DISPATCH_TASK, base=RecallTask, bind=True)
 def dispatch_due(self: RecallTask) -> int:
     """Hand recalls falling due within the horizon to ``recall.mark_eligible``, at their time."""
     settings = get_settings()
@@ -73,7 +74,7 @@ def dispatch_due(self: RecallTask) -> int:
             return total
 
 
-@app.task(name="recall.mark_eligible", base=RecallTask, bind=True)
+@app.task(name=FIRE_TASK, base=RecallTask, bind=True)
 def mark_eligible(self: RecallTask, recall_ids: list[str]) -> int:
     """Mark the phones of these recalls dial-eligible, if the recalls are still current."""
     now = self.now()

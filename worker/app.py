@@ -18,11 +18,14 @@ from celery.signals import (
 from kombu.entity import Exchange, Queue
 
 from config.settings import Settings, get_settings
+from worker.names import (
+    CALL_RESULTS_QUEUE,
+    DISPATCH_TASK,
+    TASK_QUEUES,
+    WORKER_QUEUES,
+)
 
-__all__ = ["CALL_RESULTS_QUEUE", "RECALLS_QUEUE", "app", "celery_config"]
-
-CALL_RESULTS_QUEUE = "call_results"
-RECALLS_QUEUE = "recalls"
+__all__ = ["app", "celery_config"]
 
 
 def broker_url(settings: Settings) -> str:
@@ -64,21 +67,15 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Each queue its own direct exchange and key: left implicit, both queues would be bound
         # to the default queue's exchange under the same key, and get every message.
         "task_queues": tuple(
-            Queue(name, Exchange(name, type="direct"), routing_key=name)
-            for name in (CALL_RESULTS_QUEUE, RECALLS_QUEUE)
+            Queue(name, Exchange(name, type="direct"), routing_key=name) for name in WORKER_QUEUES
         ),
         "task_default_exchange": CALL_RESULTS_QUEUE,
         "task_default_routing_key": CALL_RESULTS_QUEUE,
         "task_default_queue": CALL_RESULTS_QUEUE,
-        "task_routes": {
-            "recall.process_call_result": {"queue": CALL_RESULTS_QUEUE},
-            "recall.process_call_results": {"queue": CALL_RESULTS_QUEUE},
-            "recall.dispatch_due": {"queue": RECALLS_QUEUE},
-            "recall.mark_eligible": {"queue": RECALLS_QUEUE},
-        },
+        "task_routes": {task: {"queue": queue} for task, queue in TASK_QUEUES.items()},
         "beat_schedule": {
             "dispatch-due-recalls": {
-                "task": "recall.dispatch_due",
+                "task": DISPATCH_TASK,
                 "schedule": settings.dispatch_interval_s,
                 # A tick nobody ran in time is dropped: the next one does its work.
                 "options": {"expires": max(settings.dispatch_interval_s * 5, 5.0)},

@@ -16,12 +16,9 @@ from typing import Any
 
 from celery import Celery
 
-from worker.app import CALL_RESULTS_QUEUE
+from worker.names import BATCH_TASK, CALL_RESULTS_QUEUE, SINGLE_TASK
 
 __all__ = ["RecallClient"]
-
-SINGLE_TASK = "recall.process_call_result"
-BATCH_TASK = "recall.process_call_results"
 
 
 def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:

@@ -36,10 +36,10 @@ from tests.helpers import (
     reset_process_state,
     truncated_gzip,
 )
-from worker.app import CALL_RESULTS_QUEUE
 from worker.cli import main
 from worker.domain.engine import Decision
 from worker.domain.rules import Rules
+from worker.names import CALL_RESULTS_QUEUE
 from worker.replay.sample import generate
 from worker.store.ingest import ingest
 from worker.store.models import Recall

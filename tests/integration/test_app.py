@@ -12,8 +12,9 @@ from celery.signals import worker_init
 from kombu.transport import redis as kombu_redis
 
 from config.settings import Settings
-from worker.app import CALL_RESULTS_QUEUE, RECALLS_QUEUE, celery_config
+from worker.app import celery_config
 from worker.client import RecallClient
+from worker.names import CALL_RESULTS_QUEUE, RECALLS_QUEUE
 from worker.runtime.redis_transport import TransportMismatch
 from worker.runtime.redis_transport import install as install_transport_fixes
 

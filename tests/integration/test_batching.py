@@ -26,8 +26,7 @@ from tests.integration.test_integration import assert_no_errors, wait_until
 from tests.reliability.fast_harness import fresh_database, worker_env
 from tests.servers import PostgresServer, free_port
 from tests.workers import WorkerProcess
-from worker.app import CALL_RESULTS_QUEUE
-from worker.client import SINGLE_TASK
+from worker.names import CALL_RESULTS_QUEUE, SINGLE_TASK
 from worker.store.models import DeadLetter, ProcessedEvent
 
 pytestmark = pytest.mark.integration

@@ -30,9 +30,9 @@ import pytest
 from click.testing import CliRunner
 
 from config.settings import ENVIRONMENT, Settings
-from worker.app import CALL_RESULTS_QUEUE
 from worker.cli import main
 from worker.domain.rules import load_rules
+from worker.names import CALL_RESULTS_QUEUE
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -715,7 +715,7 @@ def recall_problem(argv: tuple[str, ...]) -> str | None:
         if not args or args[0].startswith("-"):
             return f"'recall {' '.join(path)}' needs a sub-command"
         name = args.pop(0)
-        sub = command.commands.get(name)
+        sub = command.get_command(click.Context(command), name)  # lazy commands load here
         if sub is None:
             return f"'recall {' '.join([*path, name])}': no such command"
         command, path = sub, [*path, name]

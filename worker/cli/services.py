@@ -21,6 +21,7 @@ from worker.cli.common import (
     rules_option,
     use_rules_file,
 )
+from worker.names import WORKER_QUEUES
 from worker.replay.sources import SourceError, UnreadableRow, check_files, iter_records
 from worker.runtime.status import Status, broker_error, check_broker
 from worker.store.database import (
@@ -32,7 +33,6 @@ from worker.store.database import (
     upgrade,
 )
 
-WORKER_QUEUES = "call_results,recalls"
 # How long `recall publish` waits for the broker before it gives up (as `recall status` does).
 BROKER_TIMEOUT_S = 2.0
 
@@ -78,7 +78,7 @@ def worker(no_beat: bool, rules_path: Path | None, celery_args: tuple[str, ...])
         f" rules {settings.rules_path or 'shipped defaults'}",
         err=True,
     )
-    argv = ["worker", "--loglevel", "INFO", "-Q", WORKER_QUEUES]
+    argv = ["worker", "--loglevel", "INFO", "-Q", ",".join(WORKER_QUEUES)]
     if not no_beat:
         argv += ["--beat", "--schedule", str(settings.ready_home() / "celerybeat-schedule")]
     try:

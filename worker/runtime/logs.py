@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from config.settings import mask_query
+from worker.names import DISPATCH_TASK
 
 __all__ = ["JsonFormatter", "MaskSecrets", "QuietTicks", "TextFormatter", "install", "mask_secrets"]
 
@@ -25,7 +26,6 @@ _URL_PASSWORD = re.compile(
     r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)\S*?(?=@[^@\s]*(?:[/?#\s\]\"',]|$))"
 )
 _CONTEXT = ("task_id", "event_id", "phone_id", "recall_id")
-DISPATCH_TASK = "recall.dispatch_due"
 
 
 def mask_secrets(text: str) -> str:

@@ -9,11 +9,11 @@ from urllib.parse import urlsplit
 
 from config.settings import Settings, mask_url
 from worker.domain.rules import RulesError, load_rules
+from worker.names import WORKER_QUEUES
 from worker.runtime.logs import mask_secrets
 
 __all__ = ["Status", "broker_error", "check_broker", "collect"]
 
-QUEUES = ("call_results", "recalls")
 # How late the oldest pending recall may be before the system counts as unhealthy: the
 # dispatcher re-sends a lost recall after RECALL_REDISPATCH_AFTER_S, so minutes mean it is down.
 OVERDUE_LIMIT_S = 300
@@ -178,5 +178,5 @@ def collect(settings: Settings, *, timeout: float = 2.0) -> Status:
     if rules_problem:
         status.problems.append(rules_problem)
     _database(status, now)
-    _broker(status, app, (*QUEUES, settings.notify_queue), timeout)
+    _broker(status, app, (*WORKER_QUEUES, settings.notify_queue), timeout)
     return status
