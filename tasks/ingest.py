@@ -11,7 +11,7 @@ from typing import Any
 from config.settings import get_settings
 from tasks.base import RecallTask
 from worker.app import app
-from worker.domain.intake import event_id_of, raw_text
+from worker.domain.intake import event_id_of
 from worker.names import BATCH_TASK, SINGLE_TASK
 from worker.runtime.batching import BufferedTask
 from worker.runtime.metrics import record
@@ -31,7 +31,7 @@ def _refuse(
 ) -> None:
     """Keep an input the task cannot take as a dead letter (invalid_event)."""
     with task.transaction() as session:
-        letter = Letter(task.name, "invalid_event", detail, raw_text(payload), task.now(), event_id)
+        letter = Letter.of(task.name, "invalid_event", detail, payload, task.now(), event_id)
         record_dead_letters(session, [letter])
     record.dead_letters("invalid_event")
     log.warning("refused by %s: %s", task.name, detail, extra={"task_id": task_id})

@@ -312,7 +312,7 @@ def _finish_applied(summary: Summary, until: datetime, rejected: list[Rejection]
         record_dead_letters(
             session,
             (
-                Letter("replay", r.reason, detail, r.payload, until, r.event_id)
+                Letter.of("replay", r.reason, detail, r.payload, until, r.event_id)
                 for detail, r in letters.items()
                 if detail not in known
             ),

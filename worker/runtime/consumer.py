@@ -21,12 +21,11 @@ __all__ = ["RecallConsumer", "keep_refused_message"]
 
 def keep_refused_message(task: str, detail: str, body: object) -> None:
     """Store a refused broker message as a dead letter; never raises (the consumer must live)."""
-    from worker.domain.intake import raw_text
     from worker.runtime.metrics import record
     from worker.store.database import session_scope
     from worker.store.dead_letters import Letter, record_dead_letters
 
-    letter = Letter(task, "invalid_event", detail, raw_text(body), datetime.now(UTC))
+    letter = Letter.of(task, "invalid_event", detail, body, datetime.now(UTC))
     try:
         with session_scope() as session:
             record_dead_letters(session, [letter])

@@ -1,7 +1,7 @@
 """The dead-letter store: every rejected input kept whole with its reason, for operators.
 
-``Letter`` is the one way a dead letter is made (ingestion, the consumer, replay); it is stored
-as it came, as far as the database can hold it.
+``Letter.of`` is the one way a dead letter is made (ingestion, the tasks, the consumer, replay);
+it is stored as it came, as far as the database can hold it.
 """
 
 from __future__ import annotations
@@ -10,11 +10,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import (
-    insert,
-)
+from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
+from worker.domain.intake import raw_text
 from worker.store.models import DeadLetter
 
 __all__ = ["MAX_DEAD_LETTER_CHARS", "Letter", "record_dead_letters"]
@@ -44,6 +43,19 @@ class Letter:
     payload: str
     received_at: datetime
     event_id: str | None = None
+
+    @classmethod
+    def of(
+        cls,
+        task: str,
+        reason: str,
+        detail: str,
+        raw: object,
+        received_at: datetime,
+        event_id: str | None = None,
+    ) -> Letter:
+        """The dead letter of ``raw``, whatever it was (decoded JSON, text, bytes, anything)."""
+        return cls(task, reason, detail, raw_text(raw), received_at, event_id)
 
 
 def record_dead_letters(session: Session, letters: Iterable[Letter]) -> int:

@@ -18,7 +18,7 @@ from worker.domain.engine import Decision
 from worker.domain.events import (
     CallResult,
 )
-from worker.domain.intake import Rejected, _event_id_of, accept, raw_text
+from worker.domain.intake import Rejected, _event_id_of, accept
 from worker.domain.rules import Rules
 from worker.store.dead_letters import Letter, record_dead_letters
 from worker.store.decisions import apply_events
@@ -54,7 +54,7 @@ def ingest(
     letters: list[Letter] = []
 
     def reject(raw: object, reason: str, detail: str, event_id: str | None) -> None:
-        letters.append(Letter(task, reason, detail, raw_text(raw), now, event_id))
+        letters.append(Letter.of(task, reason, detail, raw, now, event_id))
 
     taken: list[bool] = []
     for raw in payloads:
