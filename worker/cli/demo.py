@@ -11,7 +11,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import click
-from sqlalchemy import select
 
 from config.settings import get_settings
 from worker.app import app
@@ -21,7 +20,7 @@ from worker.client import RecallClient
 from worker.replay.sources import iter_records
 from worker.runtime.embedded_redis import release_embedded_broker
 from worker.store.database import session_scope
-from worker.store.models import DeadLetter, ProcessedEvent, Recall
+from worker.store.queries import activity
 
 SAMPLES = Path(__file__).resolve().parents[2] / "config" / "demo"
 # The bundled sample's clock: its events happened just before this instant, and the demo moves
@@ -110,24 +109,8 @@ def _watch(worker: subprocess.Popen[bytes], seconds: int) -> None:
         if worker.poll() is not None:
             raise CommandError(f"the worker stopped (exit {worker.returncode}); see its log")
         with session_scope() as session:
-            events = session.execute(
-                select(ProcessedEvent.event_id, ProcessedEvent.phone_id, ProcessedEvent.decision)
-                .order_by(ProcessedEvent.processed_at)
-            ).all()  # fmt: skip
-            fired = session.execute(
-                select(Recall.recall_id, Recall.phone_id, Recall.due_at,
-                       Recall.fired_at)
-                .where(Recall.state == "fired").order_by(Recall.fired_at)
-            ).all()  # fmt: skip
-            letters = session.execute(
-                select(DeadLetter.id, DeadLetter.reason, DeadLetter.detail)
-            ).all()
-            pending_soon = session.scalar(
-                select(Recall.recall_id).where(
-                    Recall.state == "pending",
-                    Recall.due_at <= datetime.now(UTC) + timedelta(minutes=3),
-                ).limit(1)
-            )  # fmt: skip
+            seen = activity(session, datetime.now(UTC) + timedelta(minutes=3))
+        events, fired, letters = seen.decisions, seen.fired, seen.letters
         for event_id, phone_id, decision in events:
             if event_id in shown_events:
                 continue
@@ -152,7 +135,7 @@ def _watch(worker: subprocess.Popen[bytes], seconds: int) -> None:
                 click.echo(f"rejected dead letter {letter_id}: {reason}: {detail}")
         if over:
             break
-        if shown_events and pending_soon is None:
+        if shown_events and not seen.due_soon:
             quiet_since = quiet_since or time.monotonic()
             if time.monotonic() - quiet_since > 3:
                 break

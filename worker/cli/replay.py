@@ -285,42 +285,24 @@ def _finish_applied(summary: Summary, until: datetime, rejected: list[Rejection]
 
     Returns the recalls pending in the database.
     """
-    from sqlalchemy import func, select
-
-    from worker.store.bulk import chunks
     from worker.store.database import session_scope
-    from worker.store.dead_letters import Letter, record_dead_letters
-    from worker.store.models import DeadLetter, Recall
+    from worker.store.dead_letters import Letter, record_new_dead_letters
+    from worker.store.queries import count_pending_recalls
     from worker.store.recalls import fire_due
 
     with session_scope() as session:
         summary.fired += fire_due(session, until)
-        letters = {
-            f"{rejection.file}:{rejection.line}: {rejection.detail}": rejection
-            for rejection in rejected
-        }
-        # Replaying the same files again must not file the same bad rows twice.
-        known: set[str] = set()
-        for part in chunks(list(letters)):
-            known.update(
-                session.scalars(
-                    select(DeadLetter.detail).where(
-                        DeadLetter.task == "replay", DeadLetter.detail.in_(part)
-                    )
-                )
-            )
-        record_dead_letters(
+        record_new_dead_letters(
             session,
             (
-                Letter.of("replay", r.reason, detail, r.payload, until, r.event_id)
-                for detail, r in letters.items()
-                if detail not in known
+                Letter.of(
+                    "replay", r.reason, f"{r.file}:{r.line}: {r.detail}", r.payload, until,
+                    r.event_id,
+                )
+                for r in rejected
             ),
-        )
-        pending = session.scalar(
-            select(func.count()).select_from(Recall).where(Recall.state == "pending")
-        )
-    return pending or 0
+        )  # fmt: skip
+        return count_pending_recalls(session)
 
 
 def _result(

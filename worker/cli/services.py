@@ -297,14 +297,11 @@ def dead_letters_replay(ids: tuple[int, ...], rules_path: Path | None, as_json: 
 
 def _refuse_unknown_letters(session: Session, ids: tuple[int, ...]) -> None:
     """``--id``: a letter that does not exist, or was replayed already, is an error."""
-    from sqlalchemy import select
-
-    from worker.store.models import DeadLetter
+    from worker.store.queries import dead_letter_states
 
     if not ids:
         return
-    query = select(DeadLetter.id, DeadLetter.status).where(DeadLetter.id.in_(ids))
-    found = {row.id: row.status for row in session.execute(query)}
+    found = dead_letter_states(session, ids)
     missing = sorted(set(ids) - set(found))
     replayed = sorted(i for i in set(ids) & set(found) if found[i] != "new")
     problems = []

@@ -10,13 +10,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from worker.domain.intake import raw_text
+from worker.store.bulk import chunks
 from worker.store.models import DeadLetter
 
-__all__ = ["MAX_DEAD_LETTER_CHARS", "Letter", "record_dead_letters"]
+__all__ = ["MAX_DEAD_LETTER_CHARS", "Letter", "record_dead_letters", "record_new_dead_letters"]
 
 
 # A dead letter keeps the payload for diagnosis and replay; past this it keeps the start.
@@ -75,3 +76,23 @@ def record_dead_letters(session: Session, letters: Iterable[Letter]) -> int:
     if rows:
         session.execute(insert(DeadLetter), rows)
     return len(rows)
+
+
+def record_new_dead_letters(session: Session, letters: Iterable[Letter]) -> int:
+    """Keep those of ``letters`` not kept already (same task, same detail); return how many.
+
+    Replaying the same files again must not file the same bad rows twice: a replay's detail
+    names the file and line.
+    """
+    wanted = {(letter.task, letter.detail): letter for letter in letters}
+    known: set[tuple[str, str]] = set()
+    for task in {task for task, _ in wanted}:
+        details = [detail for each, detail in wanted if each == task]
+        for part in chunks(details):
+            query = select(DeadLetter.detail).where(
+                DeadLetter.task == task, DeadLetter.detail.in_(part)
+            )
+            known.update((task, detail) for detail in session.scalars(query))
+    return record_dead_letters(
+        session, (letter for key, letter in wanted.items() if key not in known)
+    )

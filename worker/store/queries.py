@@ -183,3 +183,50 @@ def held_recalls(session: Session, now: datetime, running_within: timedelta) -> 
         )
     ).one()
     return HeldRecalls(held or 0, oldest, running or 0, last)
+
+
+@dataclass(frozen=True, slots=True)
+class Activity:
+    """What the demo shows: decisions, firings and dead letters so far, and whether a recall is
+    due soon (worth waiting for)."""
+
+    decisions: list[tuple[str, str, dict[str, Any]]]  # event id, phone id, decision
+    fired: list[tuple[str, str, datetime, datetime | None]]  # recall id, phone id, due, fired
+    letters: list[tuple[int, str, str]]  # id, reason, detail
+    due_soon: bool
+
+
+def activity(session: Session, soon: datetime) -> Activity:
+    """Everything decided, fired and refused so far, oldest first (small databases: the demo)."""
+    decisions = session.execute(
+        select(ProcessedEvent.event_id, ProcessedEvent.phone_id, ProcessedEvent.decision)
+        .order_by(ProcessedEvent.processed_at)
+    ).all()  # fmt: skip
+    fired = session.execute(
+        select(Recall.recall_id, Recall.phone_id, Recall.due_at, Recall.fired_at)
+        .where(Recall.state == "fired").order_by(Recall.fired_at)
+    ).all()  # fmt: skip
+    letters = session.execute(select(DeadLetter.id, DeadLetter.reason, DeadLetter.detail)).all()
+    due_soon = session.scalar(
+        select(Recall.recall_id).where(Recall.state == "pending", Recall.due_at <= soon).limit(1)
+    )
+    return Activity(
+        [(row[0], row[1], row[2]) for row in decisions],
+        [(row[0], row[1], row[2], row[3]) for row in fired],
+        [(row[0], row[1], row[2]) for row in letters],
+        due_soon is not None,
+    )
+
+
+def count_pending_recalls(session: Session) -> int:
+    """Recalls waiting for the live dispatcher."""
+    return (
+        session.scalar(select(func.count()).select_from(Recall).where(Recall.state == "pending"))
+        or 0
+    )
+
+
+def dead_letter_states(session: Session, ids: Sequence[int]) -> dict[int, str]:
+    """The status (``new``, ``replayed``) of each of the dead letters ``ids`` that exists."""
+    query = select(DeadLetter.id, DeadLetter.status).where(DeadLetter.id.in_(ids))
+    return {row.id: row.status for row in session.execute(query)}
