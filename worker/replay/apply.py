@@ -21,8 +21,9 @@ from worker.domain.rules import Rules
 from worker.replay.simulation import OnDecision, Summary
 from worker.replay.sorting import Position
 from worker.store.decisions import apply_events
+from worker.store.models import HEARTBEAT_S, RUNNING_WITHIN_S
 
-__all__ = ["APPLY_BATCH", "HEARTBEAT_S", "RUNNING_WITHIN_S", "apply", "running_replay"]
+__all__ = ["APPLY_BATCH", "apply", "running_replay"]
 
 
 # Events per transaction when applying: big enough for bulk statements to pay, small enough
@@ -68,14 +69,6 @@ def apply(
     if batch:
         flush()
     return summary
-
-
-# An applied replay says it is alive this often (a row in replay_runs); one silent for
-# RUNNING_WITHIN_S is taken as gone (killed, its machine lost), and its held recalls as orphaned.
-HEARTBEAT_S = 10.0
-
-
-RUNNING_WITHIN_S = 60.0
 
 
 @contextmanager

@@ -99,9 +99,8 @@ def check_broker(app: Any, timeout: float) -> Any:
 def _database(status: Status, now: datetime) -> None:
     from sqlalchemy import func, select
 
-    from worker.replay.apply import RUNNING_WITHIN_S
     from worker.store.database import DatabaseNotReady, ensure_migrated, get_engine, session_scope
-    from worker.store.models import DeadLetter
+    from worker.store.models import RUNNING_WITHIN_S, DeadLetter
     from worker.store.queries import held_recalls, recall_counts
 
     try:

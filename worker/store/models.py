@@ -158,6 +158,12 @@ class DeadLetter(Base):
     replayed_at: Mapped[datetime | None]
 
 
+# An applied replay says it is alive this often (a row in replay_runs); one silent for
+# RUNNING_WITHIN_S is taken as gone (killed, its machine lost), and its held recalls as orphaned.
+HEARTBEAT_S = 10.0
+RUNNING_WITHIN_S = 60.0
+
+
 class ReplayRun(Base):
     """An applied replay running now: its recalls are ``held`` until it ends (``recall status``).
 
