@@ -1,4 +1,4 @@
-"""Database tables: processed events, attempts, leads, phone state, recalls and dead letters.
+"""Database tables: processed events, attempts, phone state, recalls and dead letters.
 
 The database is the source of truth for recalls (DESIGN.md section 3): a recall is a row with its
 due time and state, never a long broker countdown. The schema is created by Alembic migrations
@@ -18,7 +18,6 @@ __all__ = [
     "Attempt",
     "Base",
     "DeadLetter",
-    "Lead",
     "Phone",
     "ProcessedEvent",
     "Recall",
@@ -80,18 +79,6 @@ class Attempt(Base):
     event_id: Mapped[str] = mapped_column(ID, primary_key=True)
     phone_id: Mapped[str] = mapped_column(ID)
     occurred_at: Mapped[datetime]
-
-
-class Lead(Base):
-    """A lead that has had a call result: its row is the lock that serialises the lead's events.
-
-    The phones of one lead are decided together (rules may count every call to the lead), so
-    ingestion locks the leads of a batch, in id order, before their phones.
-    """
-
-    __tablename__ = "leads"
-
-    lead_id: Mapped[str] = mapped_column(ID, primary_key=True)
 
 
 class Phone(Base):
