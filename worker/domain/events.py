@@ -20,6 +20,7 @@ __all__ = [
     "EVENT_FIELDS",
     "MAX_EVENT_BYTES",
     "NO_EXTRA",
+    "REQUIRED_FIELDS",
     "CallResult",
     "InvalidEvent",
     "event_from_csv_row",
@@ -42,6 +43,8 @@ EVENT_FIELDS = (
 )
 _KNOWN_FIELDS = frozenset(EVENT_FIELDS)
 _REQUIRED_TEXT = ("event_id", "plan_id", "lead_id", "phone_id")
+#: The fields every event must carry (DESIGN.md section 5).
+REQUIRED_FIELDS = (*_REQUIRED_TEXT, "sip_code", "occurred_at")
 _INTEGER_FIELDS = ("sip_code", "retry_after_s")
 
 # Ids are keys in the database and in every log line: 255 characters is generous for any dialer's

@@ -18,12 +18,10 @@ from typing import IO
 
 import orjson
 
-from worker.domain.events import EVENT_FIELDS, event_from_csv_row
+from worker.domain.events import EVENT_FIELDS, REQUIRED_FIELDS, event_from_csv_row
 
 __all__ = ["SourceError", "UnreadableRow", "check_files", "iter_records"]
 
-# The contract's required fields (DESIGN.md section 5): a CSV header must name every one.
-REQUIRED_COLUMNS = ("event_id", "plan_id", "lead_id", "phone_id", "sip_code", "occurred_at")
 _KNOWN_COLUMNS = frozenset(EVENT_FIELDS)
 # A quoted cell may hold line breaks (an agent's note in an extra column), but no real note runs
 # to this many lines: a row that does is a quote left open, and reading it further would swallow
@@ -223,7 +221,7 @@ def _header(path: Path, lines: _Lines, reader: Iterator[list[str]]) -> list[str]
     for cell in cells:
         name = cell.strip()
         columns.append(name.lower() if name.lower() in _KNOWN_COLUMNS else name)
-    missing = [name for name in REQUIRED_COLUMNS if name not in columns]
+    missing = [name for name in REQUIRED_FIELDS if name not in columns]
     twice = [name for name in EVENT_FIELDS if columns.count(name) > 1]
     if not missing and not twice:
         return columns
@@ -239,8 +237,8 @@ def _header(path: Path, lines: _Lines, reader: Iterator[list[str]]) -> list[str]
     found = lines.taken[0].rstrip("\r\n")
     if len(found) > _SHOWN_HEADER:
         found = found[:_SHOWN_HEADER] + "..."
-    optional = [name for name in EVENT_FIELDS if name not in REQUIRED_COLUMNS]
+    optional = [name for name in EVENT_FIELDS if name not in REQUIRED_FIELDS]
     raise SourceError(
         f"{path}: unrecognised CSV header: found {found!r} ({why}); expected columns"
-        f" {', '.join(REQUIRED_COLUMNS)} (and optional {', '.join(optional)})"
+        f" {', '.join(REQUIRED_FIELDS)} (and optional {', '.join(optional)})"
     )
