@@ -6,12 +6,14 @@ import os
 import re
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from functools import cache
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 __all__ = [
+    "DEFAULTS",
     "ENVIRONMENT",
     "RETRY_BACKOFF_MAX_S",
     "Settings",
@@ -48,6 +50,9 @@ def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
         raise SettingsError(f"{name}: must be one of {', '.join(choices)}, got {text!r}")
     return text
 
+
+#: The values of RECALL_LOG_FORMAT; the first is the default.
+LOG_FORMATS = ("text", "json")
 
 #: Every environment variable the settings read (deploy files are checked against this list).
 ENVIRONMENT = (
@@ -114,7 +119,7 @@ class Settings:
     #: to scrape from elsewhere), all interfaces in production, where Prometheus scrapes it.
     metrics_address: str = "127.0.0.1"
     #: "text" (default) or "json" (one JSON object per log line).
-    log_format: str = "text"
+    log_format: str = LOG_FORMATS[0]
 
     @property
     def embedded(self) -> bool:
@@ -136,33 +141,46 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
-        rules = env.get("RECALL_RULES", "").strip()
-        horizon = _number(env, "RECALL_DISPATCH_HORIZON_S", 30.0, 1.0)
-        broker_url = env.get("RECALL_BROKER_URL", "").strip() or None
-        database_url = env.get("RECALL_DATABASE_URL", "").strip() or None
+
+        def number(name: str, minimum: float) -> float:
+            # RECALL_<NAME>, else the field's default: each default is written once, above.
+            return _number(env, f"RECALL_{name.upper()}", DEFAULTS[name], minimum)
+
+        def text(name: str) -> str:
+            return env.get(f"RECALL_{name.upper()}", "").strip()
+
+        rules = text("rules")
+        horizon = number("dispatch_horizon_s", 1.0)
+        broker_url = text("broker_url") or None
+        database_url = text("database_url") or None
         embedded = broker_url is None and database_url is None
         return cls(
-            home=Path(env.get("RECALL_HOME", "").strip() or ".recall").absolute(),
+            home=Path(text("home") or ".recall").absolute(),
             broker_url=broker_url,
             database_url=database_url,
             rules_path=Path(rules) if rules else None,
-            notify_queue=env.get("RECALL_NOTIFY_QUEUE", "").strip() or "recall.eligible",
-            dispatch_interval_s=_number(env, "RECALL_DISPATCH_INTERVAL_S", 1.0, 0.1),
+            notify_queue=text("notify_queue") or DEFAULTS["notify_queue"],
+            dispatch_interval_s=number("dispatch_interval_s", 0.1),
             dispatch_horizon_s=horizon,
-            redispatch_after_s=_number(env, "RECALL_REDISPATCH_AFTER_S", 15.0, 1.0),
+            redispatch_after_s=number("redispatch_after_s", 1.0),
             # Held firings and retries would be given back while still held: sent twice.
-            visibility_timeout_s=_number(
-                env, "RECALL_VISIBILITY_TIMEOUT_S", 300.0, horizon + RETRY_BACKOFF_MAX_S
-            ),
-            max_batch=int(_number(env, "RECALL_MAX_BATCH", 5000, 1)),
-            ingest_flush_count=int(_number(env, "RECALL_INGEST_FLUSH_COUNT", 50, 1)),
-            ingest_flush_ms=_number(env, "RECALL_INGEST_FLUSH_MS", 20.0, 0.0),
-            clock_skew_s=int(_number(env, "RECALL_CLOCK_SKEW_S", 300, 0)),
-            metrics_port=int(_number(env, "RECALL_METRICS_PORT", 9547, 0)),
-            metrics_address=env.get("RECALL_METRICS_ADDRESS", "").strip()
-            or ("127.0.0.1" if embedded else "0.0.0.0"),
-            log_format=_choice(env, "RECALL_LOG_FORMAT", ("text", "json")),
+            visibility_timeout_s=number("visibility_timeout_s", horizon + RETRY_BACKOFF_MAX_S),
+            max_batch=int(number("max_batch", 1)),
+            ingest_flush_count=int(number("ingest_flush_count", 1)),
+            ingest_flush_ms=number("ingest_flush_ms", 0.0),
+            clock_skew_s=int(number("clock_skew_s", 0)),
+            metrics_port=int(number("metrics_port", 0)),
+            # Loopback on the embedded default; all interfaces in production.
+            metrics_address=text("metrics_address")
+            or (DEFAULTS["metrics_address"] if embedded else "0.0.0.0"),
+            log_format=_choice(env, "RECALL_LOG_FORMAT", LOG_FORMATS),
         )
+
+
+#: Each setting's default, as the fields above give it.
+DEFAULTS: dict[str, Any] = {
+    item.name: item.default for item in fields(Settings) if item.default is not MISSING
+}
 
 
 @cache

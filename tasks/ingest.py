@@ -51,7 +51,10 @@ def _ingest(
     try:
         with task.transaction() as session:
             now = task.now()
-            report = ingest(session, payloads, current_rules(), now, task=task.name)
+            report = ingest(
+                session, payloads, current_rules(), now, task=task.name,
+                skew_s=get_settings().clock_skew_s,
+            )  # fmt: skip
     except task.autoretry_for:
         raise  # the database is away: retry the whole message later
     except Exception as error:

@@ -10,7 +10,7 @@ import orjson
 from click.testing import Result
 
 import worker.store.database
-from config.settings import get_settings
+from config.settings import DEFAULTS, get_settings
 from worker.domain.events import CallResult, parse_event
 
 #: The keys of a decision's JSON form (the contract, DESIGN.md section 7).
@@ -28,6 +28,9 @@ DECISION_KEYS = {
 }
 
 #: A Wednesday, 10:00 in London (GMT in January): inside every shipped plan's calling hours.
+#: The clock skew the worker allows by default (RECALL_CLOCK_SKEW_S), for direct calls.
+SKEW_S: int = DEFAULTS["clock_skew_s"]
+
 DEFAULT_OCCURRED_AT = "2026-01-14T10:00:00+00:00"
 
 EVENT_DEFAULTS: dict[str, Any] = {

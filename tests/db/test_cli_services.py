@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 from tests.helpers import (
     DECISION_KEYS,
     EVENT_DEFAULTS,
+    SKEW_S,
     at,
     corrupt_gzip,
     json_of,
@@ -113,7 +114,7 @@ def filled(db_engine: Engine, default_rules: Rules) -> dict[str, Decision]:
         "{not json",
     ]
     with Session(db_engine) as session, session.begin():
-        report = ingest(session, payloads, default_rules, NOW, task="test")
+        report = ingest(session, payloads, default_rules, NOW, task="test", skew_s=SKEW_S)
     with Session(db_engine) as session, session.begin():
         fired = fire_recalls(session, ["e3"], FIRED_AT, early_tolerance=timedelta(0))
     assert [f.recall_id for f in fired] == ["e3"]
@@ -498,7 +499,7 @@ def test_dead_letters_replay_takes_a_letter_once_the_clock_has_passed_it(
     # `recall dead-letters replay` judges against the wall clock, long past that day.
     ahead = event(event_id="f1", phone_id="PF", occurred_at="2026-01-15T10:00:00+00:00")
     with Session(db_engine) as session, session.begin():
-        report = ingest(session, [ahead], default_rules, NOW, task="test")
+        report = ingest(session, [ahead], default_rules, NOW, task="test", skew_s=SKEW_S)
     assert report.actions == ["reject"]
     (letter,) = json_of(recall("dead-letters", "list", "--json"))
     assert (letter["event_id"], letter["reason"]) == ("f1", "invalid_event")

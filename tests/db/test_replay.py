@@ -32,7 +32,7 @@ import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import insert, select, update
 
-from tests.helpers import corrupt_gzip, json_of, one_line_error, reset_process_state
+from tests.helpers import SKEW_S, corrupt_gzip, json_of, one_line_error, reset_process_state
 from worker.cli import main
 from worker.cli.outputs import Outputs
 from worker.cli.replay import reading_line, replay_line
@@ -78,6 +78,9 @@ SUMMARY_KEYS = {
     "dead_letters",
     "events_after_now",
 }
+
+#: The end of the histories read directly (as a replay without --now): the wall clock.
+WALL = datetime.now(UTC)
 
 
 @pytest.fixture(autouse=True)
@@ -1713,12 +1716,14 @@ def test_the_on_disk_sort_gives_the_in_memory_order_and_cleans_up(
     write_jsonl(shuffled[half:], files[1])
     rejected: list[object] = []
 
-    with sorted_events(files, rules, rejected.append) as in_memory:
+    with sorted_events(files, rules, rejected.append, now=WALL, skew_s=SKEW_S) as in_memory:
         count = in_memory.count
         expected = [event.to_json() for event in in_memory]
     assert leftovers() == []
 
-    with sorted_events(files, rules, rejected.append, chunk=1000) as chunked:
+    with sorted_events(
+        files, rules, rejected.append, chunk=1000, now=WALL, skew_s=SKEW_S
+    ) as chunked:
         # While the merge is pending the full runs are on disk.
         [directory] = leftovers()
         spilled = len(list((Path(tempfile.gettempdir()) / directory).iterdir()))
@@ -1735,14 +1740,16 @@ def test_the_on_disk_sort_gives_the_in_memory_order_and_cleans_up(
     assert times == sorted(times)
 
     # Abandoned half-way, closing still removes its files.
-    with sorted_events(files, rules, rejected.append, chunk=1000) as abandoned:
+    with sorted_events(
+        files, rules, rejected.append, chunk=1000, now=WALL, skew_s=SKEW_S
+    ) as abandoned:
         assert next(iter(abandoned)).to_json() == expected[0]
     assert leftovers() == []
 
 
 def test_the_simulation_keeps_recalls_in_step_with_phones(rules: Rules, tmp_path: Path) -> None:
     write_jsonl(history(seed=25, leads=4600, days=7), tmp_path / "h.jsonl")
-    events = sorted_events([tmp_path / "h.jsonl"], rules, lambda _: None)
+    events = sorted_events([tmp_path / "h.jsonl"], rules, lambda _: None, now=WALL, skew_s=SKEW_S)
     simulation = Simulation(rules)
     largest = 0
     taken = 0
@@ -1832,10 +1839,10 @@ def test_many_runs_are_merged_in_passes(
     random.Random(2).shuffle(events)
     path = tmp_path / "h.jsonl"
     write_jsonl(events, path)
-    with sorted_events([path], rules, lambda _: None) as in_memory:
+    with sorted_events([path], rules, lambda _: None, now=WALL, skew_s=SKEW_S) as in_memory:
         expected = [event.event_id for event in in_memory]
     monkeypatch.setattr("worker.replay.sorting.MAX_OPEN_RUNS", 3)
-    with sorted_events([path], rules, lambda _: None, chunk=50) as chunked:
+    with sorted_events([path], rules, lambda _: None, chunk=50, now=WALL, skew_s=SKEW_S) as chunked:
         assert len(events) // 50 > 9  # at least three passes of three
         merged = [event.event_id for event in chunked]
     assert merged == expected

@@ -22,7 +22,8 @@ import pytest
 from sqlalchemy import Engine, inspect, select, text
 from sqlalchemy.orm import Session
 
-from tests.helpers import EVENT_DEFAULTS, at, reset_process_state
+from config.settings import get_settings
+from tests.helpers import EVENT_DEFAULTS, SKEW_S, at, reset_process_state
 from worker.domain.events import parse_event
 from worker.domain.rules import Rules, RulesError, load_rules
 from worker.store import queries
@@ -83,8 +84,9 @@ def transaction(engine: Engine) -> Iterator[Session]:
 def run_ingest(
     engine: Engine, payloads: Sequence[object], rules: Rules, now: datetime = NOW
 ) -> IngestReport:
+    # The skew the worker's task reads from the settings (RECALL_CLOCK_SKEW_S).
     with transaction(engine) as session:
-        return ingest(session, payloads, rules, now, task="t")
+        return ingest(session, payloads, rules, now, task="t", skew_s=get_settings().clock_skew_s)
 
 
 def table(engine: Engine, model: type[Any]) -> list[Any]:
@@ -127,7 +129,7 @@ def actions(report: IngestReport) -> list[str]:
 
 def replay(engine: Engine, rules: Rules, now: datetime) -> tuple[IngestReport, int]:
     with transaction(engine) as session:
-        return replay_dead_letters(session, rules, now)
+        return replay_dead_letters(session, rules, now, skew_s=SKEW_S)
 
 
 def claim(engine: Engine, now: datetime, **options: Any) -> list[tuple[str, datetime]]:
@@ -896,7 +898,7 @@ def race(engine: Engine, *jobs: Callable[[Session], Any]) -> list[Any]:
 
 def ingesting(payload: dict[str, Any], rules: Rules, now: datetime) -> Callable[[Session], Any]:
     def job(session: Session) -> list[Any]:
-        return ingest(session, [payload], rules, now, task="t").decisions
+        return ingest(session, [payload], rules, now, task="t", skew_s=SKEW_S).decisions
 
     return job
 
@@ -940,7 +942,7 @@ def test_the_events_of_one_lead_wait_for_each_other_on_any_phone(
     def other_phone() -> None:
         with transaction(db_engine) as session:
             ingest(session, [event(event_id="k2", phone_id="K2", lead_id="LK")], rules, NOW,
-                   task="t")  # fmt: skip
+                   task="t", skew_s=SKEW_S)  # fmt: skip
         done.set()
 
     worker = threading.Thread(target=other_phone)
@@ -1059,7 +1061,7 @@ def test_a_phone_created_while_a_batch_took_it_as_new_is_decided_with_its_histor
             results.append(apply_events(session, batch, rules, NOW))
 
     with transaction(db_engine) as live:
-        ingest(live, [event(event_id="e0", phone_id="P0")], rules, NOW, task="t")
+        ingest(live, [event(event_id="e0", phone_id="P0")], rules, NOW, task="t", skew_s=SKEW_S)
         racer = threading.Thread(target=apply_batch)
         racer.start()
         deadline = time.monotonic() + 20

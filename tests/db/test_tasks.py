@@ -3,18 +3,25 @@ against a real database (SQLite and PostgreSQL), as Celery's testing guide sugge
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import pytest
+import redis
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from config.settings import get_settings
 from tasks.ingest import process_call_result, process_call_results
+from tasks.recalls import dispatch_due, mark_eligible
 from tests.helpers import reset_process_state
+from worker.app import app
+from worker.names import FIRE_TASK, RECALLS_QUEUE
 from worker.store.database import get_engine
-from worker.store.models import DeadLetter, ProcessedEvent, Recall
+from worker.store.models import DeadLetter, Phone, ProcessedEvent, Recall
 
 
 @pytest.fixture
@@ -72,3 +79,77 @@ def test_the_batch_task_refuses_what_is_not_a_list(database: str) -> None:
     (letter,) = rows(DeadLetter)
     assert letter.detail == "arguments: expected one list of events"
     assert rows(ProcessedEvent) == []
+
+
+@pytest.fixture
+def with_broker(database: str, broker_url: str) -> Iterator[str]:
+    """The app sends to the suite's real Redis: the recall tasks publish as they run."""
+    previous = app.conf.broker_url
+    app.conf.broker_url = broker_url
+    # The app builds its broker connection pools once; forget them so they are built anew for
+    # this broker (Celery's own ``app.close`` drops only the first).
+    app._pool = None
+    app.amqp._producer_pool = None
+    yield broker_url
+    app.conf.broker_url = previous
+    app._pool = None
+    app.amqp._producer_pool = None
+
+
+def messages(broker_url: str, queue: str) -> list[Any]:
+    """The messages waiting on ``queue``: task messages as (args, headers), others as bodies."""
+    client = redis.Redis.from_url(broker_url)
+    try:
+        found = []
+        for raw in reversed(client.lrange(queue, 0, -1)):  # kombu pushes on the left
+            message = orjson.loads(raw)
+            body = orjson.loads(base64.b64decode(message["body"]))
+            task = message["headers"].get("task")
+            found.append((task, body[0], message["headers"]) if task else body)
+        return found
+    finally:
+        client.close()
+
+
+def test_the_dispatcher_hands_due_recalls_to_mark_eligible_once(with_broker: str) -> None:
+    # Busy an hour ago: the 15-minute recalls are due now.
+    assert process_call_results([event("d1", "P1"), event("d2", "P2")]) == {"recall": 2}
+
+    assert dispatch_due() == 2
+    (sent,) = messages(with_broker, RECALLS_QUEUE)
+    task, (recall_ids,), headers = sent
+    assert task == FIRE_TASK
+    assert sorted(recall_ids) == ["d1", "d2"]
+    assert headers["eta"] is not None
+    assert all(row.dispatched_at is not None for row in rows(Recall))
+    # Handed over already, and not yet overdue for a second try: nothing more to send.
+    assert dispatch_due() == 0
+    assert len(messages(with_broker, RECALLS_QUEUE)) == 1
+
+
+def test_mark_eligible_fires_current_recalls_once_and_notifies_the_dialer(
+    with_broker: str,
+) -> None:
+    process_call_results([event("f1", "P1"), event("f2", "P2")])
+
+    assert mark_eligible(["f1", "f2", "no-such-recall"]) == 2
+    phones = {row.phone_id: row for row in rows(Phone)}
+    assert [phones["P1"].eligible, phones["P2"].eligible] == [True, True]
+    assert {row.state for row in rows(Recall)} == {"fired"}
+    notices = messages(with_broker, get_settings().notify_queue)
+    assert sorted(notice["phone_id"] for notice in notices) == ["P1", "P2"]
+    # Firing is idempotent: a redelivered message changes nothing and announces nothing.
+    assert mark_eligible(["f1", "f2"]) == 0
+    assert len(messages(with_broker, get_settings().notify_queue)) == 2
+
+
+def test_mark_eligible_leaves_a_superseded_recall_alone(with_broker: str) -> None:
+    process_call_results([event("g1", "P1")])
+    later = event("g2", "P1")
+    later["occurred_at"] = (datetime.now(UTC) - timedelta(minutes=30)).isoformat()
+    process_call_results([later])  # replaces g1's recall
+
+    assert mark_eligible(["g1"]) == 0
+    assert not rows(Phone)[0].eligible
+    assert messages(with_broker, get_settings().notify_queue) == []
+    assert mark_eligible(["g2"]) == 1

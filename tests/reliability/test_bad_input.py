@@ -30,6 +30,7 @@ from kombu import Connection, Exchange
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from tests.helpers import SKEW_S
 from tests.reliability.fast_harness import fresh_database, publish_mixed, worker_env
 from tests.servers import PostgresServer
 from tests.workers import WorkerProcess
@@ -381,7 +382,7 @@ def test_malformed_events_and_messages_become_dead_letters_and_good_ones_are_app
     bad, good = generate()
     rules = load_rules()
     for item in good:  # the good ones really are good, the bad ones really bad
-        accept(orjson.loads(orjson.dumps(item)), rules, datetime.now(UTC))
+        accept(orjson.loads(orjson.dumps(item)), rules, datetime.now(UTC), SKEW_S)
     refused = sum(_refused(case.payload, rules) for case in bad)
     assert refused == len(bad)
     messages = message_cases(len(bad) + len(good))
@@ -482,7 +483,7 @@ def _marker_source(payload: Any) -> str:
 
 def _refused(payload: Any, rules: Any) -> bool:
     try:
-        accept(payload, rules, datetime.now(UTC))
+        accept(payload, rules, datetime.now(UTC), SKEW_S)
     except Rejected:
         return True
     return False

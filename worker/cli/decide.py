@@ -8,6 +8,7 @@ from typing import BinaryIO
 import click
 import pendulum
 
+from config.settings import DEFAULTS, get_settings
 from worker.cli.common import (
     CommandError,
     echo_json,
@@ -30,7 +31,7 @@ from worker.domain.intake import Rejected, check_clock
     metavar="ISO",
     help="Decide as of this instant (default: the event's own occurred_at, so that the same"
     " event and rules always print the same decision). An event more than RECALL_CLOCK_SKEW_S"
-    " (300 s) after it is refused as invalid_event.",
+    f" ({DEFAULTS['clock_skew_s']} s by default) after it is refused as invalid_event.",
 )
 @rules_option
 @json_option
@@ -48,7 +49,7 @@ def decide(
         now = event.occurred_at
     elif event.plan_id in rules.plans:  # else the decision says unknown_plan, as accept does
         try:
-            check_clock(event, now)
+            check_clock(event, now, get_settings().clock_skew_s)
         except Rejected as error:
             raise CommandError(f"{error.reason}: {error.detail}") from None
     decision = decide_event(event, rules, PhoneHistory(), now)

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from config.settings import get_settings
+from config.settings import DEFAULTS, get_settings
 from worker.cli.common import (
     CommandError,
     echo_json,
@@ -125,7 +125,8 @@ class Progress:
     "now_text",
     metavar="ISO",
     help="End of the history (default: now): recalls due later stay pending; events more than"
-    " RECALL_CLOCK_SKEW_S (300 s) after it are rejected, and counted as after --now.",
+    f" RECALL_CLOCK_SKEW_S ({DEFAULTS['clock_skew_s']} s by default) after it are rejected, and"
+    " counted as after --now.",
 )
 @click.option(
     "--jobs",
@@ -166,6 +167,7 @@ def replay(
     rules = read_rules(rules_path)
     compare_rules = read_rules(compare_path) if compare_path is not None else None
     until = parse_now(now_text)
+    skew_s = get_settings().clock_skew_s
     try:  # a missing file or an unrecognised CSV header, before any work
         check_files(files)
     except SourceError as error:
@@ -209,7 +211,8 @@ def replay(
         if shares > 1:
             try:
                 shared = replay_in_shares(
-                    files, rules, compare_rules, until, shares, applied=not dry_run,
+                    files, rules, compare_rules, until, shares, skew_s=skew_s,
+                    applied=not dry_run,
                     on_reject=on_reject, on_decision=decisions_out.write if output else None,
                     on_read=progress.reading, on_replay=progress.replaying,
                     on_progress=progress.at,
@@ -221,7 +224,14 @@ def replay(
         else:  # one process; also when an event id was sent for phones of two processes
             try:
                 events = stack.enter_context(
-                    sorted_events(files, rules, on_reject, on_read=progress.reading, now=until)
+                    sorted_events(
+                        files,
+                        rules,
+                        on_reject,
+                        on_read=progress.reading,
+                        now=until,
+                        skew_s=skew_s,
+                    )
                 )
             except SourceError as error:
                 raise CommandError(str(error)) from None

@@ -287,7 +287,9 @@ def dead_letters_replay(ids: tuple[int, ...], rules_path: Path | None, as_json: 
     ready_database(migrate=False)
     with session_scope() as session:
         _refuse_unknown_letters(session, ids)
-        report, refused = replay_dead_letters(session, rules, datetime.now(UTC), ids or None)
+        report, refused = replay_dead_letters(
+            session, rules, datetime.now(UTC), ids or None, skew_s=get_settings().clock_skew_s
+        )
     taken = len(report.decisions)
     if as_json:
         echo_json({"taken": taken, "still_refused": refused, "actions": report.counts()})

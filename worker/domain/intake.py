@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 
 import orjson
 
-from config.settings import get_settings
 from worker.domain.events import (
     MAX_EVENT_BYTES,
     CallResult,
@@ -80,16 +79,16 @@ def _ahead(seconds: float) -> str:
     return f"{seconds:,.0f} s"
 
 
-def check_clock(event: CallResult, now: datetime, skew_s: int | None = None) -> None:
+def check_clock(event: CallResult, now: datetime, skew_s: int) -> None:
     """Refuse ``event`` if it occurred more than ``skew_s`` seconds after ``now``.
 
     A dialer's clock can be wrong. Trusted, a call dated years ahead makes every real call for
     its phone look late (decided before it) and holds the phone until that date. Refused, it waits
     in the dead letters, and a replay of them takes it once the clock has passed it. ``now`` is
     the deciding clock: the worker's wall clock, or ``--now`` of ``recall decide`` and replay.
-    ``skew_s`` defaults to ``RECALL_CLOCK_SKEW_S``.
+    ``skew_s`` is ``RECALL_CLOCK_SKEW_S``, which the caller reads.
     """
-    limit = get_settings().clock_skew_s if skew_s is None else skew_s
+    limit = skew_s
     ahead = (event.occurred_at - now).total_seconds()
     if ahead > limit:
         raise AheadOfClock(
@@ -100,10 +99,10 @@ def check_clock(event: CallResult, now: datetime, skew_s: int | None = None) -> 
         )
 
 
-def accept(raw: object, rules: Rules, now: datetime, skew_s: int | None = None) -> CallResult:
+def accept(raw: object, rules: Rules, now: datetime, skew_s: int) -> CallResult:
     """Validate one raw input (a decoded event or its JSON text) against the schema and rules.
 
-    ``now`` is the deciding clock, for ``check_clock``.
+    ``now`` is the deciding clock and ``skew_s`` the skew it allows, for ``check_clock``.
     """
     try:
         # Senders in other languages may put the event on the wire as JSON text.

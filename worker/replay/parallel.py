@@ -61,6 +61,7 @@ class _Job:
     rules: Rules
     compare_rules: Rules | None
     until: datetime
+    skew_s: int
     applied: bool
     with_decisions: bool
     chunk: int
@@ -149,6 +150,7 @@ def _run_share(job: _Job, index: int, shares: int, counters: Any, parent: Any) -
         with SortedEvents(
             job.files, job.rules, on_reject, chunk=job.chunk, share=(index, shares),
             on_accept=lambda event: ids.add(event.event_id), on_read=on_read, now=job.until,
+            skew_s=job.skew_s,
         ) as events:  # fmt: skip
             ids.finish()
             parent.send((ids.path, events.count))
@@ -196,6 +198,7 @@ def replay_in_shares(
     until: datetime,
     shares: int,
     *,
+    skew_s: int,
     applied: bool = False,
     on_reject: Callable[[Rejection], None],
     on_decision: Callable[[dict[str, Any]], None] | None = None,
@@ -216,7 +219,7 @@ def replay_in_shares(
     directory = tempfile.mkdtemp(prefix="recall-replay-")
     # The processes together hold one chunk's worth of events in memory, as one process would.
     job = _Job(
-        files, rules, compare_rules, until, applied, on_decision is not None,
+        files, rules, compare_rules, until, skew_s, applied, on_decision is not None,
         max(1, chunk // shares), directory,
     )  # fmt: skip
     # Per process: records read, events replayed.

@@ -16,7 +16,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -166,11 +166,12 @@ class SortedEvents:
         on_read: Callable[[int], None] | None = None,  # records read so far, every 10,000
         share: tuple[int, int] = (0, 1),
         on_accept: Callable[[CallResult], None] | None = None,
-        now: datetime | None = None,
+        now: datetime,
+        skew_s: int,
     ) -> None:
         self._share = share
         # The replay's --now: events further ahead of it than the skew are not in its history.
-        self._now = now or datetime.now(UTC)
+        self._now, self._skew_s = now, skew_s
         self._on_accept = on_accept
         self._run: list[tuple[int, int, int, CallResult]] = []
         self._spilled: list[str] = []
@@ -207,7 +208,7 @@ class SortedEvents:
                     )  # fmt: skip
                     continue
                 try:
-                    event = accept(raw, rules, self._now)
+                    event = accept(raw, rules, self._now, self._skew_s)
                 except Rejected as error:
                     on_reject(
                         Rejection(
@@ -284,12 +285,15 @@ def sorted_events(
     *,
     chunk: int = CHUNK_EVENTS,
     on_read: Callable[[int], None] | None = None,
-    now: datetime | None = None,
+    now: datetime,
+    skew_s: int,
 ) -> SortedEvents:
     """Validate every record of ``files``; the result iterates them in event-time order.
 
     Rejected records go to ``on_reject`` as they are read; ties are broken by file, then line.
-    ``now`` is the replay's end (default: the wall clock): events further ahead of it than
-    ``RECALL_CLOCK_SKEW_S`` are rejected (``worker.pipeline.check_clock``).
+    ``now`` is the replay's end: events further ahead of it than ``skew_s`` seconds
+    (``RECALL_CLOCK_SKEW_S``) are rejected (``worker.domain.intake.check_clock``).
     """
-    return SortedEvents(files, rules, on_reject, chunk=chunk, on_read=on_read, now=now)
+    return SortedEvents(
+        files, rules, on_reject, chunk=chunk, on_read=on_read, now=now, skew_s=skew_s
+    )

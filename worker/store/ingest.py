@@ -47,9 +47,18 @@ class IngestReport:
 
 
 def ingest(
-    session: Session, payloads: Sequence[object], rules: Rules, now: datetime, *, task: str
+    session: Session,
+    payloads: Sequence[object],
+    rules: Rules,
+    now: datetime,
+    *,
+    task: str,
+    skew_s: int,
 ) -> IngestReport:
-    """Validate, decide and store ``payloads`` (decoded events or JSON texts) in one go."""
+    """Validate, decide and store ``payloads`` (decoded events or JSON texts) in one go.
+
+    ``now`` is the deciding clock; events more than ``skew_s`` seconds ahead of it are refused.
+    """
     good: list[CallResult] = []
     letters: list[Letter] = []
 
@@ -59,7 +68,7 @@ def ingest(
     taken: list[bool] = []
     for raw in payloads:
         try:
-            good.append(accept(raw, rules, now))
+            good.append(accept(raw, rules, now, skew_s))
         except Rejected as error:
             reject(raw, error.reason, error.detail, _event_id_of(raw))
             taken.append(False)
@@ -76,7 +85,12 @@ def ingest(
 
 
 def replay_dead_letters(
-    session: Session, rules: Rules, now: datetime, ids: Sequence[int] | None = None
+    session: Session,
+    rules: Rules,
+    now: datetime,
+    ids: Sequence[int] | None = None,
+    *,
+    skew_s: int,
 ) -> tuple[IngestReport, int]:
     """Take the dead letters that pass now (e.g. after a rules fix); the rest stay, updated.
 
@@ -90,7 +104,7 @@ def replay_dead_letters(
     for letter in session.scalars(query.with_for_update()):
         try:
             # The stored text is the payload as sent (or its JSON form): it parses as it did.
-            taken.append(accept(letter.payload, rules, now))
+            taken.append(accept(letter.payload, rules, now, skew_s))
         except Rejected as error:
             letter.reason, letter.detail = error.reason, error.detail
             refused += 1
