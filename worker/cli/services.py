@@ -322,13 +322,13 @@ def _refuse_unknown_letters(session: Session, ids: tuple[int, ...]) -> None:
 @json_option
 def status(timeout: float, rules_path: Path | None, as_json: bool) -> None:
     """Workers, queues, recalls and dead letters at a glance; exit 1 when unhealthy."""
+    from worker.app import app
     from worker.runtime.status import collect
 
     use_rules_file(rules_path)
     settings = get_settings()
-    result = collect(settings, timeout=timeout)
+    result = collect(settings, app, timeout=timeout)
     if settings.embedded:
-        from worker.app import app
         from worker.runtime.embedded_redis import release_embedded_broker
 
         release_embedded_broker(app)

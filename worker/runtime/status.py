@@ -158,9 +158,8 @@ def _broker(status: Status, app: Any, queues: tuple[str, ...], timeout: float) -
         status.problems.append("no worker answered: start `recall worker`")
 
 
-def collect(settings: Settings, *, timeout: float = 2.0) -> Status:
-    """Look at the broker, the database, the workers and the rules."""
-    from worker.app import app
+def collect(settings: Settings, app: Any, *, timeout: float = 2.0) -> Status:
+    """Look at the broker, the database, the workers (through the Celery ``app``) and the rules."""
     from worker.store.database import database_url
 
     now = datetime.now(UTC)
