@@ -23,7 +23,7 @@ from worker.cli.common import (
 )
 from worker.cli.outputs import writes_files
 from worker.domain.rules import Rules
-from worker.replay.apply import apply
+from worker.replay.apply import apply, running_replay
 from worker.replay.parallel import ShareFailed, default_shares, replay_in_shares
 from worker.replay.simulation import Comparison, JsonLinesWriter, Summary, simulate
 from worker.replay.sorting import Rejection, fewer_collections, sorted_events
@@ -273,8 +273,6 @@ def _applied_run() -> Iterator[None]:
     Its recalls stay held until its end: running it again (idempotent) takes what was not yet
     written and releases them.
     """
-    from worker.replay.apply import running_replay
-
     try:
         with running_replay():
             yield

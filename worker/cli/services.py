@@ -23,7 +23,7 @@ from worker.cli.common import (
 )
 from worker.names import WORKER_QUEUES
 from worker.replay.sources import SourceError, UnreadableRow, check_files, iter_records
-from worker.runtime.status import Status, broker_error, check_broker
+from worker.runtime.status import Status, broker_error, check_broker, collect
 from worker.store.database import (
     DatabaseNotReady,
     database_url,
@@ -323,7 +323,6 @@ def _refuse_unknown_letters(session: Session, ids: tuple[int, ...]) -> None:
 def status(timeout: float, rules_path: Path | None, as_json: bool) -> None:
     """Workers, queues, recalls and dead letters at a glance; exit 1 when unhealthy."""
     from worker.app import app
-    from worker.runtime.status import collect
 
     use_rules_file(rules_path)
     settings = get_settings()

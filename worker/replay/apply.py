@@ -15,13 +15,16 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
+from sqlalchemy import delete, update
+
 from worker.domain.engine import phone_zone
 from worker.domain.events import CallResult
 from worker.domain.rules import Rules
 from worker.replay.simulation import OnDecision, Summary
 from worker.replay.sorting import Position
+from worker.store.database import session_scope
 from worker.store.decisions import apply_events
-from worker.store.models import HEARTBEAT_S, RUNNING_WITHIN_S
+from worker.store.models import HEARTBEAT_S, RUNNING_WITHIN_S, ReplayRun
 
 __all__ = ["APPLY_BATCH", "apply", "running_replay"]
 
@@ -45,8 +48,6 @@ def apply(
     as of its own time, recalls due before it, and not after ``until``, fired first). Returns the
     summary of what was decided.
     """
-    from worker.store.database import session_scope  # dry runs never load it
-
     summary = Summary()
     batch: list[tuple[Position, CallResult]] = []
 
@@ -79,11 +80,6 @@ def running_replay() -> Iterator[None]:
     replay from those a replay left behind (interrupted), which only running it again releases.
     The record is in the database so that it works with several machines on one PostgreSQL.
     """
-    from sqlalchemy import delete, update
-
-    from worker.store.database import session_scope
-    from worker.store.models import ReplayRun
-
     now = datetime.now(UTC)
     with session_scope() as session:
         # Rows of replays that died without a word: nobody else removes them.

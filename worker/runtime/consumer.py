@@ -14,6 +14,10 @@ from typing import Any
 
 from celery.worker.consumer import Consumer
 
+from worker.runtime.metrics import record
+from worker.store.database import session_scope
+from worker.store.dead_letters import Letter, record_dead_letters
+
 log = logging.getLogger(__name__)
 
 __all__ = ["RecallConsumer", "keep_refused_message"]
@@ -21,10 +25,6 @@ __all__ = ["RecallConsumer", "keep_refused_message"]
 
 def keep_refused_message(task: str, detail: str, body: object) -> None:
     """Store a refused broker message as a dead letter; never raises (the consumer must live)."""
-    from worker.runtime.metrics import record
-    from worker.store.database import session_scope
-    from worker.store.dead_letters import Letter, record_dead_letters
-
     letter = Letter.of(task, "invalid_event", detail, body, datetime.now(UTC))
     try:
         with session_scope() as session:

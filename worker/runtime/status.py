@@ -7,10 +7,21 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
+from sqlalchemy import func, select
+
 from config.settings import Settings, mask_url
 from worker.domain.rules import RulesError, load_rules
 from worker.names import WORKER_QUEUES
 from worker.runtime.logs import mask_secrets
+from worker.store.database import (
+    DatabaseNotReady,
+    database_url,
+    ensure_migrated,
+    get_engine,
+    session_scope,
+)
+from worker.store.models import RUNNING_WITHIN_S, DeadLetter
+from worker.store.queries import held_recalls, recall_counts
 
 __all__ = ["Status", "broker_error", "check_broker", "collect"]
 
@@ -97,12 +108,6 @@ def check_broker(app: Any, timeout: float) -> Any:
 
 
 def _database(status: Status, now: datetime) -> None:
-    from sqlalchemy import func, select
-
-    from worker.store.database import DatabaseNotReady, ensure_migrated, get_engine, session_scope
-    from worker.store.models import RUNNING_WITHIN_S, DeadLetter
-    from worker.store.queries import held_recalls, recall_counts
-
     try:
         ensure_migrated(get_engine())
         with session_scope() as session:
@@ -160,8 +165,6 @@ def _broker(status: Status, app: Any, queues: tuple[str, ...], timeout: float) -
 
 def collect(settings: Settings, app: Any, *, timeout: float = 2.0) -> Status:
     """Look at the broker, the database, the workers (through the Celery ``app``) and the rules."""
-    from worker.store.database import database_url
-
     now = datetime.now(UTC)
     try:
         rules = load_rules(settings.rules_path)
