@@ -905,7 +905,9 @@ def _check(
     decision = decide(call, rules, history, at(now) if now else call.occurred_at)
     got = decision.to_json()
     explanation = got.pop("explanation")
-    assert got == {"event_id": "e1", "phone_id": "P1", **expected}
+    assert got == {
+        "event_id": "e1", "phone_id": "P1", **expected, "rules_version": rules.version
+    }  # fmt: skip
     assert isinstance(explanation, str)
     assert explanation.strip()
 
@@ -1091,6 +1093,7 @@ id = "default"
             "event_id": "e1",
             "phone_id": "P1",
             **suppress("sip_code", f"sip:{code}", "unknown_sip_code"),
+            "rules_version": rules.version,
         }
     busy = decide(make_event(), rules, PhoneHistory(), now).to_json()
     assert (busy["action"], busy["due_at"]) == ("recall", "2026-01-14T10:15:00+00:00")
@@ -1163,7 +1166,9 @@ def test_json_shape(rules: Rules) -> None:
         "adjustments",
         "warnings",
         "explanation",
+        "rules_version",
     ]
+    assert data["rules_version"] == rules.version
     assert data["event_id"] == "ev-77"
     assert data["phone_id"] == "P9"
     assert data["due_at"] == "2026-01-15T14:00:00+00:00"

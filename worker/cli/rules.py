@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-import tomli_w
 
 from worker.cli.common import echo_json, json_option, read_rules, rules_option
 from worker.cli.outputs import writes_files
@@ -30,12 +29,14 @@ def check(rules_path: Path | None, as_json: bool) -> None:
         "plans": len(loaded.plans),
     }
     if as_json:
-        echo_json({"ok": True, "sources": list(loaded.sources), **counts})
+        echo_json(
+            {"ok": True, "sources": list(loaded.sources), **counts, "version": loaded.version}
+        )
         return
     click.echo(
         f"rules OK ({' + '.join(loaded.sources)}): {counts['sip_codes']} SIP codes, "
         f"{counts['sip_classes']} class fallbacks, {counts['outcomes']} outcomes, "
-        f"{counts['plans']} plans ({', '.join(loaded.plans)})"
+        f"{counts['plans']} plans ({', '.join(loaded.plans)}); version {loaded.version}"
     )
 
 
@@ -43,7 +44,7 @@ def check(rules_path: Path | None, as_json: bool) -> None:
 @rules_option
 @json_option
 def show(rules_path: Path | None, as_json: bool) -> None:
-    """Show the effective rules as tables (or as JSON)."""
+    """Show the effective rules as tables, with their version (or as JSON: the rules' tables)."""
     loaded = read_rules(rules_path)
     if as_json:
         echo_json(loaded.to_toml_data())
@@ -59,18 +60,18 @@ def show(rules_path: Path | None, as_json: bool) -> None:
 @writes_files({"output": "-o"}, {"rules_path": "the --rules file"})
 def export(rules_path: Path | None, output: Path | None) -> None:
     """Write the effective rules as one complete TOML rules file."""
-    text = tomli_w.dumps(read_rules(rules_path).to_toml_data())
-    header = "# Effective recall rules, exported by `recall rules export`.\n"
+    text = read_rules(rules_path).export_text()
     if output is None:
-        click.echo(header + text, nl=False)
+        click.echo(text, nl=False)
     else:
-        output.write_text(header + text, encoding="utf-8")
+        output.write_text(text, encoding="utf-8")
 
 
 def render(loaded: Rules) -> str:
     """The rules as plain-text tables for a person."""
     lines = [
         f"sources: {' + '.join(loaded.sources)}",
+        f"version: {loaded.version}",
         f"default timezone: {loaded.default_timezone}",
     ]
     lines += ["", "SIP codes (code  active  recall  description)"]
