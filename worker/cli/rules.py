@@ -1,4 +1,8 @@
-"""``recall rules check|show|export``: validate, read and write the effective rules."""
+"""``recall rules check|show|export|history|diff``: the effective rules, and their history.
+
+``history`` and ``diff`` read the rules versions the database keeps (DESIGN.md section 9); the
+other commands need no database (and load no SQLAlchemy).
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,15 @@ from pathlib import Path
 
 import click
 
-from worker.cli.common import echo_json, json_option, read_rules, rules_option
+from worker.cli.common import CommandError, echo_json, json_option, read_rules, rules_option
 from worker.cli.outputs import writes_files
 from worker.domain.rules import Rules
 
 
 @click.group()
 def rules() -> None:
-    """Check, show or export the effective rules (the defaults with your file merged over)."""
+    """Check, show or export the effective rules (the defaults with your file merged over), or
+    read the versions in force so far and what changed between two."""
 
 
 @rules.command()
@@ -65,6 +70,76 @@ def export(rules_path: Path | None, output: Path | None) -> None:
         click.echo(text, nl=False)
     else:
         output.write_text(text, encoding="utf-8")
+
+
+@rules.command()
+@json_option
+def history(as_json: bool) -> None:
+    """List the rules versions in force so far, newest first, from the database.
+
+    Each with when it came into force and where from: the worker's rules file (or the shipped
+    defaults), an applied replay, a dead-letters replay, and its author and comment if any.
+    """
+    from worker.cli.services import ready_database
+    from worker.store.database import session_scope
+    from worker.store.rules_versions import rules_history
+
+    ready_database(migrate=False)
+    with session_scope() as session:
+        rows = rules_history(session)
+    if as_json:
+        echo_json([row.to_json() for row in rows])
+        return
+    if not rows:
+        click.echo("no rules version recorded yet", err=True)
+        return
+    for row in rows:
+        by = "".join(
+            f"  {label} {value}"
+            for label, value in (("by", row.author), ("comment:", row.comment))
+            if value
+        )
+        click.echo(f"{row.version}  {row.in_force_since.isoformat()}  {row.source}{by}")
+
+
+@rules.command()
+@click.argument("old")
+@click.argument("new")
+@json_option
+def diff(old: str, new: str, as_json: bool) -> None:
+    """Show what changed from rules version OLD to NEW, entry by entry, field by field.
+
+    OLD and NEW are versions from `recall rules history` (a unique prefix will do). Each SIP
+    code, outcome and plan (and the defaults) added, removed or changed is listed with its
+    fields as `field: old -> new` (`-`: no value).
+    """
+    from worker.cli.services import ready_database
+    from worker.domain.rules_diff import diff_exports
+    from worker.store.database import session_scope
+    from worker.store.rules_versions import UnknownVersion, find_version
+
+    ready_database(migrate=False)
+    with session_scope() as session:
+        try:
+            before, after = find_version(session, old), find_version(session, new)
+        except UnknownVersion as error:
+            raise CommandError(str(error)) from None
+    changes = diff_exports(before.rules, after.rules)
+    if as_json:
+        echo_json(
+            {
+                "from": before.version,
+                "to": after.version,
+                "changes": [change.to_json() for change in changes],
+            }
+        )
+        return
+    count = f"{len(changes)} {'entry' if len(changes) == 1 else 'entries'} changed"
+    click.echo(f"rules {before.version} -> {after.version}: {count}")
+    for change in changes:
+        click.echo(f"{change.section} {change.entry}: {change.change}")
+        for field in change.fields:
+            click.echo(f"  {field}")
 
 
 def render(loaded: Rules) -> str:
