@@ -193,8 +193,9 @@ def table_rows(url: str) -> dict[str, list[tuple[Any, ...]]]:
 
 def rows_without_batch_clock(url: str) -> dict[str, list[tuple[Any, ...]]]:
     """``table_rows`` less the columns written by the clock of the batch (its last event): not
-    the same when the batches are cut elsewhere (processes, an interrupted run)."""
-    batch_clock = {"processed_at", "created_at", "updated_at"}
+    the same when the batches are cut elsewhere (processes, an interrupted run); nor the wall
+    clock's time the replay's rules came into force."""
+    batch_clock = {"processed_at", "created_at", "updated_at", "in_force_since"}
     engine = make_engine(url)
     try:
         with engine.connect() as connection:

@@ -115,10 +115,12 @@ def test_short_help_option(runner: CliRunner) -> None:
         pytest.param(
             ("decide",), ("[FILE|-]", "--now", "--rules", "--json", "RECALL_RULES"), id="decide"
         ),
-        pytest.param(("rules",), ("check", "show", "export"), id="rules"),
+        pytest.param(("rules",), ("check", "show", "export", "history", "diff"), id="rules"),
         pytest.param(("rules", "check"), ("--rules", "--json"), id="rules-check"),
         pytest.param(("rules", "show"), ("--rules", "--json"), id="rules-show"),
         pytest.param(("rules", "export"), ("--rules", "--output"), id="rules-export"),
+        pytest.param(("rules", "history"), ("--json", "newest first"), id="rules-history"),
+        pytest.param(("rules", "diff"), ("OLD NEW", "--json", "prefix"), id="rules-diff"),
         pytest.param(
             ("sample",), ("--output", "--leads", "--days", "--seed", "--start"), id="sample"
         ),

@@ -1194,6 +1194,49 @@ def test_duplicate_and_stale_ignore_pending(rules: Rules) -> None:
     assert (stale.action, stale.applies, stale.supersedes) == ("stale", False, None)
 
 
+@pytest.mark.parametrize(
+    ("event", "history", "action"),
+    [
+        pytest.param({"plan_id": "open"}, PhoneHistory(), "recall", id="recall"),
+        pytest.param({"sip_code": 404}, PhoneHistory(), "suppress", id="suppress"),
+        pytest.param({}, PhoneHistory(seen_event_ids={"e1"}), "duplicate", id="duplicate"),
+        pytest.param(
+            {"plan_id": "open"},
+            PhoneHistory(pending=PENDING, last_applied_at=at("2026-01-14T11:00:00+00:00")),
+            "stale",
+            id="stale",
+        ),
+        pytest.param(
+            {"plan_id": "caps"},
+            PhoneHistory(
+                attempts=(at("2026-01-14T10:30:00+00:00"), at("2026-01-14T10:45:00+00:00")),
+                pending=PENDING,
+                last_applied_at=at("2026-01-14T11:00:00+00:00"),
+            ),
+            "stale",
+            id="stale-that-moves-the-pending-recall",
+        ),
+        pytest.param({"plan_id": "nope"}, PhoneHistory(), "reject", id="reject"),
+    ],
+)
+def test_every_decision_names_the_version_of_its_rules(
+    rules: Rules,
+    event: dict[str, Any],
+    history: PhoneHistory,
+    action: str,
+    request: pytest.FixtureRequest,
+) -> None:
+    decision = decide(make_event(**event), rules, history, at("2026-01-14T10:00:00+00:00"))
+    assert decision.action == action
+    assert decision.rules_version == rules.version
+    assert list(decision.to_json().items())[-1] == ("rules_version", rules.version)
+    if "moves" in request.node.callspec.id:
+        assert decision.reschedules is not None
+    shipped = load_rules()  # other rules: their own version, whatever the decision
+    again = decide(make_event(**event), shipped, history, at("2026-01-14T10:00:00+00:00"))
+    assert again.rules_version == shipped.version != rules.version
+
+
 def test_decide_does_not_use_the_wall_clock(rules: Rules) -> None:
     # Long after the event: a recall already due fires "now", the now passed in.
     call = make_event(plan_id="open")
