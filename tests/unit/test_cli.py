@@ -717,6 +717,14 @@ def test_the_readme_decide_example_prints_what_the_readme_shows() -> None:
     assert (done.returncode, done.stderr) == (0, "")
     assert done.stdout.splitlines() == shown
 
+    # The JSON form shown after it is that decision with --json.
+    example = orjson.loads(readme.split(block, 1)[1].split("```json\n", 1)[1].split("```", 1)[0])
+    as_json = subprocess.run(
+        [script, "decide", "--json"], input=payload, capture_output=True, text=True, check=False
+    )
+    assert orjson.loads(as_json.stdout) == example
+    assert list(example)[-1] == "rules_version"
+
 
 def test_each_lazy_command_is_listed_with_its_own_help() -> None:
     """The group lists commands from a table, without loading them: the table must not drift."""
