@@ -25,6 +25,7 @@ DECISION_KEYS = {
     "adjustments",
     "warnings",
     "explanation",
+    "rules_version",
 }
 
 #: A Wednesday, 10:00 in London (GMT in January): inside every shipped plan's calling hours.

@@ -39,11 +39,12 @@ from tests.helpers import (
 )
 from worker.cli import main
 from worker.domain.engine import Decision
-from worker.domain.rules import Rules
+from worker.domain.rules import Rules, load_rules
 from worker.names import CALL_RESULTS_QUEUE
 from worker.replay.sample import generate
+from worker.store.database import make_engine
 from worker.store.ingest import ingest
-from worker.store.models import Recall
+from worker.store.models import Recall, RulesVersion
 from worker.store.recalls import fire_recalls
 
 # Nothing listens there: these commands must never need the broker.
@@ -157,6 +158,8 @@ def test_db_upgrade_is_safe_on_a_migrated_database(recall: Invoke, database_url:
         ("phones", "list", "--waiting", "--json"),
         ("dead-letters", "list"),
         ("dead-letters", "replay"),
+        ("rules", "history"),
+        ("rules", "diff", "abc", "def"),
     ],
 )
 def test_an_unmigrated_database_is_refused_with_the_fix(
@@ -583,3 +586,135 @@ def test_demo_shows_the_date_of_a_time_that_is_not_today() -> None:
 
     assert _local(later_today, now) == "23:05:16"
     assert _local(tomorrow, now) == f"{tomorrow:%a} {tomorrow.date().isoformat()} 23:05:16"
+
+
+# --- recall rules history | diff ---------------------------------------------------------------
+
+CHANGED_RULES = """
+[defaults]
+timezone = "Europe/Paris"
+
+[[sip_codes]]
+code = 486
+recall_after = { minutes = 45 }
+
+[[sip_codes]]
+code = 499
+description = "Carrier special"
+recall = false
+
+[[outcomes]]
+code = "APPT"
+kind = "user"
+recall = "after"
+recall_after = { days = 2 }
+
+[[plans]]
+id = "default"
+max_recalls = 3
+system_recalls = { SYSNOANS = { hours = 3 } }
+"""
+
+
+def test_rules_history_and_diff_through_the_command_line(
+    recall: Invoke, write_rules: Callable[..., Path]
+) -> None:
+    assert json_of(recall("rules", "history", "--json")) == []
+    empty = recall("rules", "history")
+    assert (empty.exit_code, empty.stdout, empty.stderr) == (
+        0,
+        "",
+        "no rules version recorded yet\n",
+    )
+
+    changed = write_rules(CHANGED_RULES, "changed.toml")
+    # Two commands that decide against the database record the rules they decide with.
+    assert json_of(recall("dead-letters", "replay", "--json"))["taken"] == 0
+    assert json_of(recall("dead-letters", "replay", "--rules", str(changed), "--json"))
+    defaults, new = load_rules(), load_rules(changed)
+
+    history = json_of(recall("rules", "history", "--json"))
+    assert [list(row) for row in history] == [
+        ["version", "in_force_since", "source", "author", "comment"]
+    ] * 2
+    assert [(row["version"], row["source"]) for row in history] == [
+        (new.version, f"dead-letters: file {changed}"),
+        (defaults.version, "dead-letters: shipped defaults"),
+    ]  # newest first
+    since = [datetime.fromisoformat(row["in_force_since"]) for row in history]
+    assert since[0] >= since[1]
+    assert since[0].utcoffset() == timedelta(0)
+    text = recall("rules", "history")
+    assert text.exit_code == 0
+    assert text.stdout.splitlines() == [
+        f"{row['version']}  {row['in_force_since']}  {row['source']}" for row in history
+    ]
+
+    diff = json_of(recall("rules", "diff", defaults.version[:6], new.version, "--json"))
+    assert (diff["from"], diff["to"]) == (defaults.version, new.version)
+    busy = {"minutes": 15}
+    assert diff["changes"] == [
+        {"section": "defaults", "entry": "defaults", "change": "changed", "fields": [
+            {"field": "timezone", "old": "Europe/London", "new": "Europe/Paris"},
+        ]},
+        {"section": "sip_codes", "entry": "486", "change": "changed", "fields": [
+            {"field": "recall_after", "old": busy, "new": {"minutes": 45}},
+        ]},
+        {"section": "sip_codes", "entry": "499", "change": "added", "fields": [
+            {"field": "code", "old": None, "new": 499},
+            {"field": "description", "old": None, "new": "Carrier special"},
+            {"field": "active", "old": None, "new": True},
+            {"field": "recall", "old": None, "new": False},
+        ]},
+        {"section": "outcomes", "entry": "APPT", "change": "added", "fields": [
+            {"field": "code", "old": None, "new": "APPT"},
+            {"field": "kind", "old": None, "new": "user"},
+            {"field": "description", "old": None, "new": ""},
+            {"field": "recall", "old": None, "new": "after"},
+            {"field": "recall_after", "old": None, "new": {"days": 2}},
+        ]},
+        {"section": "plans", "entry": "default", "change": "changed", "fields": [
+            {"field": "max_recalls", "old": 10, "new": 3},
+            # A plan's field given replaces the shipped one whole (merged field by field).
+            {"field": "system_recalls.SYSDROP", "old": {"hours": 72}, "new": None},
+            {"field": "system_recalls.SYSNOANS", "old": {"hours": 2}, "new": {"hours": 3}},
+        ]},
+    ]  # fmt: skip
+    backwards = json_of(recall("rules", "diff", new.version, defaults.version, "--json"))
+    assert [(c["entry"], c["change"]) for c in backwards["changes"]] == [
+        ("defaults", "changed"), ("486", "changed"), ("499", "removed"), ("APPT", "removed"),
+        ("default", "changed"),
+    ]  # fmt: skip
+    assert json_of(recall("rules", "diff", new.version, new.version, "--json"))["changes"] == []
+
+    shown = recall("rules", "diff", defaults.version, new.version[:5])
+    assert shown.exit_code == 0, shown.output
+    lines = shown.stdout.splitlines()
+    assert lines[0] == f"rules {defaults.version} -> {new.version}: 5 entries changed"
+    assert lines[1:4] == [
+        "defaults defaults: changed",
+        '  timezone: "Europe/London" -> "Europe/Paris"',
+        "sip_codes 486: changed",
+    ]
+    assert "  recall_after: { minutes = 15 } -> { minutes = 45 }" in lines
+    assert "  recall: - -> false" in lines
+    assert "  system_recalls.SYSNOANS: { hours = 2 } -> { hours = 3 }" in lines
+
+
+def test_rules_diff_names_a_version_it_cannot_find(recall: Invoke, database_url: str) -> None:
+    json_of(recall("dead-letters", "replay", "--json"))
+    known = load_rules().version
+    missing = "0" if not known.startswith("0") else "1"
+
+    one_line_error(
+        recall("rules", "diff", known, missing), f"no rules version '{missing}' in the history"
+    )
+    one_line_error(recall("rules", "diff", "x1", known), "no rules version 'x1'", "12 hex digits")
+    engine = make_engine(database_url)
+    with Session(engine) as session, session.begin():
+        for version in (f"{known[:3]}000000000", f"{known[:3]}fffffffff"):
+            session.add(RulesVersion(version=version, rules="", in_force_since=NOW, source="x"))
+    engine.dispose()
+    one_line_error(
+        recall("rules", "diff", known[:3], known), f"rules version '{known[:3]}' is ambiguous"
+    )

@@ -193,8 +193,9 @@ def table_rows(url: str) -> dict[str, list[tuple[Any, ...]]]:
 
 def rows_without_batch_clock(url: str) -> dict[str, list[tuple[Any, ...]]]:
     """``table_rows`` less the columns written by the clock of the batch (its last event): not
-    the same when the batches are cut elsewhere (processes, an interrupted run)."""
-    batch_clock = {"processed_at", "created_at", "updated_at"}
+    the same when the batches are cut elsewhere (processes, an interrupted run); nor the wall
+    clock's time the replay's rules came into force."""
+    batch_clock = {"processed_at", "created_at", "updated_at", "in_force_since"}
     engine = make_engine(url)
     try:
         with engine.connect() as connection:
@@ -1415,6 +1416,60 @@ def test_compare_shows_what_a_rules_change_would_do(tmp_path: Path, rules_file: 
     unchanged = replay_json(path, *common, "--compare", same)
     assert (unchanged["compare"]["differing_decisions"], unchanged["compare"]["sample"]) == (0, [])
     assert unchanged["compare"]["summary"] == unchanged["summary"]
+
+
+def test_every_replayed_decision_names_the_version_of_its_rules(
+    tmp_path: Path, rules_file: Path
+) -> None:
+    """Dry, with --compare and --output: each side's decisions carry its own rules' version."""
+    slower = tmp_path / "slower.toml"
+    slower.write_text(SLOWER_BUSY, encoding="utf-8")
+    path = write_lines(
+        tmp_path / "x.jsonl",
+        [ev("a", "X", t("10:00")), ev("a", "X", t("10:00")), ev("b", "X", t("09:00"))],
+    )
+    base, other = load_rules(rules_file).version, load_rules(slower).version
+    assert base != other
+    for jobs in ("1", "2"):
+        out = tmp_path / f"out-{jobs}.jsonl"
+        result = replay_json(
+            path, "--now", NOW, "--rules", rules_file, "--compare", slower, "--output", out,
+            "--jobs", jobs,
+        )  # fmt: skip
+        assert (result["rules_version"], result["compare"]["rules_version"]) == (base, other)
+        decided = read_jsonl(out)
+        # A recall, a duplicate, a late call (decided in its place): every one names its rules.
+        assert [d["action"] for d in decided] == ["recall", "recall", "duplicate"]
+        assert [list(d)[-1] for d in decided] == ["rules_version"] * 3
+        assert {d["rules_version"] for d in decided} == {base}
+    text = recall("replay", path, "--now", NOW, "--rules", rules_file, "--compare", slower)
+    assert f"(version {base})" in text.stdout.splitlines()[0]
+    assert f"(version {other})" in text.stdout.splitlines()[1]
+
+
+def test_an_applied_replay_records_its_rules_and_its_decisions_name_them(
+    tmp_path: Path, rules_file: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_database(monkeypatch, database_url)
+    path = write_lines(tmp_path / "x.jsonl", [ev("a", "X", t("10:00")), ev("b", "Y", t("10:00"))])
+    version = load_rules(rules_file).version
+
+    out = tmp_path / "out.jsonl"
+    assert (
+        replay_json(path, "--rules", rules_file, "--now", t("10:05"), "--output", out)[
+            "rules_version"
+        ]
+        == version
+    )
+    assert {d["rules_version"] for d in read_jsonl(out)} == {version}
+    assert json_of(recall("phones", "show", "X", "--json"))["last_decision"]["rules_version"] == (
+        version
+    )
+    # Taken again, everything is a duplicate: the history does not grow either.
+    replay_json(path, "--rules", rules_file, "--now", t("10:05"))
+    (row,) = json_of(recall("rules", "history", "--json"))
+    assert (row["version"], row["source"]) == (version, f"replay: file {rules_file}")
+    assert (row["author"], row["comment"]) == (None, None)
 
 
 def test_compare_over_a_history_samples_the_differences(tmp_path: Path) -> None:

@@ -30,8 +30,14 @@ from worker.store import queries
 from worker.store.bulk import COPY_FROM_ROWS
 from worker.store.decisions import apply_events, lead_key
 from worker.store.ingest import IngestReport, ingest, replay_dead_letters
-from worker.store.models import Attempt, DeadLetter, Phone, ProcessedEvent, Recall
+from worker.store.models import Attempt, DeadLetter, Phone, ProcessedEvent, Recall, RulesVersion
 from worker.store.recalls import Fired, claim_due, fire_due, fire_recalls
+from worker.store.rules_versions import (
+    UnknownVersion,
+    find_version,
+    record_rules_version,
+    rules_history,
+)
 
 # Wednesday 2026-01-14: the helpers' events happen at 10:00 London (GMT), inside calling hours.
 NOW = at("2026-01-14T10:01:00+00:00")
@@ -1319,3 +1325,96 @@ def test_a_replay_holds_its_recalls_from_the_live_dispatcher(
     assert (recalls["old"].state, recalls["old"].fired_at) == ("fired", recalls["old"].due_at)
     assert recalls["new"].state == "pending"
     assert (recalls["live"].state, recalls["live"].due_at) == ("pending", live_due)
+
+
+# --- the rules history (DESIGN.md section 9) -----------------------------------------------------
+
+BUSY_AFTER = "[[sip_codes]]\ncode = 486\nrecall_after = {{ minutes = {} }}\n"
+
+
+def record(engine: Engine, rules: Rules, when: datetime, source: str = "file x") -> bool:
+    with transaction(engine) as session:
+        return record_rules_version(session, rules, source, when)
+
+
+def test_a_version_is_recorded_when_it_comes_into_force_and_again_when_it_comes_back(
+    db_engine: Engine, write_rules: Callable[..., Path]
+) -> None:
+    a = load_rules(write_rules(BUSY_AFTER.format(20), "a.toml"))
+    b = load_rules(write_rules(BUSY_AFTER.format(30), "b.toml"))
+    times = [NOW + timedelta(minutes=minutes) for minutes in range(5)]
+
+    in_turn = [a, a, b, b, a]
+    recorded = [record(db_engine, rules, when) for rules, when in zip(in_turn, times, strict=True)]
+
+    assert recorded == [True, False, True, False, True]
+    rows = table(db_engine, RulesVersion)
+    assert [(row.version, row.in_force_since) for row in rows] == [
+        (a.version, times[0]), (b.version, times[2]), (a.version, times[4]),
+    ]  # fmt: skip
+    assert rows[0].rules == a.export_text()
+    assert (rows[0].source, rows[0].author, rows[0].comment) == ("file x", None, None)
+    with transaction(db_engine) as session:
+        history = rules_history(session)
+        assert [row.version for row in history] == [a.version, b.version, a.version]  # newest first
+        assert find_version(session, b.version[:4]).rules == b.export_text()
+        assert find_version(session, a.version.upper()).id == rows[2].id  # as last in force
+
+
+def test_api_edits_keep_their_author_and_comment(db_engine: Engine, rules: Rules) -> None:
+    with transaction(db_engine) as session:
+        record_rules_version(session, rules, "api", NOW, author="ops", comment="Xmas hours")
+    (row,) = table(db_engine, RulesVersion)
+    assert (row.source, row.author, row.comment) == ("api", "ops", "Xmas hours")
+
+
+@pytest.mark.parametrize(
+    ("asked", "message"),
+    [
+        pytest.param(
+            "abc", "rules version 'abc' is ambiguous: abc123000000, abc456000000", id="ambiguous"
+        ),
+        pytest.param("abd", "no rules version 'abd' in the history", id="unknown"),
+        pytest.param("zz%", "no rules version 'zz%' (a version is 12 hex digits)", id="not-hex"),
+        pytest.param("abc1230000000", "a version is 12 hex digits", id="too-long"),
+    ],
+)  # fmt: skip
+def test_a_version_asked_for_must_name_exactly_one(
+    db_engine: Engine, asked: str, message: str
+) -> None:
+    with transaction(db_engine) as session:
+        for version in ("abc123000000", "abc456000000", "abc123000000"):
+            session.add(RulesVersion(version=version, rules="", in_force_since=NOW, source="x"))
+    with transaction(db_engine) as session, pytest.raises(UnknownVersion) as raised:
+        find_version(session, asked)
+    assert message in str(raised.value)
+    with transaction(db_engine) as session:
+        assert find_version(session, "abc1").version == "abc123000000"  # one version, two rows
+
+
+def test_two_writers_of_one_new_version_record_it_once(
+    db_engine: Engine, write_rules: Callable[..., Path]
+) -> None:
+    """Two workers that load new rules at once: one row (PostgreSQL: an advisory lock)."""
+    record(db_engine, load_rules(), NOW)
+    rules = load_rules(write_rules(BUSY_AFTER.format(20)))
+
+    def writer(session: Session) -> bool:
+        written = record_rules_version(session, rules, "file x", NOW)
+        time.sleep(0.2)  # hold the transaction open: the other writer has looked meanwhile
+        return written
+
+    assert sorted(race(db_engine, writer, writer)) == [False, True]
+    assert [row.version for row in table(db_engine, RulesVersion)] == [
+        load_rules().version, rules.version,
+    ]  # fmt: skip
+
+
+def test_no_code_updates_or_deletes_a_rules_version() -> None:
+    """The history is append-only: only the store's record function writes it, by INSERT."""
+    root = Path(__file__).resolve().parents[2]
+    for path in [*root.glob("worker/**/*.py"), *root.glob("tasks/**/*.py")]:
+        code = path.read_text(encoding="utf-8")
+        for pattern in ("update(RulesVersion", "delete(RulesVersion", "UPDATE rules_versions",
+                        "DELETE FROM rules_versions", "session.delete("):  # fmt: skip
+            assert pattern not in code, f"{path}: {pattern}"

@@ -4,8 +4,9 @@ against a real database (SQLite and PostgreSQL), as Celery's testing guide sugge
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -19,9 +20,12 @@ from tasks.ingest import process_call_result, process_call_results
 from tasks.recalls import dispatch_due, mark_eligible
 from tests.helpers import reset_process_state
 from worker.app import app
+from worker.domain.rules import Rules, load_rules
 from worker.names import FIRE_TASK, RECALLS_QUEUE
+from worker.runtime import rules_cache
 from worker.store.database import get_engine
-from worker.store.models import DeadLetter, Phone, ProcessedEvent, Recall
+from worker.store.models import DeadLetter, Phone, ProcessedEvent, Recall, RulesVersion
+from worker.store.rules_versions import record_rules_version
 
 
 @pytest.fixture
@@ -153,3 +157,64 @@ def test_mark_eligible_leaves_a_superseded_recall_alone(with_broker: str) -> Non
     assert not rows(Phone)[0].eligible
     assert messages(with_broker, get_settings().notify_queue) == []
     assert mark_eligible(["g2"]) == 1
+
+
+# --- the rules history: the worker records the rules it decides with ----------------------------
+
+
+def use_rules(monkeypatch: pytest.MonkeyPatch, path: Path) -> Rules:
+    """Point the worker at ``path``, as a changed RECALL_RULES file would once reloaded."""
+    monkeypatch.setenv("RECALL_RULES", str(path))
+    get_settings.cache_clear()
+    monkeypatch.setattr(rules_cache, "_cache", rules_cache._RulesCache())
+    return load_rules(path)
+
+
+def test_the_worker_records_each_version_before_deciding_with_it(
+    database: str, monkeypatch: pytest.MonkeyPatch, write_rules: Callable[..., Path]
+) -> None:
+    busy = "[[sip_codes]]\ncode = 486\nrecall_after = {{ minutes = {} }}\n"
+    a = use_rules(monkeypatch, write_rules(busy.format(20), "a.toml"))
+    process_call_results([event("v1", "P1")])
+    process_call_result(event("v2", "P2"))  # the same rules: nothing more to record
+    b = use_rules(monkeypatch, write_rules(busy.format(30), "b.toml"))
+    process_call_result(event("v3", "P3"))
+    process_call_results([event("v4", "P4"), event("v5", "P5")])
+    # A decision already stored keeps its version when its event comes again.
+    assert process_call_results([event("v1", "P1")]) == {"duplicate": 1}
+    a_again = use_rules(monkeypatch, write_rules(busy.format(20), "a-again.toml"))
+    process_call_results([event("v6", "P6")])
+
+    history = rows(RulesVersion)
+    assert [row.version for row in history] == [a.version, b.version, a.version]
+    assert [row.source for row in history] == [
+        f"file {rules.sources[-1]}" for rules in (a, b, a_again)
+    ]
+    assert history[1].rules == b.export_text()
+    assert history[0].in_force_since <= history[1].in_force_since <= history[2].in_force_since
+    stored = {row.event_id: row.decision["rules_version"] for row in rows(ProcessedEvent)}
+    assert stored == {
+        "v1": a.version, "v2": a.version, "v3": b.version, "v4": b.version, "v5": b.version,
+        "v6": a.version,
+    }  # fmt: skip
+    assert len(rows(RulesVersion)) == 3
+
+
+def test_a_process_that_recorded_its_rules_records_them_again_once_others_were(
+    database: str, monkeypatch: pytest.MonkeyPatch, write_rules: Callable[..., Path]
+) -> None:
+    """An applied replay with other rules recorded them: the worker's come back within a minute."""
+    mine = use_rules(monkeypatch, write_rules("", "mine.toml"))
+    process_call_results([event("w1", "P1")])
+    other = load_rules(write_rules("[[sip_codes]]\ncode = 486\nrecall_after = { hours = 1 }\n"))
+    with Session(get_engine()) as session, session.begin():
+        record_rules_version(session, other, "replay: file x", datetime.now(UTC))
+    process_call_results([event("w2", "P2")])
+    assert [row.version for row in rows(RulesVersion)] == [mine.version, other.version]
+    monkeypatch.setattr(rules_cache, "RECHECK_S", 0.0)
+    process_call_results([event("w3", "P3")])
+    assert [row.version for row in rows(RulesVersion)] == [
+        mine.version,
+        other.version,
+        mine.version,
+    ]

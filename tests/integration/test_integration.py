@@ -45,7 +45,7 @@ from worker.domain.engine import Decision, PendingRecall, PhoneHistory, decide
 from worker.domain.events import parse_event
 from worker.domain.rules import Rules, load_rules
 from worker.store.database import make_engine, upgrade
-from worker.store.models import Attempt, DeadLetter, Phone, ProcessedEvent, Recall
+from worker.store.models import Attempt, DeadLetter, Phone, ProcessedEvent, Recall, RulesVersion
 from worker.store.queries import phone as phone_json
 
 pytestmark = pytest.mark.integration
@@ -934,9 +934,12 @@ def test_two_workers_racing_on_the_same_phones(
         assert current[0].due_at == want.due_at
         assert current[0].generation == row.generation
         decision = row.last_decision or {}
-        for key in ("event_id", "action", "due_at", "source", "rule", "reason"):
+        for key in ("event_id", "action", "due_at", "source", "rule", "reason", "rules_version"):
             assert decision[key] == want.to_json()[key], key
         assert db.count(Attempt, Attempt.phone_id == phone_id) == len(codes)
+    # Both workers came up with the same rules: one version in force, recorded once.
+    with db.session() as session:
+        assert list(session.scalars(select(RulesVersion.version))) == [rules.version]
     assert_no_errors(*workers)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import shutil
 import subprocess
@@ -114,10 +115,12 @@ def test_short_help_option(runner: CliRunner) -> None:
         pytest.param(
             ("decide",), ("[FILE|-]", "--now", "--rules", "--json", "RECALL_RULES"), id="decide"
         ),
-        pytest.param(("rules",), ("check", "show", "export"), id="rules"),
+        pytest.param(("rules",), ("check", "show", "export", "history", "diff"), id="rules"),
         pytest.param(("rules", "check"), ("--rules", "--json"), id="rules-check"),
         pytest.param(("rules", "show"), ("--rules", "--json"), id="rules-show"),
         pytest.param(("rules", "export"), ("--rules", "--output"), id="rules-export"),
+        pytest.param(("rules", "history"), ("--json", "newest first"), id="rules-history"),
+        pytest.param(("rules", "diff"), ("OLD NEW", "--json", "prefix"), id="rules-diff"),
         pytest.param(
             ("sample",), ("--output", "--leads", "--days", "--seed", "--start"), id="sample"
         ),
@@ -164,7 +167,9 @@ def test_decide_json_contract(runner: CliRunner, event_file: Path) -> None:
         "adjustments": [],
         "warnings": [],
         "explanation": data["explanation"],
+        "rules_version": load_rules().version,
     }
+    assert list(data)[-1] == "rules_version"
     assert "486" in data["explanation"]
 
 
@@ -227,6 +232,7 @@ def test_decide_human_output(runner: CliRunner, event_file: Path) -> None:
     lines = result.stdout.splitlines()
     assert lines[0] == "action    recall at 2026-03-30T09:15:00+00:00 (Mon 2026-03-30 10:15 BST)"
     assert lines[1] == "rule      sip:486 (source sip_code, reason sip_recall)"
+    assert lines[-2] == f"rules     version {load_rules().version}"
     assert lines[-1].startswith("why       ")
 
 
@@ -447,6 +453,7 @@ def test_rules_check_defaults(runner: CliRunner) -> None:
     assert result.stdout.startswith(f"rules OK ({DEFAULT_RULES_PATH}): ")
     assert f"{len(defaults.sip_codes)} SIP codes" in result.stdout
     assert "default, us_tcpa, eu_sales, manual" in result.stdout
+    assert result.stdout.rstrip().endswith(f"; version {defaults.version}")
 
 
 def test_rules_check_json(runner: CliRunner, operator_rules: Path) -> None:
@@ -460,6 +467,7 @@ def test_rules_check_json(runner: CliRunner, operator_rules: Path) -> None:
         "sip_classes": 3,
         "outcomes": len(defaults.outcomes),
         "plans": len(defaults.plans),
+        "version": load_rules(operator_rules).version,
     }
 
 
@@ -491,6 +499,7 @@ def test_rules_show_text(runner: CliRunner, operator_rules: Path) -> None:
     assert_ok(result)
     text = result.stdout
     assert "default timezone: Europe/London" in text
+    assert f"version: {load_rules(operator_rules).version}" in text.splitlines()
     assert "SIP codes" in text
     assert "Outcomes" in text
     for plan in ("default", "us_tcpa", "eu_sales", "manual"):
@@ -527,6 +536,18 @@ def test_rules_export_then_check(
     assert checked.stdout.startswith("rules OK")
     original = load_rules(operator_rules if with_operator_file else None)
     assert same_rules(load_rules(path), original)
+
+
+@pytest.mark.parametrize("with_operator_file", [False, True], ids=["defaults", "operator"])
+def test_the_rules_version_is_the_sha256_of_the_export(
+    runner: CliRunner, operator_rules: Path, with_operator_file: bool
+) -> None:
+    extra = ("--rules", str(operator_rules)) if with_operator_file else ()
+    exported = run(runner, "rules", "export", *extra)
+    assert_ok(exported)
+    version = hashlib.sha256(exported.stdout_bytes).hexdigest()[:12]
+    assert json_of(run(runner, "rules", "check", "--json", *extra))["version"] == version
+    assert load_rules(operator_rules if with_operator_file else None).version == version
 
 
 def test_rules_export_to_file(runner: CliRunner, tmp_path: Path, operator_rules: Path) -> None:
@@ -695,6 +716,14 @@ def test_the_readme_decide_example_prints_what_the_readme_shows() -> None:
 
     assert (done.returncode, done.stderr) == (0, "")
     assert done.stdout.splitlines() == shown
+
+    # The JSON form shown after it is that decision with --json.
+    example = orjson.loads(readme.split(block, 1)[1].split("```json\n", 1)[1].split("```", 1)[0])
+    as_json = subprocess.run(
+        [script, "decide", "--json"], input=payload, capture_output=True, text=True, check=False
+    )
+    assert orjson.loads(as_json.stdout) == example
+    assert list(example)[-1] == "rules_version"
 
 
 def test_each_lazy_command_is_listed_with_its_own_help() -> None:

@@ -905,7 +905,9 @@ def _check(
     decision = decide(call, rules, history, at(now) if now else call.occurred_at)
     got = decision.to_json()
     explanation = got.pop("explanation")
-    assert got == {"event_id": "e1", "phone_id": "P1", **expected}
+    assert got == {
+        "event_id": "e1", "phone_id": "P1", **expected, "rules_version": rules.version
+    }  # fmt: skip
     assert isinstance(explanation, str)
     assert explanation.strip()
 
@@ -1091,6 +1093,7 @@ id = "default"
             "event_id": "e1",
             "phone_id": "P1",
             **suppress("sip_code", f"sip:{code}", "unknown_sip_code"),
+            "rules_version": rules.version,
         }
     busy = decide(make_event(), rules, PhoneHistory(), now).to_json()
     assert (busy["action"], busy["due_at"]) == ("recall", "2026-01-14T10:15:00+00:00")
@@ -1163,7 +1166,9 @@ def test_json_shape(rules: Rules) -> None:
         "adjustments",
         "warnings",
         "explanation",
+        "rules_version",
     ]
+    assert data["rules_version"] == rules.version
     assert data["event_id"] == "ev-77"
     assert data["phone_id"] == "P9"
     assert data["due_at"] == "2026-01-15T14:00:00+00:00"
@@ -1187,6 +1192,49 @@ def test_duplicate_and_stale_ignore_pending(rules: Rules) -> None:
     )
     assert (duplicate.action, duplicate.applies, duplicate.supersedes) == ("duplicate", False, None)
     assert (stale.action, stale.applies, stale.supersedes) == ("stale", False, None)
+
+
+@pytest.mark.parametrize(
+    ("event", "history", "action"),
+    [
+        pytest.param({"plan_id": "open"}, PhoneHistory(), "recall", id="recall"),
+        pytest.param({"sip_code": 404}, PhoneHistory(), "suppress", id="suppress"),
+        pytest.param({}, PhoneHistory(seen_event_ids={"e1"}), "duplicate", id="duplicate"),
+        pytest.param(
+            {"plan_id": "open"},
+            PhoneHistory(pending=PENDING, last_applied_at=at("2026-01-14T11:00:00+00:00")),
+            "stale",
+            id="stale",
+        ),
+        pytest.param(
+            {"plan_id": "caps"},
+            PhoneHistory(
+                attempts=(at("2026-01-14T10:30:00+00:00"), at("2026-01-14T10:45:00+00:00")),
+                pending=PENDING,
+                last_applied_at=at("2026-01-14T11:00:00+00:00"),
+            ),
+            "stale",
+            id="stale-that-moves-the-pending-recall",
+        ),
+        pytest.param({"plan_id": "nope"}, PhoneHistory(), "reject", id="reject"),
+    ],
+)
+def test_every_decision_names_the_version_of_its_rules(
+    rules: Rules,
+    event: dict[str, Any],
+    history: PhoneHistory,
+    action: str,
+    request: pytest.FixtureRequest,
+) -> None:
+    decision = decide(make_event(**event), rules, history, at("2026-01-14T10:00:00+00:00"))
+    assert decision.action == action
+    assert decision.rules_version == rules.version
+    assert list(decision.to_json().items())[-1] == ("rules_version", rules.version)
+    if "moves" in request.node.callspec.id:
+        assert decision.reschedules is not None
+    shipped = load_rules()  # other rules: their own version, whatever the decision
+    again = decide(make_event(**event), shipped, history, at("2026-01-14T10:00:00+00:00"))
+    assert again.rules_version == shipped.version != rules.version
 
 
 def test_decide_does_not_use_the_wall_clock(rules: Rules) -> None:

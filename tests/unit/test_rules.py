@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import tomllib
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import tomli_w
 
 from worker.domain.rules import (
     DEFAULT_RULES_PATH,
+    EXPORT_HEADER,
     AttemptCap,
     CallingHours,
     Duration,
@@ -849,6 +851,107 @@ def test_round_trip_of_the_defaults(defaults: Rules, tmp_path: Path) -> None:
     path = tmp_path / "export.toml"
     path.write_text(tomli_w.dumps(defaults.to_toml_data()), encoding="utf-8")
     _assert_same_rules(load_rules(path), defaults)
+
+
+# --- the rules version (DESIGN.md section 9) ----------------------------------------------------
+
+# The same operator rules written two ways: other entry and key order, inline and standard
+# tables, comments, spacing, zero units. (120 minutes is not 2 hours: the table keeps the units.)
+SAME_RULES_ONE_WAY = """
+[[outcomes]]
+code = "APPT"
+kind = "user"
+recall = "after"
+recall_after = { hours = 2 }
+
+[[outcomes]]
+code = "NOPE"
+kind = "user"
+recall = "never"
+
+[[plans]]
+id = "b"
+system_recalls = { SYSNOANS = { hours = 1 }, SYSBUSY = { minutes = 5 } }
+
+[[plans]]
+id = "a"
+can_recall = false
+
+[[sip_codes]]
+code = 486
+recall_after = { minutes = 20 }
+"""
+SAME_RULES_ANOTHER_WAY = """# the same, written otherwise
+[[sip_codes]]
+recall_after.minutes = 20
+code = 486
+
+[[plans]]
+can_recall = false
+id = "a"
+
+[[plans]]
+  id = "b"
+  [plans.system_recalls]
+  SYSBUSY = { minutes = 5, hours = 0 }
+  SYSNOANS.hours = 1
+
+[[outcomes]]
+recall = "never"
+kind = "user"
+code = "NOPE"
+
+[[outcomes]]
+code = "APPT"
+kind = "user"
+recall = "after"
+recall_after.hours = 2
+"""
+
+
+def test_the_version_does_not_depend_on_how_the_file_is_written(write_rules) -> None:
+    one = load_rules(write_rules(SAME_RULES_ONE_WAY, "one.toml"))
+    other = load_rules(write_rules(SAME_RULES_ANOTHER_WAY, "other.toml"))
+    assert one.sources != other.sources
+    assert one.export_text() == other.export_text()
+    assert one.version == other.version
+    assert len(one.version) == 12
+    assert int(one.version, 16) >= 0  # hexadecimal
+
+
+def test_the_version_is_the_sha256_of_the_export(defaults: Rules) -> None:
+    text = defaults.export_text()
+    assert text.startswith(EXPORT_HEADER)
+    assert tomllib.loads(text) == defaults.to_toml_data()
+    assert defaults.version == hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
+def test_an_exported_file_has_the_version_of_the_rules_it_came_from(
+    write_rules, defaults: Rules
+) -> None:
+    rules = load_rules(write_rules(SAME_RULES_ONE_WAY))
+    assert load_rules(write_rules(rules.export_text(), "exported.toml")).version == rules.version
+    assert load_rules(write_rules(defaults.export_text(), "d.toml")).version == defaults.version
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param(_sip("code = 486\nrecall_after = { minutes = 21 }"), id="sip-time"),
+        pytest.param(_sip('code = 486\ndescription = "Engaged"'), id="sip-description"),
+        pytest.param(_outcome('code = "SYSBUSY"\nrecall = "never"'), id="outcome-policy"),
+        pytest.param(_plan(""), id="new-plan"),
+        pytest.param('[[plans]]\nid = "default"\nmax_recalls = 99\n', id="plan-field"),
+        pytest.param('[defaults]\ntimezone = "Asia/Tokyo"\n', id="default-timezone"),
+    ],
+)
+def test_any_change_gives_another_version(write_rules, defaults: Rules, change: str) -> None:
+    assert load_rules(write_rules(change)).version != defaults.version
+
+
+def test_the_version_is_worked_out_once(defaults: Rules) -> None:
+    assert defaults.version is defaults.version
+    assert defaults.export_text() is defaults.export_text()
 
 
 def test_round_trip_of_merged_rules(write_rules, tmp_path: Path) -> None:

@@ -19,7 +19,8 @@ main.lazy_commands.update(
         ),
         "rules": (
             "worker.cli.rules:rules",
-            "Check, show or export the effective rules (the defaults with your file merged over).",
+            "Check, show or export the effective rules (the defaults with your file merged over),"
+            " or read the versions in force so far and what changed between two.",
         ),
         "sample": (
             "worker.cli.sample:sample",

@@ -76,5 +76,6 @@ def describe(decision: Decision, zone: str) -> str:
         lines.append(f"adjusted  {', '.join(decision.adjustments)}")
     if decision.warnings:
         lines.append(f"warnings  {', '.join(decision.warnings)}")
+    lines.append(f"rules     version {decision.rules_version}")
     lines.append(f"why       {decision.explanation}")
     return "\n".join(lines)

@@ -202,6 +202,7 @@ def replay(
             from worker.cli.services import ready_database
 
             ready_database(migrate=get_settings().embedded)
+            _record_rules(rules)
             stack.enter_context(_applied_run())
             if not _many_writers():
                 shares = 1
@@ -281,6 +282,15 @@ def _applied_run() -> Iterator[None]:
         sys.exit(130)
 
 
+def _record_rules(rules: Rules) -> None:
+    """An applied replay's rules go into the rules history before it decides with them."""
+    from worker.store.database import session_scope
+    from worker.store.rules_versions import record_rules_version, source_of
+
+    with session_scope() as session:
+        record_rules_version(session, rules, source_of(rules, "replay"), datetime.now(UTC))
+
+
 def _many_writers() -> bool:
     """Whether the database takes writers in parallel (PostgreSQL; SQLite has one at a time)."""
     from worker.store.database import get_engine
@@ -325,6 +335,7 @@ def _result(
     result: dict[str, Any] = {
         "mode": "dry-run" if dry_run else "applied",
         "rules": " + ".join(rules.sources),
+        "rules_version": rules.version,
         "elapsed_s": round(elapsed, 3),
         "events_per_s": round(summary.events / elapsed) if elapsed > 0 else None,
         "summary": _summary_json(summary, pending),
@@ -334,6 +345,7 @@ def _result(
         other = comparison.simulation
         result["compare"] = {
             "rules": " + ".join(other.rules.sources),
+            "rules_version": other.rules.version,
             "summary": _summary_json(other.summary, comparison.pending),
             "differing_decisions": comparison.differing,
             "sample": [difference.to_json() for difference in comparison.sample],
@@ -380,9 +392,10 @@ def _text(result: dict[str, Any], rejects_written: bool = False) -> str:
     row("dead letters", lambda s: s["dead_letters"])
     row("  of which after --now", lambda s: s["events_after_now"])
     width = max(len(label) for label, _ in rows) + 2
-    lines = [f"replay ({result['mode']}): {result['rules']}"]
+    lines = [f"replay ({result['mode']}): {result['rules']} (version {result['rules_version']})"]
     if "compare" in result:
-        lines.append(f"compare with: {result['compare']['rules']}")
+        other = result["compare"]
+        lines.append(f"compare with: {other['rules']} (version {other['rules_version']})")
         lines.append(f"{'':<{width}}{'rules':>12}{'compare':>12}")
     lines += [f"{label:<{width}}" + "".join(f"{v:>12}" for v in values) for label, values in rows]
     lines.append(f"{result['elapsed_s']:.1f}s, {result['events_per_s'] or 0:,} events/s")

@@ -1,20 +1,24 @@
-"""``recall rules check|show|export``: validate, read and write the effective rules."""
+"""``recall rules check|show|export|history|diff``: the effective rules, and their history.
+
+``history`` and ``diff`` read the rules versions the database keeps (DESIGN.md section 9); the
+other commands need no database (and load no SQLAlchemy).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import click
-import tomli_w
 
-from worker.cli.common import echo_json, json_option, read_rules, rules_option
+from worker.cli.common import CommandError, echo_json, json_option, read_rules, rules_option
 from worker.cli.outputs import writes_files
 from worker.domain.rules import Rules
 
 
 @click.group()
 def rules() -> None:
-    """Check, show or export the effective rules (the defaults with your file merged over)."""
+    """Check, show or export the effective rules (the defaults with your file merged over), or
+    read the versions in force so far and what changed between two."""
 
 
 @rules.command()
@@ -30,12 +34,14 @@ def check(rules_path: Path | None, as_json: bool) -> None:
         "plans": len(loaded.plans),
     }
     if as_json:
-        echo_json({"ok": True, "sources": list(loaded.sources), **counts})
+        echo_json(
+            {"ok": True, "sources": list(loaded.sources), **counts, "version": loaded.version}
+        )
         return
     click.echo(
         f"rules OK ({' + '.join(loaded.sources)}): {counts['sip_codes']} SIP codes, "
         f"{counts['sip_classes']} class fallbacks, {counts['outcomes']} outcomes, "
-        f"{counts['plans']} plans ({', '.join(loaded.plans)})"
+        f"{counts['plans']} plans ({', '.join(loaded.plans)}); version {loaded.version}"
     )
 
 
@@ -43,7 +49,7 @@ def check(rules_path: Path | None, as_json: bool) -> None:
 @rules_option
 @json_option
 def show(rules_path: Path | None, as_json: bool) -> None:
-    """Show the effective rules as tables (or as JSON)."""
+    """Show the effective rules as tables, with their version (or as JSON: the rules' tables)."""
     loaded = read_rules(rules_path)
     if as_json:
         echo_json(loaded.to_toml_data())
@@ -59,18 +65,88 @@ def show(rules_path: Path | None, as_json: bool) -> None:
 @writes_files({"output": "-o"}, {"rules_path": "the --rules file"})
 def export(rules_path: Path | None, output: Path | None) -> None:
     """Write the effective rules as one complete TOML rules file."""
-    text = tomli_w.dumps(read_rules(rules_path).to_toml_data())
-    header = "# Effective recall rules, exported by `recall rules export`.\n"
+    text = read_rules(rules_path).export_text()
     if output is None:
-        click.echo(header + text, nl=False)
+        click.echo(text, nl=False)
     else:
-        output.write_text(header + text, encoding="utf-8")
+        output.write_text(text, encoding="utf-8")
+
+
+@rules.command()
+@json_option
+def history(as_json: bool) -> None:
+    """List the rules versions in force so far, newest first, from the database.
+
+    Each with when it came into force and where from: the worker's rules file (or the shipped
+    defaults), an applied replay, a dead-letters replay, and its author and comment if any.
+    """
+    from worker.cli.services import ready_database
+    from worker.store.database import session_scope
+    from worker.store.rules_versions import rules_history
+
+    ready_database(migrate=False)
+    with session_scope() as session:
+        rows = rules_history(session)
+    if as_json:
+        echo_json([row.to_json() for row in rows])
+        return
+    if not rows:
+        click.echo("no rules version recorded yet", err=True)
+        return
+    for row in rows:
+        by = "".join(
+            f"  {label} {value}"
+            for label, value in (("by", row.author), ("comment:", row.comment))
+            if value
+        )
+        click.echo(f"{row.version}  {row.in_force_since.isoformat()}  {row.source}{by}")
+
+
+@rules.command()
+@click.argument("old")
+@click.argument("new")
+@json_option
+def diff(old: str, new: str, as_json: bool) -> None:
+    """Show what changed from rules version OLD to NEW, entry by entry, field by field.
+
+    OLD and NEW are versions from `recall rules history` (a unique prefix will do). Each SIP
+    code, outcome and plan (and the defaults) added, removed or changed is listed with its
+    fields as `field: old -> new` (`-`: no value).
+    """
+    from worker.cli.services import ready_database
+    from worker.domain.rules_diff import diff_exports
+    from worker.store.database import session_scope
+    from worker.store.rules_versions import UnknownVersion, find_version
+
+    ready_database(migrate=False)
+    with session_scope() as session:
+        try:
+            before, after = find_version(session, old), find_version(session, new)
+        except UnknownVersion as error:
+            raise CommandError(str(error)) from None
+    changes = diff_exports(before.rules, after.rules)
+    if as_json:
+        echo_json(
+            {
+                "from": before.version,
+                "to": after.version,
+                "changes": [change.to_json() for change in changes],
+            }
+        )
+        return
+    count = f"{len(changes)} {'entry' if len(changes) == 1 else 'entries'} changed"
+    click.echo(f"rules {before.version} -> {after.version}: {count}")
+    for change in changes:
+        click.echo(f"{change.section} {change.entry}: {change.change}")
+        for field in change.fields:
+            click.echo(f"  {field}")
 
 
 def render(loaded: Rules) -> str:
     """The rules as plain-text tables for a person."""
     lines = [
         f"sources: {' + '.join(loaded.sources)}",
+        f"version: {loaded.version}",
         f"default timezone: {loaded.default_timezone}",
     ]
     lines += ["", "SIP codes (code  active  recall  description)"]

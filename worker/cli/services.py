@@ -282,13 +282,17 @@ def dead_letters_list(include_replayed: bool, limit: int, as_json: bool) -> None
 def dead_letters_replay(ids: tuple[int, ...], rules_path: Path | None, as_json: bool) -> None:
     """Run the dead letters through validation and the rules again (e.g. after a rules fix)."""
     from worker.store.ingest import replay_dead_letters
+    from worker.store.rules_versions import record_rules_version, source_of
 
     rules = read_rules(rules_path)
     ready_database(migrate=False)
+    now = datetime.now(UTC)
     with session_scope() as session:
         _refuse_unknown_letters(session, ids)
+        # In the rules history before anything is decided with them (and before any lead lock).
+        record_rules_version(session, rules, source_of(rules, "dead-letters"), now)
         report, refused = replay_dead_letters(
-            session, rules, datetime.now(UTC), ids or None, skew_s=get_settings().clock_skew_s
+            session, rules, now, ids or None, skew_s=get_settings().clock_skew_s
         )
     taken = len(report.decisions)
     if as_json:

@@ -78,6 +78,8 @@ class Decision:
     #: For a stale call that puts the phone over an attempt cap: the pending recall's new,
     #: later due time (not part of the JSON form).
     reschedules: datetime | None = None
+    #: The version of the rules that decided (``Rules.version``, DESIGN.md section 9).
+    rules_version: str = ""
 
     @property
     def is_system_recall(self) -> bool:
@@ -102,6 +104,7 @@ class Decision:
             "adjustments": list(self.adjustments),
             "warnings": list(self.warnings),
             "explanation": self.explanation,
+            "rules_version": self.rules_version,
         }
 
 
@@ -351,11 +354,13 @@ def _respect_caps_and_hours(
 
 def decide(event: CallResult, rules: Rules, history: PhoneHistory, now: datetime) -> Decision:
     """Decide what ``event`` means for its phone, given the rules, its history and ``now``."""
+    version = rules.version
 
     def plain(action: Action, reason: str, text: str) -> Decision:
         return Decision(
-            event.event_id, event.phone_id, action, None, None, None, reason, (), (), text
-        )
+            event.event_id, event.phone_id, action, None, None, None, reason, (), (), text,
+            rules_version=version,
+        )  # fmt: skip
 
     # 1. Already processed: nothing changes.
     if event.event_id in history.seen_event_ids:
@@ -382,7 +387,7 @@ def decide(event: CallResult, rules: Rules, history: PhoneHistory, now: datetime
             return plain("stale", "stale", text)
         return Decision(
             event.event_id, event.phone_id, "stale", None, None, None, "stale", (), (),
-            f"{text}; the pending recall is {'; '.join(notes)}", None, moved,
+            f"{text}; the pending recall is {'; '.join(notes)}", None, moved, version,
         )  # fmt: skip
 
     verdict, warnings = _rule_verdict(event, rules, plan)
@@ -394,7 +399,7 @@ def decide(event: CallResult, rules: Rules, history: PhoneHistory, now: datetime
     def suppress(source: Source | None, rule: str, reason: str, text: str) -> Decision:
         return Decision(
             event.event_id, event.phone_id, "suppress", None, source, rule, reason,
-            (), warnings, f"{text}: no recall{replaced}", supersedes,
+            (), warnings, f"{text}: no recall{replaced}", supersedes, rules_version=version,
         )  # fmt: skip
 
     if verdict.after is None:
@@ -443,4 +448,5 @@ def decide(event: CallResult, rules: Rules, history: PhoneHistory, now: datetime
         warnings,
         "; ".join(notes) + replaced,
         supersedes,
+        rules_version=version,
     )

@@ -8,6 +8,7 @@ refused whole, with one line naming the file, the entry and the field.
 
 from __future__ import annotations
 
+import hashlib
 import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -19,9 +20,11 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pendulum
+import tomli_w
 
 __all__ = [
     "DEFAULT_RULES_PATH",
+    "EXPORT_HEADER",
     "WEEKDAYS",
     "AttemptCap",
     "CallingHours",
@@ -38,6 +41,8 @@ __all__ = [
 DEFAULT_RULES_PATH = Path(__file__).resolve().parents[2] / "config" / "default_rules.toml"
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 SIP_CLASSES = {"4xx": 4, "5xx": 5, "6xx": 6}
+#: The first line of ``recall rules export``: part of the text a rules version is the hash of.
+EXPORT_HEADER = "# Effective recall rules, exported by `recall rules export`.\n"
 # Outcome codes and plan ids end up in a decision's rule ("outcome:CODE", "plan:ID"), stored in a
 # column of 80 characters.
 MAX_NAME_LENGTH = 64
@@ -196,6 +201,26 @@ class Rules:
     verdicts: dict[tuple[str, str | None, int], Any] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
+    #: ``export_text`` and ``version``, worked out the first time they are asked for.
+    _export: list[str] = field(default_factory=list, init=False, repr=False, compare=False)
+
+    @property
+    def version(self) -> str:
+        """The rules version (DESIGN.md section 9): the first 12 hex digits of the SHA-256 of
+        ``export_text()``, so the same rules have the same version however their files are
+        written. Every decision asks: worked out once."""
+        return self._export[1] if self._export else self._exported()[1]
+
+    def export_text(self) -> str:
+        """The complete rules as one TOML file: exactly what ``recall rules export`` prints."""
+        return self._exported()[0]
+
+    def _exported(self) -> list[str]:
+        if not self._export:
+            text = EXPORT_HEADER + tomli_w.dumps(self.to_toml_data())
+            # One assignment: threads that race here compute the same pair.
+            self._export[:] = (text, hashlib.sha256(text.encode("utf-8")).hexdigest()[:12])
+        return self._export
 
     def sip_rule_for(self, code: int) -> SipRule | None:
         """The active row for ``code``, else the active fallback of its class, else None."""
@@ -208,7 +233,12 @@ class Rules:
         return None
 
     def to_toml_data(self) -> dict[str, Any]:
-        """The rules as the TOML contract's tables, loadable again by ``load_rules``."""
+        """The rules as the TOML contract's tables, loadable again by ``load_rules``.
+
+        Entries come in a fixed order (SIP codes by code, then the class fallbacks; outcomes by
+        code; plans by id) and fields in the contract's order, so that the export, and the
+        version, do not depend on how the files were written.
+        """
         sip_rows = [*self.sip_codes.values(), *self.sip_classes.values()]
         return {
             "defaults": {"timezone": self.default_timezone},
@@ -234,9 +264,9 @@ class Rules:
                         else {}
                     ),
                 }
-                for outcome in self.outcomes.values()
+                for _, outcome in sorted(self.outcomes.items())
             ],
-            "plans": [_plan_table(plan) for plan in self.plans.values()],
+            "plans": [_plan_table(plan) for _, plan in sorted(self.plans.items())],
         }
 
 
@@ -247,7 +277,9 @@ def _plan_table(plan: Plan) -> dict[str, Any]:
         "timezone": plan.timezone,
     }
     if plan.system_recalls:
-        table["system_recalls"] = {code: d.to_table() for code, d in plan.system_recalls.items()}
+        table["system_recalls"] = {
+            code: d.to_table() for code, d in sorted(plan.system_recalls.items())
+        }
     if plan.calling_hours is not None:
         table["calling_hours"] = plan.calling_hours.describe()
     if plan.max_attempts:

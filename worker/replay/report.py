@@ -207,8 +207,9 @@ def render_report(result: dict[str, Any], files: Sequence[Path]) -> str:
         rows.append((key.replace("_", " "), [s[key] for s in summaries]))
     legend = "".join(
         f'<span class="key" style="background:{COLOURS[i]}"></span>{html.escape(name)}: '
-        f"{html.escape(result['rules'] if name == 'rules' else result['compare']['rules'])}<br>"
+        f"{html.escape(side['rules'])} (version {html.escape(side['rules_version'])})<br>"
         for i, name in enumerate(names)
+        for side in [result if name == "rules" else result["compare"]]
     )
     differences = ""
     if "compare" in result:

@@ -1,4 +1,4 @@
-"""Database tables: processed events, attempts, phone state, recalls and dead letters.
+"""Database tables: processed events, attempts, phone state, recalls, dead letters, rules versions.
 
 The database is the source of truth for recalls (DESIGN.md section 3): a recall is a row with its
 due time and state, never a long broker countdown. The schema is created by Alembic migrations
@@ -22,6 +22,7 @@ __all__ = [
     "ProcessedEvent",
     "Recall",
     "ReplayRun",
+    "RulesVersion",
     "UTCDateTime",
 ]
 
@@ -165,6 +166,29 @@ class ReplayRun(Base):
     pid: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[datetime]
     heartbeat_at: Mapped[datetime]
+
+
+class RulesVersion(Base):
+    """A rules version that came into force (DESIGN.md section 9): the rules' history, oldest first.
+
+    **Append-only**: a row is added when a version comes into force
+    (``store.rules_versions.record_rules_version``), and no code updates or deletes one, so the
+    rules behind any stored decision (its ``rules_version``) can be read back years later. A
+    version that comes back (A, then B, then A again) is a new row.
+    """
+
+    __tablename__ = "rules_versions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    #: ``Rules.version``: the first 12 hex digits of the SHA-256 of ``rules``.
+    version: Mapped[str] = mapped_column(String(12), index=True)
+    #: The complete rules, exactly as ``recall rules export`` prints them.
+    rules: Mapped[str] = mapped_column(Text)
+    in_force_since: Mapped[datetime]
+    #: Where from: "file /path/rules.toml", "shipped defaults", "replay: file ...", "api" ...
+    source: Mapped[str] = mapped_column(Text)
+    author: Mapped[str | None] = mapped_column(String(255))
+    comment: Mapped[str | None] = mapped_column(Text)
 
 
 # A recall waiting to fire: "pending" for the live dispatcher, "held" while a replay that made
