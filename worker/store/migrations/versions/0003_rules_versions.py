@@ -1,6 +1,6 @@
 """Rules versions: every version of the rules that has been in force, append-only.
 
-Revision ID: 0003_rules_versions
+Revision ID: 0003
 Revises: 0002
 Create Date: 2026-12-04
 """
@@ -12,7 +12,7 @@ from alembic import op
 
 from worker.store.models import UTCDateTime
 
-revision = "0003_rules_versions"
+revision = "0003"
 down_revision = "0002"  # 0002_replay_runs.py
 branch_labels = None
 depends_on = None
