@@ -150,7 +150,13 @@ def in_order(events: list[dict[str, Any]], rules: Rules, now: datetime) -> dict[
             last_applied, pending = item.occurred_at, None
             if decision.action == "recall":
                 assert decision.due_at is not None
-                pending = PendingRecall(decision.due_at, decision.source or "", decision.rule or "")
+                pending = PendingRecall(
+                    decision.due_at,
+                    decision.source or "",
+                    decision.rule or "",
+                    decision.reason,
+                    decision.agent,
+                )
                 system_recalls += decision.is_system_recall
     return decisions
 

@@ -184,6 +184,11 @@ def sip(due_at: str, rule: str = "sip:486", adjustments: tuple[str, ...] = ()) -
     return recall(due_at, "sip_code", rule, "sip_recall", adjustments)
 
 
+# The shipped CALLBACK is a callback: without the event's callback_at it recalls after its
+# recall_after (1 day), with a warning.
+MISSING = ("callback_at_missing",)
+
+
 def row(
     row_id: str,
     event: dict[str, Any],
@@ -260,12 +265,24 @@ PRECEDENCE = [
     row(
         "user-after",
         {**OPEN, "outcome_code": "CALLBACK"},
-        recall("2026-01-15T10:00:00+00:00", "user_outcome", "outcome:CALLBACK", "user_recall"),
+        recall(
+            "2026-01-15T10:00:00+00:00",
+            "user_outcome",
+            "outcome:CALLBACK",
+            "user_recall",
+            warnings=MISSING,
+        ),
     ),
     row(
         "user-after-can-recall-off",
         {"plan_id": "off", "outcome_code": "CALLBACK"},
-        recall("2026-01-15T10:00:00+00:00", "user_outcome", "outcome:CALLBACK", "user_recall"),
+        recall(
+            "2026-01-15T10:00:00+00:00",
+            "user_outcome",
+            "outcome:CALLBACK",
+            "user_recall",
+            warnings=MISSING,
+        ),
     ),
     row(
         "user-after-beats-sip-final",
@@ -515,7 +532,13 @@ ADJUSTMENTS = [
     row(
         "max-recalls-not-for-user-recalls",
         {"plan_id": "capped", "outcome_code": "CALLBACK"},
-        recall("2026-01-15T10:00:00+00:00", "user_outcome", "outcome:CALLBACK", "user_recall"),
+        recall(
+            "2026-01-15T10:00:00+00:00",
+            "user_outcome",
+            "outcome:CALLBACK",
+            "user_recall",
+            warnings=MISSING,
+        ),
         PhoneHistory(system_recalls=9),
     ),
     row(
@@ -753,7 +776,13 @@ DST = [
     row(
         "london-spring-1-day",
         {**OPEN, "outcome_code": "CALLBACK", "occurred_at": "2026-03-28T10:00:00+00:00"},
-        recall("2026-03-29T09:00:00+00:00", "user_outcome", "outcome:CALLBACK", "user_recall"),
+        recall(
+            "2026-03-29T09:00:00+00:00",
+            "user_outcome",
+            "outcome:CALLBACK",
+            "user_recall",
+            warnings=MISSING,
+        ),
     ),
     row(
         "london-spring-24-hours",
@@ -768,7 +797,13 @@ DST = [
     row(
         "london-fall-1-day",
         {**OPEN, "outcome_code": "CALLBACK", "occurred_at": "2026-10-24T10:00:00+01:00"},
-        recall("2026-10-25T10:00:00+00:00", "user_outcome", "outcome:CALLBACK", "user_recall"),
+        recall(
+            "2026-10-25T10:00:00+00:00",
+            "user_outcome",
+            "outcome:CALLBACK",
+            "user_recall",
+            warnings=MISSING,
+        ),
     ),
     row(
         "london-fall-24-hours",
@@ -783,7 +818,13 @@ DST = [
             "timezone": "America/New_York",
             "occurred_at": "2026-03-07T10:00:00-05:00",
         },
-        recall("2026-03-08T14:00:00+00:00", "user_outcome", "outcome:CALLBACK", "user_recall"),
+        recall(
+            "2026-03-08T14:00:00+00:00",
+            "user_outcome",
+            "outcome:CALLBACK",
+            "user_recall",
+            warnings=MISSING,
+        ),
     ),
     row(
         "new-york-spring-1-day-utc-input",
@@ -793,7 +834,13 @@ DST = [
             "timezone": "America/New_York",
             "occurred_at": "2026-03-07T15:00:00+00:00",
         },
-        recall("2026-03-08T14:00:00+00:00", "user_outcome", "outcome:CALLBACK", "user_recall"),
+        recall(
+            "2026-03-08T14:00:00+00:00",
+            "user_outcome",
+            "outcome:CALLBACK",
+            "user_recall",
+            warnings=MISSING,
+        ),
     ),
     row(
         "new-york-spring-24-hours",
@@ -813,7 +860,13 @@ DST = [
             "timezone": "America/New_York",
             "occurred_at": "2026-10-31T10:00:00-04:00",
         },
-        recall("2026-11-01T15:00:00+00:00", "user_outcome", "outcome:CALLBACK", "user_recall"),
+        recall(
+            "2026-11-01T15:00:00+00:00",
+            "user_outcome",
+            "outcome:CALLBACK",
+            "user_recall",
+            warnings=MISSING,
+        ),
     ),
     row(
         "new-york-fall-24-hours",
@@ -833,7 +886,13 @@ DST = [
             "timezone": "Australia/Sydney",
             "occurred_at": "2026-04-04T10:00:00+11:00",
         },
-        recall("2026-04-05T00:00:00+00:00", "user_outcome", "outcome:CALLBACK", "user_recall"),
+        recall(
+            "2026-04-05T00:00:00+00:00",
+            "user_outcome",
+            "outcome:CALLBACK",
+            "user_recall",
+            warnings=MISSING,
+        ),
     ),
     row(
         "sydney-april-24-hours",
@@ -853,7 +912,13 @@ DST = [
             "timezone": "Australia/Sydney",
             "occurred_at": "2026-10-03T10:00:00+10:00",
         },
-        recall("2026-10-03T23:00:00+00:00", "user_outcome", "outcome:CALLBACK", "user_recall"),
+        recall(
+            "2026-10-03T23:00:00+00:00",
+            "user_outcome",
+            "outcome:CALLBACK",
+            "user_recall",
+            warnings=MISSING,
+        ),
     ),
     row(
         "sydney-october-24-hours",
@@ -1100,7 +1165,9 @@ id = "default"
 
 # --- supersede, is_system_recall, JSON shape ----------------------------------------------------
 
-PENDING = PendingRecall(due_at=at("2026-01-14T12:00:00+00:00"), source="sip_code", rule="sip:487")
+PENDING = PendingRecall(
+    due_at=at("2026-01-14T12:00:00+00:00"), source="sip_code", rule="sip:487", reason="sip_recall"
+)
 
 
 @pytest.mark.parametrize(

@@ -37,6 +37,8 @@ def valid(**changes: Any) -> dict[str, Any]:
         "timezone": "Europe/London",
         "retry_after_s": 120,
         "call_id": "c-123",
+        "callback_at": "2026-03-31T15:30:00+01:00",
+        "callback_agent": "agent-7",
     }
     for key, value in changes.items():
         if value is None:
@@ -47,7 +49,15 @@ def valid(**changes: Any) -> dict[str, Any]:
 
 
 def minimal(**changes: Any) -> dict[str, Any]:
-    return valid(outcome_code=None, timezone=None, retry_after_s=None, call_id=None, **changes)
+    return valid(
+        outcome_code=None,
+        timezone=None,
+        retry_after_s=None,
+        call_id=None,
+        callback_at=None,
+        callback_agent=None,
+        **changes,
+    )
 
 
 # --- valid events ---------------------------------------------------------------------------
@@ -402,7 +412,7 @@ def test_csv_non_integer_text_kept_so_validation_names_it(column: str, cell: str
 def test_csv_extra_columns_kept_and_overflow_cells_dropped() -> None:
     header = ",".join([*EVENT_FIELDS, "campaign"])
     rows = _csv_rows(
-        f"{header}\ne1,default,L1,L1-P1,486,2026-03-30T10:00:00Z,,,,,spring,overflow1,overflow2\n"
+        f"{header}\ne1,default,L1,L1-P1,486,2026-03-30T10:00:00Z,,,,,,,spring,overflow1,overflow2\n"
     )
     assert None in rows[0]  # DictReader puts surplus cells under the key None
     data = event_from_csv_row(rows[0])

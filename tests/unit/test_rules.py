@@ -125,7 +125,7 @@ def test_defaults_system_outcomes(defaults: Rules) -> None:
     assert defaults.outcomes["SYSBUSY"].recall == "after"
     assert defaults.outcomes["SYSBUSY"].recall_after == Duration(minutes=15)
     for outcome in defaults.outcomes.values():
-        assert (outcome.recall_after is not None) == (outcome.recall == "after"), outcome
+        assert (outcome.recall_after is not None) == (outcome.recall in ("after", "callback"))
 
 
 def test_defaults_default_plan(defaults: Rules) -> None:
