@@ -209,8 +209,15 @@ def parse_event(data: object) -> CallResult:
         timezone=timezone,
         retry_after_s=_integer(data, "retry_after_s", 0, MAX_RETRY_AFTER_S),
         call_id=_text(data, "call_id", MAX_ID_LENGTH, required=False),
-        callback_at=_timestamp(data, "callback_at", required=False),
-        callback_agent=_text(data, "callback_agent", MAX_ID_LENGTH, required=False),
+        # Few events book a callback: a key test spares the rest two calls.
+        callback_at=(
+            _timestamp(data, "callback_at", required=False) if "callback_at" in data else None
+        ),
+        callback_agent=(
+            _text(data, "callback_agent", MAX_ID_LENGTH, required=False)
+            if "callback_agent" in data
+            else None
+        ),
         extra=extra,
     )
 
