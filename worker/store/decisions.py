@@ -226,8 +226,8 @@ def _rewind_late_phones(
                 # That result left the callback pending: its recall is the one to restore.
                 recall_id = session.scalar(
                     select(stored.event_id)
-                    .where(stored.phone_id == phone_id, stored.occurred_at < row.occurred_at,
-                           stored.action == "recall")
+                    .where(stored.phone_id == phone_id, stored.occurred_at <= row.occurred_at,
+                           stored.event_id != row.event_id, stored.action == "recall")
                     .order_by(stored.occurred_at.desc(), stored.event_id.desc())
                     .limit(1)
                 )  # fmt: skip
