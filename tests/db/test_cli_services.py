@@ -284,6 +284,8 @@ def test_phones_show_json_is_the_contract_shape(
             "due_at": "2026-01-14T10:15:00+00:00",
             "source": "sip_code",
             "rule": "sip:486",
+            "reason": "sip_recall",
+            "agent": None,
         },
         "last_result_at": "2026-01-14T10:00:00+00:00",
         "last_decision": filled["P1"].to_json(),

@@ -608,7 +608,13 @@ def test_supersede_and_firing_are_written_when_applied(
     assert (x["eligible"], x["eligible_at"], x["pending_recall"]) == (True, t("10:20"), None)
     y = json_of(recall("phones", "show", "Y", "--json"))
     assert (y["eligible"], y["eligible_at"]) == (False, None)
-    assert y["pending_recall"] == {"due_at": t("10:45"), "source": "sip_code", "rule": "sip:486"}
+    assert y["pending_recall"] == {
+        "due_at": t("10:45"),
+        "source": "sip_code",
+        "rule": "sip:486",
+        "reason": "sip_recall",
+        "agent": None,
+    }
     assert y["last_decision"] == decided["c"]
 
 
@@ -666,6 +672,8 @@ def test_applied_replay_rebuilds_state_once_and_is_idempotent(
         "due_at": "2026-01-16T00:30:00+00:00",
         "source": "sip_code",
         "rule": "sip:480",
+        "reason": "sip_recall",
+        "agent": None,
     }
     assert hq["last_decision"] == decided["q1"]
 
@@ -1197,7 +1205,7 @@ def test_an_unrecognised_csv_header_is_refused_before_any_work(
     assert line == (
         f"error: {path}: unrecognised CSV header: found {found!r} ({why}); expected columns"
         " event_id, plan_id, lead_id, phone_id, sip_code, occurred_at (and optional"
-        " outcome_code, timezone, retry_after_s, call_id)"
+        " outcome_code, timezone, retry_after_s, call_id, callback_at, callback_agent)"
     )
     assert not out.exists()
     assert leftovers() == []
@@ -1963,3 +1971,90 @@ def test_a_replay_on_a_terminal_shows_reading_then_the_time_left(tmp_path: Path,
             r"replayed [\d,]+/100,000 \(\d+%\)  [\d,]+ events/s  (\d+[hms] ?)+(\d+[ms])? left", line
         ), line
     assert updates.index(replaying[0]) > 0
+
+
+# --- agent callbacks -----------------------------------------------------------------------------
+
+# On plan "flat" (UTC, always open): a personal callback booked at 10:00 for 15:30; a busy call at
+# 11:00 before it is due keeps it (callback_pending); another phone's callback without a time
+# falls back to a day later; the callback fires at 15:30 before the 16:00 busy call, which is
+# then decided as usual.
+CALLBACK_STORY = [
+    ev("k1", "KP", t("10:00"), sip_code=200, outcome_code="CALLBACK", callback_at=t("15:30"),
+       callback_agent="agent-7"),
+    ev("k2", "KP", t("11:00")),
+    ev("k3", "KP", t("16:00")),
+    ev("m1", "MP", t("10:00"), sip_code=200, outcome_code="CALLBACK"),
+    ev("n1", "NP", t("10:00"), sip_code=200, outcome_code="CALLBACK", callback_at=t("18:00"),
+       callback_agent="agent-9"),
+    ev("n2", "NP", t("12:00"), outcome_code="SYSANSMACH", sip_code=200),
+]  # fmt: skip
+CALLBACK_NOW = t("17:00")
+
+
+def _check_callback_story(decided: dict[str, dict[str, Any]]) -> None:
+    kinds = {key: (d["action"], d["reason"], d["due_at"]) for key, d in decided.items()}
+    assert kinds == {
+        "k1": ("recall", "callback", t("15:30")),
+        "k2": ("suppress", "callback_pending", None),
+        "k3": ("recall", "sip_recall", t("16:15")),
+        "m1": ("recall", "user_recall", t("10:00", day=15)),
+        "n1": ("recall", "callback", t("18:00")),
+        "n2": ("suppress", "callback_pending", None),
+    }
+    assert decided["m1"]["warnings"] == ["callback_at_missing"]
+    assert "replaces" not in decided["k3"]["explanation"]  # the callback fired at 15:30 first
+
+
+def test_callbacks_replay_dry_and_applied_alike(
+    tmp_path: Path, rules_file: Path, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_database(monkeypatch, database_url)
+    path = write_lines(tmp_path / "k.jsonl", CALLBACK_STORY)
+    common = ("--rules", rules_file, "--now", CALLBACK_NOW)
+
+    dry = replay_json(path, "--dry-run", *common, "--output", tmp_path / "dry.jsonl")
+    applied = replay_json(path, *common, "--output", tmp_path / "applied.jsonl")
+
+    assert (tmp_path / "applied.jsonl").read_bytes() == (tmp_path / "dry.jsonl").read_bytes()
+    assert applied["summary"] == dry["summary"]
+    assert dry["summary"]["reasons"]["callback_pending"] == 2
+    _check_callback_story({d["event_id"]: d for d in read_jsonl(tmp_path / "dry.jsonl")})
+    # k1 fired at 15:30, k3 (16:15) too; n1's personal callback is still pending, kept by n2.
+    kp = json_of(recall("phones", "show", "KP", "--json"))
+    assert (kp["eligible"], kp["eligible_at"]) == (True, t("16:15"))
+    np_ = json_of(recall("phones", "show", "NP", "--json"))
+    assert np_["pending_recall"] == {
+        "due_at": t("18:00"),
+        "source": "user_outcome",
+        "rule": "outcome:CALLBACK",
+        "reason": "callback",
+        "agent": "agent-9",
+    }
+    assert np_["last_decision"]["reason"] == "callback_pending"
+    states = recall_rows(database_url)
+    assert {key: states[key][0] for key in ("k1", "k3", "m1", "n1")} == {
+        "k1": "fired", "k3": "fired", "m1": "pending", "n1": "pending",
+    }  # fmt: skip
+
+
+def test_callback_columns_in_csv_and_through_the_on_disk_sort(
+    tmp_path: Path, rules: Rules, rules_file: Path
+) -> None:
+    columns = [*CSV_HEADER.split(","), "outcome_code", "callback_at", "callback_agent"]
+    path = tmp_path / "k.csv"
+    with path.open("w", encoding="utf-8", newline="") as out:
+        writer = csv.DictWriter(out, columns, restval="", extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(CALLBACK_STORY)
+    out = tmp_path / "csv.jsonl"
+    replay_json(path, "--dry-run", "--rules", rules_file, "--now", CALLBACK_NOW, "--output", out)
+    _check_callback_story({d["event_id"]: d for d in read_jsonl(out)})
+
+    # A spilled run keeps the callback fields.
+    jsonl = write_lines(tmp_path / "k.jsonl", CALLBACK_STORY)
+    with sorted_events([jsonl], rules, lambda _: None, chunk=2, now=WALL, skew_s=SKEW_S) as spilled:
+        merged = {event.event_id: event for event in spilled}
+    assert merged["k1"].callback_at == datetime.fromisoformat(t("15:30"))
+    assert (merged["k1"].callback_agent, merged["m1"].callback_at) == ("agent-7", None)
+    assert merged["n1"].to_json() == parse_event(CALLBACK_STORY[4]).to_json()

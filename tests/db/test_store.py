@@ -88,11 +88,16 @@ def transaction(engine: Engine) -> Iterator[Session]:
 
 
 def run_ingest(
-    engine: Engine, payloads: Sequence[object], rules: Rules, now: datetime = NOW
+    engine: Engine,
+    payloads: Sequence[object],
+    rules: Rules,
+    now: datetime = NOW,
+    skew_s: int | None = None,
 ) -> IngestReport:
-    # The skew the worker's task reads from the settings (RECALL_CLOCK_SKEW_S).
+    # By default the skew the worker's task reads from the settings (RECALL_CLOCK_SKEW_S).
+    skew_s = get_settings().clock_skew_s if skew_s is None else skew_s
     with transaction(engine) as session:
-        return ingest(session, payloads, rules, now, task="t", skew_s=get_settings().clock_skew_s)
+        return ingest(session, payloads, rules, now, task="t", skew_s=skew_s)
 
 
 def table(engine: Engine, model: type[Any]) -> list[Any]:
@@ -237,6 +242,8 @@ def test_ingest_writes_events_attempts_phones_and_recalls(db_engine: Engine, rul
             "due_at": "2026-01-14T10:15:00+00:00",
             "source": "sip_code",
             "rule": "sip:486",
+            "reason": "sip_recall",
+            "agent": None,
         },
         "last_result_at": "2026-01-14T10:00:00+00:00",
         "last_decision": first.to_json(),
@@ -372,6 +379,145 @@ def test_max_recalls_counts_system_recalls_across_ingests(
     report = run_ingest(db_engine, [callback], custom_rules, at("2026-01-14T13:01:00+00:00"))
     assert [(d.action, d.reason) for d in report.decisions] == [("recall", "user_recall")]
     assert phone_row(db_engine, "P1").system_recalls == 2
+
+
+# --- agent callbacks -----------------------------------------------------------------------------
+
+# The helpers' events occur on Wednesday 2026-01-14 10:00 UTC; the callback is booked for
+# Thursday 15:30 UTC (inside the default plan's hours, GMT).
+BOOKED = "2026-01-15T15:30:00+00:00"
+
+
+def callback(**changes: Any) -> dict[str, Any]:
+    """An agent's CALLBACK disposition with its booked time (the shipped outcome is a callback)."""
+    return event(**{"sip_code": 200, "outcome_code": "CALLBACK", "callback_at": BOOKED, **changes})
+
+
+def test_a_personal_callback_is_stored_shown_and_fired_with_its_agent(
+    db_engine: Engine, rules: Rules
+) -> None:
+    report = run_ingest(db_engine, [callback(event_id="cb", callback_agent="agent-7")], rules)
+
+    (decision,) = report.decisions
+    assert (decision.action, decision.reason, decision.rule, decision.due_at) == (
+        "recall", "callback", "outcome:CALLBACK", at(BOOKED),
+    )  # fmt: skip
+    (recall,) = table(db_engine, Recall)
+    assert (recall.due_at, recall.source, recall.reason, recall.agent) == (
+        at(BOOKED), "user_outcome", "callback", "agent-7",
+    )  # fmt: skip
+    shown = phone_json(db_engine, "P1")
+    assert shown is not None
+    assert set(shown) == PHONE_KEYS
+    assert shown["pending_recall"] == {
+        "due_at": BOOKED,
+        "source": "user_outcome",
+        "rule": "outcome:CALLBACK",
+        "reason": "callback",
+        "agent": "agent-7",
+    }
+    (fired,) = fire(db_engine, ["cb"], at(BOOKED))
+    assert (fired.agent, fired.to_json()["agent"]) == ("agent-7", "agent-7")
+
+    # Without callback_agent anyone may take it: null in the phone and in the notification.
+    run_ingest(db_engine, [callback(event_id="any", phone_id="P2", lead_id="L2")], rules)
+    anyone = phone_json(db_engine, "P2")
+    assert anyone is not None
+    assert (anyone["pending_recall"]["reason"], anyone["pending_recall"]["agent"]) == (
+        "callback", None,
+    )  # fmt: skip
+    (fired,) = fire(db_engine, ["any"], at(BOOKED))
+    assert fired.to_json()["agent"] is None
+
+
+@pytest.mark.parametrize("delivery", ["two_ingests", "one_batch", "late_callback"])
+def test_a_system_result_before_the_callback_is_due_keeps_it(
+    db_engine: Engine, rules: Rules, delivery: str
+) -> None:
+    booked = callback(event_id="cb", callback_agent="agent-7")
+    busy = event(event_id="busy", occurred_at="2026-01-14T11:00:00+00:00")
+    clock = at("2026-01-14T11:01:00+00:00")
+    if delivery == "two_ingests":
+        run_ingest(db_engine, [booked], rules)
+        run_ingest(db_engine, [busy], rules, clock)
+    elif delivery == "one_batch":
+        run_ingest(db_engine, [busy, booked], rules, clock)
+    else:  # the busy call first; the callback before it arrives late and winds the phone back
+        run_ingest(db_engine, [busy], rules, clock)
+        run_ingest(db_engine, [booked], rules, clock)
+
+    stored = {row.event_id: row.decision for row in table(db_engine, ProcessedEvent)}
+    kept = stored["busy"]
+    assert (kept["action"], kept["reason"], kept["source"], kept["rule"], kept["due_at"]) == (
+        "suppress", "callback_pending", "sip_code", "outcome:CALLBACK", None,
+    )  # fmt: skip
+    assert stored["cb"]["reason"] == "callback"
+    # The callback keeps its time and its agent; the busy call counts as an attempt.
+    (recall,) = table(db_engine, Recall)
+    assert (recall.recall_id, recall.state, recall.due_at, recall.agent) == (
+        "cb", "pending", at(BOOKED), "agent-7",
+    )  # fmt: skip
+    assert sorted(a.event_id for a in table(db_engine, Attempt)) == ["busy", "cb"]
+    phone = phone_row(db_engine, "P1")
+    assert (phone.pending_recall_id, phone.last_event_id, phone.generation) == ("cb", "busy", 2)
+    assert phone.system_recalls == 0
+    shown = phone_json(db_engine, "P1")
+    assert shown is not None
+    assert shown["pending_recall"]["agent"] == "agent-7"
+    assert shown["last_decision"] == kept
+
+
+def test_a_user_result_replaces_a_pending_callback_and_one_after_it_is_due_is_normal(
+    db_engine: Engine, rules: Rules
+) -> None:
+    run_ingest(db_engine, [callback(event_id="cb")], rules)
+    not_now = event(event_id="later", occurred_at="2026-01-14T12:00:00+00:00", sip_code=200,
+                    outcome_code="NOTNOW")  # fmt: skip
+    (decision,) = run_ingest(db_engine, [not_now], rules, at("2026-01-14T12:01:00+00:00")).decisions
+    assert (decision.action, decision.reason) == ("recall", "user_recall")
+    assert recall_states(db_engine) == {"cb": "superseded", "later": "pending"}
+
+    # Another phone: its callback is due at 15:30; a busy call at 15:40, before the dispatcher
+    # fired it, is decided as usual and replaces it.
+    run_ingest(db_engine, [callback(event_id="cb2", phone_id="P2", lead_id="L2")], rules)
+    after = event(event_id="after", phone_id="P2", lead_id="L2",
+                  occurred_at="2026-01-15T15:40:00+00:00")  # fmt: skip
+    (decision,) = run_ingest(db_engine, [after], rules, at("2026-01-15T15:41:00+00:00")).decisions
+    assert (decision.action, decision.reason) == ("recall", "sip_recall")
+    assert decision.due_at == at("2026-01-15T15:55:00+00:00")
+    assert recall_states(db_engine)["cb2"] == "superseded"
+
+
+def test_a_late_call_after_a_kept_callback_ends_as_the_calls_in_order(
+    db_engine: Engine, rules: Rules
+) -> None:
+    """The phone is wound back to a callback_pending result: the callback it kept (superseded
+    since by a user result) waits again, and the later calls are decided anew after the late one."""
+    story = [
+        ("cb", {"sip_code": 200, "outcome_code": "CALLBACK", "callback_at": BOOKED}),
+        ("busy", {"occurred_at": "2026-01-14T11:00:00+00:00"}),
+        ("late", {"occurred_at": "2026-01-14T11:30:00+00:00", "sip_code": 487}),
+        ("user", {"occurred_at": "2026-01-14T12:00:00+00:00", "sip_code": 200,
+                  "outcome_code": "NOTNOW"}),
+    ]  # fmt: skip
+    calls = {
+        name: {key: event(event_id=f"{name}-{key}", phone_id=name, **fields)
+               for key, fields in story}
+        for name in ("ordered", "rewound")
+    }  # fmt: skip
+    clock = at("2026-01-14T12:01:00+00:00")
+    for key, _ in story:
+        run_ingest(db_engine, [calls["ordered"][key]], rules, clock)
+    for key in ("cb", "busy", "user", "late"):
+        run_ingest(db_engine, [calls["rewound"][key]], rules, clock)
+
+    reasons = {row.event_id: row.reason for row in table(db_engine, ProcessedEvent)}
+    assert [reasons[f"rewound-{key}"] for key, _ in story] == [
+        "callback", "callback_pending", "callback_pending", "user_recall",
+    ]  # fmt: skip
+    assert recall_states(db_engine)["rewound-cb"] == "superseded"
+    want = _phone_story(db_engine, "ordered", "ordered")
+    assert _phone_story(db_engine, "rewound", "rewound") == want
 
 
 # --- dead letters --------------------------------------------------------------------------------
@@ -816,6 +962,7 @@ def test_fire_recalls_makes_the_phone_eligible_once(db_engine: Engine, rules: Ru
         "fired_at": "2026-01-14T10:15:00.200000+00:00",
         "source": "sip_code",
         "rule": "sip:486",
+        "agent": None,
     }
     (recall,) = table(db_engine, Recall)
     assert (recall.state, recall.fired_at) == ("fired", now)
@@ -1265,29 +1412,59 @@ def test_any_arrival_order_ends_as_the_in_order_run(
     """Random histories on a capped plan with calling hours (busy, no answer, agent callbacks,
     a final code), delivered shuffled in random batches with redeliveries, end exactly as the
     same calls delivered in order, one by one."""
-    rng = random.Random(seed)
     codes = [(486, None), (480, None), (487, None), (200, "CALLBACK"), (404, None), (486, None)]
+    _arrival_orders_end_as_in_order(db_engine, rules, random.Random(seed), codes)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_any_arrival_order_with_booked_callbacks_ends_as_the_in_order_run(
+    db_engine: Engine, rules: Rules, seed: int
+) -> None:
+    """The same with callbacks booked 30 minutes to a day ahead, some personal: system results
+    before one is due are kept from replacing it (callback_pending) in every arrival order."""
+    codes = [(486, None), (487, None), (200, "CALLBACK", 30, None), (200, "CALLBACK", 600, "a7"),
+             (200, "CALLBACK", 1440, None), (200, "NOTNOW"), (404, None)]  # fmt: skip
+    _arrival_orders_end_as_in_order(db_engine, rules, random.Random(seed), codes)
+
+
+SPAN_S = 2 * 86_400
+
+
+def _arrival_orders_end_as_in_order(
+    db_engine: Engine, rules: Rules, rng: random.Random, codes: Sequence[tuple[Any, ...]]
+) -> None:
+    # Each code is (SIP code, outcome[, callback_at minutes after the call, callback_agent]).
+    def fields(minute: int, code: int, outcome: str | None, *callback: Any) -> dict[str, Any]:
+        occurred = NOW + timedelta(minutes=minute)
+        found: dict[str, Any] = {"occurred_at": occurred.isoformat(), "sip_code": code,
+                                 "outcome_code": outcome}  # fmt: skip
+        if callback:
+            found["callback_at"] = (occurred + timedelta(minutes=callback[0])).isoformat()
+            found["callback_agent"] = callback[1]
+        return found
+
     for story in range(8):
         moments = sorted(rng.sample(range(0, 36 * 60, 7), rng.randint(2, 7)))
         drawn = list(zip(moments, rng.choices(codes, k=len(moments)), strict=True))
         calls = {
             name: [
                 event(event_id=f"{name}{story}-{k}", phone_id=f"{name}{story}",
-                      occurred_at=(NOW + timedelta(minutes=minute)).isoformat(),
-                      sip_code=code, outcome_code=outcome)
-                for k, (minute, (code, outcome)) in enumerate(drawn)
+                      **fields(minute, *code))
+                for k, (minute, code) in enumerate(drawn)
             ]
             for name in ("ordered", "shuffled")
         }  # fmt: skip
+        # The calls span 36 hours after the clock: a skew that takes them all.
         for call in calls["ordered"]:
-            run_ingest(db_engine, [call], rules)
+            run_ingest(db_engine, [call], rules, skew_s=SPAN_S)
         arriving = calls["shuffled"] + rng.sample(calls["shuffled"], len(moments) // 2)
         rng.shuffle(arriving)
         while arriving:
             size = rng.randint(1, 3)
-            run_ingest(db_engine, arriving[:size], rules)
+            run_ingest(db_engine, arriving[:size], rules, skew_s=SPAN_S)
             arriving = arriving[size:]
         want = _phone_story(db_engine, f"ordered{story}", "ordered")
+        assert len(want["events"]) == len(moments)
         assert _phone_story(db_engine, f"shuffled{story}", "shuffled") == want
 
 

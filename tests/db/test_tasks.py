@@ -159,6 +159,24 @@ def test_mark_eligible_leaves_a_superseded_recall_alone(with_broker: str) -> Non
     assert mark_eligible(["g2"]) == 1
 
 
+def test_the_notification_of_a_personal_callback_names_its_agent(with_broker: str) -> None:
+    # Booked for a minute ago (the call an hour ago): due at once, fired by mark_eligible.
+    booked = (datetime.now(UTC) - timedelta(minutes=1)).replace(microsecond=0).isoformat()
+    callback = {"sip_code": 200, "outcome_code": "CALLBACK", "callback_at": booked}
+    process_call_results(
+        [event("k1", "P1", **callback, callback_agent="agent-7"), event("k2", "P2", **callback)]
+    )
+    assert {row.recall_id: row.agent for row in rows(Recall)} == {"k1": "agent-7", "k2": None}
+
+    assert mark_eligible(["k1", "k2"]) == 2
+    notices = messages(with_broker, get_settings().notify_queue)
+    assert {notice["phone_id"]: notice["agent"] for notice in notices} == {
+        "P1": "agent-7",
+        "P2": None,
+    }
+    assert {notice["rule"] for notice in notices} == {"outcome:CALLBACK"}
+
+
 # --- the rules history: the worker records the rules it decides with ----------------------------
 
 

@@ -147,10 +147,18 @@ def in_order(events: list[dict[str, Any]], rules: Rules, now: datetime) -> dict[
             attempts.append(item.occurred_at)
             if not decision.applies:
                 continue
-            last_applied, pending = item.occurred_at, None
+            last_applied = item.occurred_at
+            if not decision.keeps_pending:  # callback_pending leaves the callback waiting
+                pending = None
             if decision.action == "recall":
                 assert decision.due_at is not None
-                pending = PendingRecall(decision.due_at, decision.source or "", decision.rule or "")
+                pending = PendingRecall(
+                    decision.due_at,
+                    decision.source or "",
+                    decision.rule or "",
+                    decision.reason,
+                    decision.agent,
+                )
                 system_recalls += decision.is_system_recall
     return decisions
 

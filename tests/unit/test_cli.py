@@ -306,6 +306,11 @@ def test_rules_option_wins_over_env(
             id="missing-phone",
         ),
         pytest.param(event_json(timezone="Mars/Olympus"), ("timezone: ",), id="bad-zone"),
+        pytest.param(
+            event_json(outcome_code="CALLBACK", callback_at="2026-03-31T15:30:00"),
+            ("invalid event", "callback_at: no UTC offset"),
+            id="naive-callback-at",
+        ),
     ],
 )
 def test_decide_invalid_event(runner: CliRunner, payload: str, parts: tuple[str, ...]) -> None:

@@ -184,6 +184,11 @@ def sip(due_at: str, rule: str = "sip:486", adjustments: tuple[str, ...] = ()) -
     return recall(due_at, "sip_code", rule, "sip_recall", adjustments)
 
 
+# The shipped CALLBACK is a callback: without the event's callback_at it recalls after its
+# recall_after (1 day), with a warning.
+MISSING = ("callback_at_missing",)
+
+
 def row(
     row_id: str,
     event: dict[str, Any],
@@ -260,12 +265,24 @@ PRECEDENCE = [
     row(
         "user-after",
         {**OPEN, "outcome_code": "CALLBACK"},
-        recall("2026-01-15T10:00:00+00:00", "user_outcome", "outcome:CALLBACK", "user_recall"),
+        recall(
+            "2026-01-15T10:00:00+00:00",
+            "user_outcome",
+            "outcome:CALLBACK",
+            "user_recall",
+            warnings=MISSING,
+        ),
     ),
     row(
         "user-after-can-recall-off",
         {"plan_id": "off", "outcome_code": "CALLBACK"},
-        recall("2026-01-15T10:00:00+00:00", "user_outcome", "outcome:CALLBACK", "user_recall"),
+        recall(
+            "2026-01-15T10:00:00+00:00",
+            "user_outcome",
+            "outcome:CALLBACK",
+            "user_recall",
+            warnings=MISSING,
+        ),
     ),
     row(
         "user-after-beats-sip-final",
@@ -515,7 +532,13 @@ ADJUSTMENTS = [
     row(
         "max-recalls-not-for-user-recalls",
         {"plan_id": "capped", "outcome_code": "CALLBACK"},
-        recall("2026-01-15T10:00:00+00:00", "user_outcome", "outcome:CALLBACK", "user_recall"),
+        recall(
+            "2026-01-15T10:00:00+00:00",
+            "user_outcome",
+            "outcome:CALLBACK",
+            "user_recall",
+            warnings=MISSING,
+        ),
         PhoneHistory(system_recalls=9),
     ),
     row(
@@ -753,7 +776,13 @@ DST = [
     row(
         "london-spring-1-day",
         {**OPEN, "outcome_code": "CALLBACK", "occurred_at": "2026-03-28T10:00:00+00:00"},
-        recall("2026-03-29T09:00:00+00:00", "user_outcome", "outcome:CALLBACK", "user_recall"),
+        recall(
+            "2026-03-29T09:00:00+00:00",
+            "user_outcome",
+            "outcome:CALLBACK",
+            "user_recall",
+            warnings=MISSING,
+        ),
     ),
     row(
         "london-spring-24-hours",
@@ -768,7 +797,13 @@ DST = [
     row(
         "london-fall-1-day",
         {**OPEN, "outcome_code": "CALLBACK", "occurred_at": "2026-10-24T10:00:00+01:00"},
-        recall("2026-10-25T10:00:00+00:00", "user_outcome", "outcome:CALLBACK", "user_recall"),
+        recall(
+            "2026-10-25T10:00:00+00:00",
+            "user_outcome",
+            "outcome:CALLBACK",
+            "user_recall",
+            warnings=MISSING,
+        ),
     ),
     row(
         "london-fall-24-hours",
@@ -783,7 +818,13 @@ DST = [
             "timezone": "America/New_York",
             "occurred_at": "2026-03-07T10:00:00-05:00",
         },
-        recall("2026-03-08T14:00:00+00:00", "user_outcome", "outcome:CALLBACK", "user_recall"),
+        recall(
+            "2026-03-08T14:00:00+00:00",
+            "user_outcome",
+            "outcome:CALLBACK",
+            "user_recall",
+            warnings=MISSING,
+        ),
     ),
     row(
         "new-york-spring-1-day-utc-input",
@@ -793,7 +834,13 @@ DST = [
             "timezone": "America/New_York",
             "occurred_at": "2026-03-07T15:00:00+00:00",
         },
-        recall("2026-03-08T14:00:00+00:00", "user_outcome", "outcome:CALLBACK", "user_recall"),
+        recall(
+            "2026-03-08T14:00:00+00:00",
+            "user_outcome",
+            "outcome:CALLBACK",
+            "user_recall",
+            warnings=MISSING,
+        ),
     ),
     row(
         "new-york-spring-24-hours",
@@ -813,7 +860,13 @@ DST = [
             "timezone": "America/New_York",
             "occurred_at": "2026-10-31T10:00:00-04:00",
         },
-        recall("2026-11-01T15:00:00+00:00", "user_outcome", "outcome:CALLBACK", "user_recall"),
+        recall(
+            "2026-11-01T15:00:00+00:00",
+            "user_outcome",
+            "outcome:CALLBACK",
+            "user_recall",
+            warnings=MISSING,
+        ),
     ),
     row(
         "new-york-fall-24-hours",
@@ -833,7 +886,13 @@ DST = [
             "timezone": "Australia/Sydney",
             "occurred_at": "2026-04-04T10:00:00+11:00",
         },
-        recall("2026-04-05T00:00:00+00:00", "user_outcome", "outcome:CALLBACK", "user_recall"),
+        recall(
+            "2026-04-05T00:00:00+00:00",
+            "user_outcome",
+            "outcome:CALLBACK",
+            "user_recall",
+            warnings=MISSING,
+        ),
     ),
     row(
         "sydney-april-24-hours",
@@ -853,7 +912,13 @@ DST = [
             "timezone": "Australia/Sydney",
             "occurred_at": "2026-10-03T10:00:00+10:00",
         },
-        recall("2026-10-03T23:00:00+00:00", "user_outcome", "outcome:CALLBACK", "user_recall"),
+        recall(
+            "2026-10-03T23:00:00+00:00",
+            "user_outcome",
+            "outcome:CALLBACK",
+            "user_recall",
+            warnings=MISSING,
+        ),
     ),
     row(
         "sydney-october-24-hours",
@@ -1103,7 +1168,9 @@ id = "default"
 
 # --- supersede, is_system_recall, JSON shape ----------------------------------------------------
 
-PENDING = PendingRecall(due_at=at("2026-01-14T12:00:00+00:00"), source="sip_code", rule="sip:487")
+PENDING = PendingRecall(
+    due_at=at("2026-01-14T12:00:00+00:00"), source="sip_code", rule="sip:487", reason="sip_recall"
+)
 
 
 @pytest.mark.parametrize(
@@ -1243,4 +1310,295 @@ def test_decide_does_not_use_the_wall_clock(rules: Rules) -> None:
     later = at("2030-06-01T12:34:56+00:00")
     assert decide(call, rules, PhoneHistory(), later).to_json()["due_at"] == (
         "2030-06-01T12:34:56+00:00"
+    )
+
+
+# --- Agent callbacks (DESIGN.md section 2, step 3) ----------------------------------------------
+
+# The shipped CALLBACK: user, recall = "callback", recall_after 1 day. The default event occurs on
+# Wednesday 2026-01-14 10:00 UTC.
+CALLBACK = {**OPEN, "sip_code": 200, "outcome_code": "CALLBACK"}
+IGNORED = ("callback_at_ignored",)
+
+
+def booked(due_at: str, adjustments: tuple[str, ...] = ()) -> dict[str, Any]:
+    return recall(due_at, "user_outcome", "outcome:CALLBACK", "callback", adjustments)
+
+
+CALLBACKS = [
+    row(
+        "booked",
+        {**CALLBACK, "callback_at": "2026-01-15T15:30:00+00:00"},
+        booked("2026-01-15T15:30:00+00:00"),
+    ),
+    row(
+        "booked-other-offset",
+        {**CALLBACK, "callback_at": "2026-01-15T10:30:00-05:00"},
+        booked("2026-01-15T15:30:00+00:00"),
+    ),
+    row(
+        "missing-callback-at",
+        CALLBACK,
+        recall(
+            "2026-01-15T10:00:00+00:00",
+            "user_outcome",
+            "outcome:CALLBACK",
+            "user_recall",
+            warnings=MISSING,
+        ),
+    ),
+    row(
+        "ignored-on-sip-recall",
+        {**OPEN, "callback_at": "2026-01-15T15:30:00+00:00"},
+        recall(T0_PLUS_15M, "sip_code", "sip:486", "sip_recall", warnings=IGNORED),
+    ),
+    row(
+        "ignored-on-user-after",
+        {**OPEN, "outcome_code": "NOTNOW", "callback_at": "2026-01-15T15:30:00+00:00"},
+        recall(
+            "2026-01-14T14:00:00+00:00",
+            "user_outcome",
+            "outcome:NOTNOW",
+            "user_recall",
+            warnings=IGNORED,
+        ),
+    ),
+    row(
+        "ignored-on-user-final",
+        {**OPEN, "outcome_code": "DNC", "callback_at": "2026-01-15T15:30:00+00:00"},
+        suppress("user_outcome", "outcome:DNC", "user_final", warnings=IGNORED),
+    ),
+    row(
+        "ignored-on-unknown-outcome",
+        {**OPEN, "outcome_code": "BOGUS", "callback_at": "2026-01-15T15:30:00+00:00"},
+        recall(
+            T0_PLUS_15M,
+            "sip_code",
+            "sip:486",
+            "sip_recall",
+            warnings=("unknown_outcome:BOGUS", *IGNORED),
+        ),
+    ),
+    row(
+        "past-before-the-call-due-now",
+        {**CALLBACK, "callback_at": "2026-01-14T09:00:00+00:00"},
+        booked("2026-01-14T10:00:00+00:00"),
+    ),
+    row(
+        "past-when-decided-due-now",
+        {**CALLBACK, "callback_at": "2026-01-14T12:00:00+00:00"},
+        booked("2026-01-14T13:00:00+00:00"),
+        now="2026-01-14T13:00:00+00:00",
+    ),
+    row(
+        "not-gated-by-can-recall",
+        {**CALLBACK, "plan_id": "off", "callback_at": "2026-01-15T15:30:00+00:00"},
+        booked("2026-01-15T15:30:00+00:00"),
+    ),
+    row(
+        "not-held-by-max-recalls",
+        {**CALLBACK, "plan_id": "capped", "callback_at": "2026-01-15T15:30:00+00:00"},
+        booked("2026-01-15T15:30:00+00:00"),
+        PhoneHistory(system_recalls=9),
+    ),
+    # Retry-After (2 days from 10:00) is a floor under the booked time.
+    row(
+        "retry-after-floor",
+        {**CALLBACK, "callback_at": "2026-01-15T15:30:00+00:00", "retry_after_s": 172_800},
+        booked("2026-01-16T10:00:00+00:00", ("retry_after",)),
+    ),
+    # Attempts at 08:00 and 09:00 and this one: the third latest window end, 15th 08:00.
+    row(
+        "max-attempts",
+        {**CALLBACK, "plan_id": "caps", "callback_at": "2026-01-14T12:00:00+00:00"},
+        booked("2026-01-15T08:00:00+00:00", ("max_attempts",)),
+        attempts("2026-01-14T08:00:00+00:00", "2026-01-14T09:00:00+00:00"),
+    ),
+    # Wednesday 18:30 EST is after 17:00: Thursday 09:00 EST.
+    row(
+        "outside-calling-hours",
+        {**CALLBACK, "plan_id": "hours_ny", "callback_at": "2026-01-14T18:30:00-05:00"},
+        booked("2026-01-15T14:00:00+00:00", ("calling_hours",)),
+    ),
+    # Booked on Saturday 2026-03-07 for Sunday evening (closed) across New York's spring
+    # forward: Monday 09:00 EDT, 13:00 UTC (it would be 14:00 UTC in EST).
+    row(
+        "new-york-across-dst-to-calling-hours",
+        {
+            **CALLBACK,
+            "plan_id": "hours_ny",
+            "occurred_at": "2026-03-07T10:00:00-05:00",
+            "callback_at": "2026-03-08T20:00:00-04:00",
+        },
+        booked("2026-03-09T13:00:00+00:00", ("calling_hours",)),
+    ),
+    # Monday 09:30 EDT is open (it would be 08:30, closed, in EST): kept.
+    row(
+        "new-york-after-dst-inside-calling-hours",
+        {
+            **CALLBACK,
+            "plan_id": "hours_ny",
+            "occurred_at": "2026-03-07T10:00:00-05:00",
+            "callback_at": "2026-03-09T13:30:00+00:00",
+        },
+        booked("2026-03-09T13:30:00+00:00"),
+    ),
+    # Plan "lunch" calls on Wednesdays only: booked on Saturday 2026-03-28 for the Sunday of
+    # London's spring forward, moved to Wednesday 2026-04-01 09:00 BST, 08:00 UTC.
+    row(
+        "london-across-dst-to-calling-hours",
+        {
+            **CALLBACK,
+            "plan_id": "lunch",
+            "occurred_at": "2026-03-28T10:00:00+00:00",
+            "callback_at": "2026-03-29T08:00:00+01:00",
+        },
+        booked("2026-04-01T08:00:00+00:00", ("calling_hours",)),
+    ),
+    # London's fall back: booked for Sunday 2026-10-25 10:00 GMT from Saturday in BST.
+    row(
+        "london-across-fall-back",
+        {
+            **CALLBACK,
+            "occurred_at": "2026-10-24T10:00:00+01:00",
+            "callback_at": "2026-10-25T10:00:00+00:00",
+        },
+        booked("2026-10-25T10:00:00+00:00"),
+    ),
+]
+
+
+@pytest.mark.parametrize(("event", "history", "now", "expected"), CALLBACKS)
+def test_callbacks(
+    rules: Rules,
+    event: dict[str, Any],
+    history: PhoneHistory,
+    now: str | None,
+    expected: dict[str, Any],
+) -> None:
+    _check(rules, event, history, now, expected)
+
+
+def test_callback_explanation_and_personal_agent(rules: Rules) -> None:
+    call = make_event(**CALLBACK, callback_at="2026-01-15T15:30:00+00:00", callback_agent="agent-7")
+    decision = decide(call, rules, PhoneHistory(), call.occurred_at)
+    assert decision.agent == "agent-7"
+    assert "agent" not in decision.to_json()
+    assert decision.explanation == (
+        "user outcome CALLBACK (Customer asked to be called back) booked a callback"
+        " (agent agent-7) for Thu 2026-01-15 15:30 GMT"
+    )
+    anyone = decide(make_event(**CALLBACK), rules, PhoneHistory(), call.occurred_at)
+    assert anyone.agent is None
+    assert anyone.explanation == (
+        "user outcome CALLBACK (Customer asked to be called back) booked a callback with no"
+        " callback_at, so recalls after 1d"
+    )
+    # The agent of an event whose outcome is not a callback is not kept.
+    busy = decide(make_event(**OPEN, callback_agent="agent-7"), rules, PhoneHistory(), NOW_T0)
+    assert (busy.reason, busy.agent, busy.warnings) == ("sip_recall", None, ())
+
+
+NOW_T0 = at("2026-01-14T10:00:00+00:00")
+# A personal callback booked for Thursday 2026-01-15 15:30 UTC, pending.
+PENDING_CALLBACK = PendingRecall(
+    at("2026-01-15T15:30:00+00:00"), "user_outcome", "outcome:CALLBACK", "callback", "agent-7"
+)
+BEFORE_DUE = PhoneHistory(pending=PENDING_CALLBACK)
+KEPT = "callback_pending"
+
+CALLBACK_PENDING = [
+    row(
+        "system-sip-recall-before-due",
+        OPEN,
+        suppress("sip_code", "outcome:CALLBACK", KEPT),
+        BEFORE_DUE,
+    ),
+    row(
+        "system-sip-final-before-due",
+        {**OPEN, "sip_code": 404},
+        suppress("sip_code", "outcome:CALLBACK", KEPT),
+        BEFORE_DUE,
+    ),
+    row(
+        "system-outcome-before-due",
+        {**OPEN, "outcome_code": "SYSANSMACH", "sip_code": 200},
+        suppress("system_outcome", "outcome:CALLBACK", KEPT),
+        BEFORE_DUE,
+    ),
+    row(
+        "plan-can-recall-off-before-due",
+        {"plan_id": "off"},
+        suppress(None, "outcome:CALLBACK", KEPT),
+        BEFORE_DUE,
+    ),
+    row(
+        "user-inherit-is-system-before-due",
+        {**OPEN, "outcome_code": "BOGUS"},
+        suppress("sip_code", "outcome:CALLBACK", KEPT, warnings=("unknown_outcome:BOGUS",)),
+        BEFORE_DUE,
+    ),
+    row(
+        "one-second-before-due",
+        {**OPEN, "occurred_at": "2026-01-15T15:29:59+00:00"},
+        suppress("sip_code", "outcome:CALLBACK", KEPT),
+        BEFORE_DUE,
+    ),
+    row(
+        "user-recall-replaces",
+        {**OPEN, "outcome_code": "NOTNOW"},
+        recall("2026-01-14T14:00:00+00:00", "user_outcome", "outcome:NOTNOW", "user_recall"),
+        BEFORE_DUE,
+    ),
+    row(
+        "user-final-replaces",
+        {**OPEN, "outcome_code": "DNC"},
+        suppress("user_outcome", "outcome:DNC", "user_final"),
+        BEFORE_DUE,
+    ),
+    row(
+        "new-callback-replaces",
+        {**CALLBACK, "callback_at": "2026-01-16T11:00:00+00:00"},
+        booked("2026-01-16T11:00:00+00:00"),
+        BEFORE_DUE,
+    ),
+    row(
+        "system-result-at-due-time-normal",
+        {**OPEN, "occurred_at": "2026-01-15T15:30:00+00:00"},
+        sip("2026-01-15T15:45:00+00:00"),
+        BEFORE_DUE,
+    ),
+    row(
+        "system-result-after-due-normal",
+        {**OPEN, "occurred_at": "2026-01-15T16:00:00+00:00"},
+        sip("2026-01-15T16:15:00+00:00"),
+        BEFORE_DUE,
+    ),
+]
+
+
+@pytest.mark.parametrize(("event", "history", "now", "expected"), CALLBACK_PENDING)
+def test_callback_pending(
+    rules: Rules,
+    event: dict[str, Any],
+    history: PhoneHistory,
+    now: str | None,
+    expected: dict[str, Any],
+) -> None:
+    _check(rules, event, history, now, expected)
+    call = make_event(**event)
+    decision = decide(call, rules, history, call.occurred_at)
+    # Kept: the callback is not superseded; anything else replaces it as usual.
+    kept = decision.reason == KEPT
+    assert decision.keeps_pending is kept
+    assert decision.supersedes == (None if kept else PENDING_CALLBACK)
+    assert decision.applies  # an applied result either way: it counts as an attempt
+
+
+def test_callback_pending_explanation(rules: Rules) -> None:
+    call = make_event(**OPEN)
+    decision = decide(call, rules, BEFORE_DUE, call.occurred_at)
+    assert decision.explanation == (
+        "SIP 486 Busy Here recalls after 15m, but the callback for Thu 2026-01-15 15:30 GMT"
+        " (outcome:CALLBACK) is pending: no recall; the callback keeps its time"
     )

@@ -93,6 +93,13 @@ def scenarios(draw: st.DrawFn) -> Scenario:
         outcome_code=draw(st.none() | st.sampled_from(KNOWN_OUTCOMES + list(UNKNOWN_OUTCOMES))),
         timezone=draw(st.none() | st.sampled_from(ZONES)),
         retry_after_s=draw(st.none() | st.integers(0, 3 * 86400)),
+        callback_at=draw(
+            st.none()
+            | st.integers(-86400, 5 * 86400).map(
+                lambda seconds: (instant + timedelta(seconds=seconds)).isoformat()
+            )
+        ),
+        callback_agent=draw(st.none() | st.just("agent-7")),
     )
     earlier = draw(st.lists(st.integers(1, 10 * 86400), max_size=10))
     last_applied = draw(st.none() | st.integers(-2 * 86400, 3600))
@@ -103,7 +110,22 @@ def scenarios(draw: st.DrawFn) -> Scenario:
         system_recalls=draw(st.integers(0, 12)),
         pending=None
         if pending is None
-        else PendingRecall(instant + timedelta(seconds=pending), "sip_code", "sip:486"),
+        else draw(
+            st.sampled_from(
+                [
+                    PendingRecall(
+                        instant + timedelta(seconds=pending), "sip_code", "sip:486", "sip_recall"
+                    ),
+                    PendingRecall(
+                        instant + timedelta(seconds=pending),
+                        "user_outcome",
+                        "outcome:CALLBACK",
+                        "callback",
+                        "agent-7",
+                    ),
+                ]
+            )
+        ),
         seen_event_ids=frozenset({"e1"}) if draw(st.integers(0, 19)) == 7 else frozenset({"e0"}),
     )
     now = instant + timedelta(seconds=draw(st.integers(0, 3 * 86400)))
@@ -130,9 +152,32 @@ def test_action_and_due_at_agree(scenario: Scenario) -> None:
         assert decision.action == "stale"
     else:
         assert decision.action in ("recall", "suppress")
-        assert decision.supersedes == history.pending
-        unknown = event.outcome_code is not None and event.outcome_code not in RULES.outcomes
+        outcome = RULES.outcomes.get(event.outcome_code or "")
+        unknown = event.outcome_code is not None and outcome is None
+        callback = outcome is not None and outcome.recall == "callback"
+        by_user = outcome is not None and outcome.kind == "user" and outcome.recall != "inherit"
+        pending = history.pending
+        if (
+            pending is not None
+            and pending.reason == "callback"
+            and event.occurred_at < pending.due_at
+            and not by_user
+        ):
+            # A system rule never replaces a callback not yet due.
+            assert (decision.action, decision.reason) == ("suppress", "callback_pending")
+            assert decision.supersedes is None
+        else:
+            assert decision.supersedes == history.pending
         expected = (f"unknown_outcome:{event.outcome_code}",) if unknown else ()
+        if event.callback_at is not None and not callback:
+            expected += ("callback_at_ignored",)
+        if callback:
+            assert decision.action == "recall"
+            if event.callback_at is None:
+                expected += ("callback_at_missing",)
+            else:
+                assert decision.reason == "callback"
+                assert decision.agent == event.callback_agent
         assert decision.warnings == expected
 
 

@@ -37,6 +37,8 @@ def valid(**changes: Any) -> dict[str, Any]:
         "timezone": "Europe/London",
         "retry_after_s": 120,
         "call_id": "c-123",
+        "callback_at": "2026-03-31T15:30:00+01:00",
+        "callback_agent": "agent-7",
     }
     for key, value in changes.items():
         if value is None:
@@ -47,7 +49,15 @@ def valid(**changes: Any) -> dict[str, Any]:
 
 
 def minimal(**changes: Any) -> dict[str, Any]:
-    return valid(outcome_code=None, timezone=None, retry_after_s=None, call_id=None, **changes)
+    return valid(
+        outcome_code=None,
+        timezone=None,
+        retry_after_s=None,
+        call_id=None,
+        callback_at=None,
+        callback_agent=None,
+        **changes,
+    )
 
 
 # --- valid events ---------------------------------------------------------------------------
@@ -230,6 +240,20 @@ MALFORMED = [
     pytest.param(valid(outcome_code=5), "outcome_code", "string", id="outcome-int"),
     pytest.param(valid(outcome_code=["SYSBUSY"]), "outcome_code", "string", id="outcome-list"),
     pytest.param(valid(call_id=12345), "call_id", "string", id="call_id-int"),
+    pytest.param(
+        valid(callback_at="2026-03-31T15:30:00"), "callback_at", "UTC offset", id="cb-no-offset"
+    ),
+    pytest.param(valid(callback_at="2026-03-31"), "callback_at", "ISO-8601", id="cb-date-only"),
+    pytest.param(valid(callback_at="tomorrow"), "callback_at", "ISO-8601", id="cb-garbage"),
+    pytest.param(valid(callback_at=1774971000), "callback_at", "string", id="cb-epoch-int"),
+    pytest.param(valid(callback_at=""), "callback_at", "ISO-8601", id="cb-empty"),
+    pytest.param(
+        valid(callback_at="0001-01-01T00:00:00+00:00"), "callback_at", "year", id="cb-year-1"
+    ),
+    pytest.param(valid(callback_agent=7), "callback_agent", "string", id="agent-int"),
+    pytest.param(valid(callback_agent=""), "callback_agent", "empty", id="agent-empty"),
+    pytest.param(valid(callback_agent=LONG), "callback_agent", "255", id="agent-long"),
+    pytest.param(valid(callback_agent="a\x00"), "callback_agent", "NUL", id="agent-nul"),
     pytest.param([valid()], "event", "object", id="payload-list"),
     pytest.param("e1", "event", "object", id="payload-string"),
     pytest.param(None, "event", "object", id="payload-null"),
@@ -256,6 +280,24 @@ def test_malformed_event_is_refused_from_json(payload: object, field: str, reaso
         parse_event_json(json.dumps(payload))
     assert caught.value.field == field
     assert str(caught.value).startswith(f"{field}: ")
+
+
+def test_callback_fields_parse_and_round_trip() -> None:
+    event = parse_event(valid(outcome_code="CALLBACK"))
+    assert event.callback_at == datetime(2026, 3, 31, 14, 30, tzinfo=UTC)
+    assert event.callback_at.utcoffset() == timedelta(hours=1)
+    assert event.callback_agent == "agent-7"
+    assert event.to_json()["callback_at"] == "2026-03-31T15:30:00+01:00"
+    assert parse_event(event.to_json()) == event
+    absent = parse_event(minimal())
+    assert (absent.callback_at, absent.callback_agent) == (None, None)
+    assert "callback_at" not in absent.to_json()
+
+
+def test_naive_callback_at_is_named_like_occurred_at() -> None:
+    with pytest.raises(InvalidEvent) as caught:
+        parse_event(valid(callback_at="2026-03-31T15:30:00"))
+    assert str(caught.value) == "callback_at: no UTC offset in '2026-03-31T15:30:00'"
 
 
 def test_invalid_event_is_a_value_error() -> None:
@@ -402,13 +444,27 @@ def test_csv_non_integer_text_kept_so_validation_names_it(column: str, cell: str
 def test_csv_extra_columns_kept_and_overflow_cells_dropped() -> None:
     header = ",".join([*EVENT_FIELDS, "campaign"])
     rows = _csv_rows(
-        f"{header}\ne1,default,L1,L1-P1,486,2026-03-30T10:00:00Z,,,,,spring,overflow1,overflow2\n"
+        f"{header}\ne1,default,L1,L1-P1,486,2026-03-30T10:00:00Z,,,,,,,spring,overflow1,overflow2\n"
     )
     assert None in rows[0]  # DictReader puts surplus cells under the key None
     data = event_from_csv_row(rows[0])
     assert data["campaign"] == "spring"
     assert None not in data
     assert dict(parse_event(data).extra) == {"campaign": "spring"}
+
+
+def test_csv_callback_columns() -> None:
+    rows = _csv_rows(
+        "event_id,plan_id,lead_id,phone_id,sip_code,occurred_at,outcome_code,callback_at,"
+        "callback_agent\n"
+        "e1,default,L1,L1-P1,200,2026-03-30T10:00:00Z,CALLBACK,2026-03-31T15:30:00+01:00,a7\n"
+        "e2,default,L1,L1-P1,200,2026-03-30T10:05:00Z,CALLBACK,,\n"
+    )
+    booked, missing = (parse_event(event_from_csv_row(row)) for row in rows)
+    assert booked.callback_at == datetime(2026, 3, 31, 14, 30, tzinfo=UTC)
+    assert booked.callback_agent == "a7"
+    assert booked.extra == {}
+    assert (missing.callback_at, missing.callback_agent) == (None, None)
 
 
 def test_csv_short_row_missing_cells_are_absent() -> None:

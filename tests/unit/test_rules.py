@@ -127,7 +127,42 @@ def test_defaults_system_outcomes(defaults: Rules) -> None:
     assert defaults.outcomes["SYSBUSY"].recall == "after"
     assert defaults.outcomes["SYSBUSY"].recall_after == Duration(minutes=15)
     for outcome in defaults.outcomes.values():
-        assert (outcome.recall_after is not None) == (outcome.recall == "after"), outcome
+        assert (outcome.recall_after is not None) == (outcome.recall in ("after", "callback"))
+
+
+def test_shipped_callback_outcome(defaults: Rules) -> None:
+    callback = defaults.outcomes["CALLBACK"]
+    assert (callback.kind, callback.recall, callback.recall_after) == (
+        "user",
+        "callback",
+        Duration(days=1),
+    )
+
+
+def test_callback_policy_round_trips(write_rules, tmp_path: Path) -> None:
+    rules = load_rules(
+        write_rules(
+            _outcome(
+                'code = "APPT"\nkind = "user"\nrecall = "callback"\nrecall_after = { hours = 2 }'
+            )
+            + _outcome('code = "NOTNOW"\nrecall = "callback"')
+        )
+    )
+    data = rules.to_toml_data()
+    rows = {row["code"]: row for row in data["outcomes"]}
+    assert rows["APPT"] == {
+        "code": "APPT",
+        "kind": "user",
+        "description": "",
+        "recall": "callback",
+        "recall_after": {"hours": 2},
+    }
+    # A shipped user outcome made a callback keeps its recall_after as the fallback.
+    assert rows["NOTNOW"]["recall"] == "callback"
+    assert rows["NOTNOW"]["recall_after"] == {"hours": 4}
+    path = tmp_path / "export.toml"
+    path.write_text(tomli_w.dumps(data), encoding="utf-8")
+    _assert_same_rules(load_rules(path), rules)
 
 
 def test_defaults_default_plan(defaults: Rules) -> None:
@@ -740,6 +775,32 @@ BROKEN = [
         _outcome('code = "X"\nrecall = "never"'),
         ("outcomes[0] (code X)", "kind", "required"),
         id="outcome-new-without-kind",
+    ),
+    # callbacks
+    pytest.param(
+        _outcome('code = "X"\nkind = "system"\nrecall = "callback"\nrecall_after = { hours = 1 }'),
+        ("outcomes[0] (code X)", "recall", "user outcomes only"),
+        id="callback-on-system-outcome",
+    ),
+    pytest.param(
+        _outcome('code = "SYSBUSY"\nrecall = "callback"'),
+        ("outcomes[0] (code SYSBUSY)", "recall", "user outcomes only"),
+        id="callback-on-builtin-system-outcome",
+    ),
+    pytest.param(
+        _outcome('code = "CALLBACK"\nkind = "system"'),
+        ("outcomes[0] (code CALLBACK)", "kind", "user outcomes only"),
+        id="shipped-callback-made-system",
+    ),
+    pytest.param(
+        _outcome('code = "X"\nkind = "user"\nrecall = "callback"'),
+        ("outcomes[0] (code X)", "recall_after", "required when recall is 'callback'"),
+        id="callback-without-recall-after",
+    ),
+    pytest.param(
+        _outcome('code = "DNC"\nrecall = "callback"'),
+        ("outcomes[0] (code DNC)", "recall_after", "required when recall is 'callback'"),
+        id="builtin-final-made-callback-without-recall-after",
     ),
     pytest.param(
         _outcome('code = ""\nkind = "user"\nrecall = "never"'),

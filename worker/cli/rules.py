@@ -157,7 +157,11 @@ def render(loaded: Rules) -> str:
         lines.append(f"  {row.code!s:<5} {active:<6} {recall:<12} {row.description}{origin}")
     lines += ["", "Outcomes (code  kind  recall  description)"]
     for outcome in loaded.outcomes.values():
-        recall = f"after {outcome.recall_after}" if outcome.recall == "after" else outcome.recall
+        recall = outcome.recall
+        if outcome.recall == "after":
+            recall = f"after {outcome.recall_after}"
+        elif outcome.recall == "callback":  # at the event's callback_at, else after recall_after
+            recall = f"callback/{outcome.recall_after}"
         lines.append(f"  {outcome.code:<11} {outcome.kind:<6} {recall:<12} {outcome.description}")
     for plan in loaded.plans.values():
         lines += ["", f"Plan {plan.id}"]

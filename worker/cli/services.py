@@ -202,7 +202,8 @@ def phones_show(phone_id: str, as_json: bool) -> None:
         if key == "last_decision" and value:
             value = f"{value['action']} ({value['reason']}): {value['explanation']}"
         elif key == "pending_recall" and value:
-            value = f"due {value['due_at']} by {value['rule']} ({value['source']})"
+            agent = f", agent {value['agent']}" if value["agent"] else ""
+            value = f"due {value['due_at']} by {value['rule']} ({value['source']}{agent})"
         click.echo(f"{key:<15} {value if value is not None else '-'}")
 
 

@@ -36,11 +36,14 @@ Source = Literal["user_outcome", "system_outcome", "sip_code"]
 
 @dataclass(frozen=True, slots=True)
 class PendingRecall:
-    """The recall a phone is waiting for."""
+    """The recall a phone is waiting for: when, which rule and reason, and a callback's agent."""
 
     due_at: datetime
     source: str
     rule: str
+    reason: str
+    #: The agent who owns a personal callback; None: anyone may take it.
+    agent: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,11 +83,19 @@ class Decision:
     reschedules: datetime | None = None
     #: The version of the rules that decided (``Rules.version``, DESIGN.md section 9).
     rules_version: str = ""
+    #: The agent who owns the callback this decision books (the event's ``callback_agent``);
+    #: kept with the recall, not part of the decision's JSON form.
+    agent: str | None = None
 
     @property
     def is_system_recall(self) -> bool:
         """A scheduled recall that counts against the plan's ``max_recalls``."""
         return self.action == "recall" and self.source != "user_outcome"
+
+    @property
+    def keeps_pending(self) -> bool:
+        """A result that leaves the phone's pending callback as it is (``callback_pending``)."""
+        return self.reason == "callback_pending"
 
     @property
     def applies(self) -> bool:
@@ -137,6 +148,8 @@ class _Verdict:
     reason: str
     text: str
     after: Duration | None = None  # None: suppress
+    #: A callback outcome: due at the event's callback_at, else after ``after``.
+    callback: bool = False
 
 
 def _rule_verdict(event: CallResult, rules: Rules, plan: Plan) -> tuple[_Verdict, tuple[str, ...]]:
@@ -161,6 +174,11 @@ def _precedence(outcome: Outcome | None, code: int, rules: Rules, plan: Plan) ->
         rule = f"outcome:{outcome.code}"
         if outcome.recall == "never":
             return _Verdict("user_outcome", rule, "user_final", f"{name} is final")
+        if outcome.recall == "callback":
+            text = f"{name} booked a callback"
+            return _Verdict(
+                "user_outcome", rule, "user_recall", text, outcome.recall_after, callback=True
+            )
         return _Verdict(
             "user_outcome",
             rule,
@@ -391,7 +409,25 @@ def decide(event: CallResult, rules: Rules, history: PhoneHistory, now: datetime
         )  # fmt: skip
 
     verdict, warnings = _rule_verdict(event, rules, plan)
+    if event.callback_at is not None and not verdict.callback:
+        warnings = (*warnings, "callback_at_ignored")
     supersedes = history.pending
+    if (
+        supersedes is not None
+        and supersedes.reason == "callback"
+        and verdict.source != "user_outcome"
+        and event.occurred_at < supersedes.due_at
+    ):
+        # A pending callback is a promise to the customer: a system rule does not move it.
+        booked = _local(supersedes.due_at.astimezone(timezone(phone_zone(rules, event))))
+        text = (
+            f"{verdict.text}, but the callback for {booked} ({supersedes.rule}) is pending:"
+            " no recall; the callback keeps its time"
+        )
+        return Decision(
+            event.event_id, event.phone_id, "suppress", None, verdict.source, supersedes.rule,
+            "callback_pending", (), warnings, text, rules_version=version,
+        )  # fmt: skip
     replaced = (
         f"; replaces the pending recall due {_utc_iso(supersedes.due_at)}" if supersedes else ""
     )
@@ -408,9 +444,21 @@ def decide(event: CallResult, rules: Rules, history: PhoneHistory, now: datetime
     # 7. Adjustments, in the contract's order.
     zone = timezone(phone_zone(rules, event))
     occurred = event.occurred_at.astimezone(zone)
-    due = verdict.after.add_to(occurred)
+    reason, text, agent = verdict.reason, verdict.text, None
+    if verdict.callback:
+        agent = event.callback_agent
+        personal = f" (agent {agent})" if agent is not None else ""
+        if event.callback_at is not None:
+            due = event.callback_at.astimezone(zone)
+            reason, text = "callback", f"{text}{personal} for {_local(due)}"
+        else:
+            due = verdict.after.add_to(occurred)
+            warnings = (*warnings, "callback_at_missing")
+            text = f"{text}{personal} with no callback_at, so recalls after {verdict.after}"
+    else:
+        due = verdict.after.add_to(occurred)
     adjustments: list[str] = []
-    notes = [verdict.text]
+    notes = [text]
 
     if event.retry_after_s is not None:
         held = timedelta(seconds=event.retry_after_s)  # elapsed time: added to the UTC instant
@@ -443,10 +491,11 @@ def decide(event: CallResult, rules: Rules, history: PhoneHistory, now: datetime
         due,
         verdict.source,
         verdict.rule,
-        verdict.reason,
+        reason,
         tuple(adjustments),
         warnings,
         "; ".join(notes) + replaced,
         supersedes,
         rules_version=version,
+        agent=agent,
     )

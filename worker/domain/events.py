@@ -40,6 +40,8 @@ EVENT_FIELDS = (
     "timezone",
     "retry_after_s",
     "call_id",
+    "callback_at",
+    "callback_agent",
 )
 _KNOWN_FIELDS = frozenset(EVENT_FIELDS)
 _REQUIRED_TEXT = ("event_id", "plan_id", "lead_id", "phone_id")
@@ -85,6 +87,9 @@ class CallResult:
     timezone: str | None = None
     retry_after_s: int | None = None
     call_id: str | None = None
+    #: When the agent booked the callback (aware), and the agent who owns a personal one.
+    callback_at: datetime | None = None
+    callback_agent: str | None = None
     extra: Mapping[str, Any] = field(default_factory=lambda: NO_EXTRA)
 
     def to_json(self) -> dict[str, Any]:
@@ -101,6 +106,10 @@ class CallResult:
             value = getattr(self, name)
             if value is not None:
                 data[name] = value
+        if self.callback_at is not None:
+            data["callback_at"] = self.callback_at.isoformat()
+        if self.callback_agent is not None:
+            data["callback_agent"] = self.callback_agent
         return {**self.extra, **data}
 
 
@@ -145,24 +154,26 @@ def _integer(data: Mapping[str, Any], name: str, low: int, high: int) -> int | N
     return value
 
 
-def _timestamp(data: Mapping[str, Any]) -> datetime:
-    value = data.get("occurred_at")
+def _timestamp(data: Mapping[str, Any], name: str, *, required: bool) -> datetime | None:
+    value = data.get(name)
     if value is None:
-        raise InvalidEvent("occurred_at", "required")
+        if required:
+            raise InvalidEvent(name, "required")
+        return None
     if not isinstance(value, str):
-        raise InvalidEvent("occurred_at", f"must be an ISO-8601 string, got {_describe(value)}")
+        raise InvalidEvent(name, f"must be an ISO-8601 string, got {_describe(value)}")
     shown = value if len(value) <= 40 else value[:40] + "..."
     # fromisoformat also takes a bare date or a week date; the contract wants a full timestamp.
     if len(value) < 16 or value[10:11] not in ("T", "t", " "):
-        raise InvalidEvent("occurred_at", f"not an ISO-8601 date and time: {shown!r}")
+        raise InvalidEvent(name, f"not an ISO-8601 date and time: {shown!r}")
     try:
         moment = datetime.fromisoformat(value)
     except ValueError:
-        raise InvalidEvent("occurred_at", f"not an ISO-8601 date and time: {shown!r}") from None
+        raise InvalidEvent(name, f"not an ISO-8601 date and time: {shown!r}") from None
     if moment.tzinfo is None or moment.utcoffset() is None:
-        raise InvalidEvent("occurred_at", f"no UTC offset in {shown!r}")
+        raise InvalidEvent(name, f"no UTC offset in {shown!r}")
     if not MIN_YEAR <= moment.year <= MAX_YEAR:
-        raise InvalidEvent("occurred_at", f"year must be {MIN_YEAR}-{MAX_YEAR}, got {shown!r}")
+        raise InvalidEvent(name, f"year must be {MIN_YEAR}-{MAX_YEAR}, got {shown!r}")
     return moment
 
 
@@ -176,7 +187,7 @@ def parse_event(data: object) -> CallResult:
     sip_code = _integer(data, "sip_code", 100, 699)
     if sip_code is None:
         raise InvalidEvent("sip_code", "required")
-    occurred_at = _timestamp(data)
+    occurred_at = _timestamp(data, "occurred_at", required=True)
     timezone = _text(data, "timezone", MAX_CODE_LENGTH, required=False)
     if timezone is not None and not is_valid_timezone(timezone):
         raise InvalidEvent("timezone", f"unknown IANA time zone {timezone!r}")
@@ -193,11 +204,20 @@ def parse_event(data: object) -> CallResult:
         lead_id=lead_id,  # type: ignore[arg-type]
         phone_id=phone_id,  # type: ignore[arg-type]
         sip_code=sip_code,
-        occurred_at=occurred_at,
+        occurred_at=occurred_at,  # type: ignore[arg-type]  # required=True never returns None
         outcome_code=_text(data, "outcome_code", MAX_CODE_LENGTH, required=False),
         timezone=timezone,
         retry_after_s=_integer(data, "retry_after_s", 0, MAX_RETRY_AFTER_S),
         call_id=_text(data, "call_id", MAX_ID_LENGTH, required=False),
+        # Few events book a callback: a key test spares the rest two calls.
+        callback_at=(
+            _timestamp(data, "callback_at", required=False) if "callback_at" in data else None
+        ),
+        callback_agent=(
+            _text(data, "callback_agent", MAX_ID_LENGTH, required=False)
+            if "callback_agent" in data
+            else None
+        ),
         extra=extra,
     )
 

@@ -7,7 +7,7 @@ the live worker would have.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -42,6 +42,8 @@ class NewRecall:
     source: str
     rule: str
     reason: str
+    #: A personal callback's agent; None: anyone may take it.
+    agent: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,15 +97,16 @@ class PhoneState:
             if decision.reschedules is None or self.pending is None:
                 return Transition()
             assert self.pending_recall_id is not None
-            self.pending = PendingRecall(
-                decision.reschedules, self.pending.source, self.pending.rule
-            )
+            self.pending = replace(self.pending, due_at=decision.reschedules)
             return Transition(rescheduled=(self.pending_recall_id, decision.reschedules))
-        superseded = self.pending_recall_id
+        # callback_pending: the result counts, but the pending callback stays, at its time.
+        keep = decision.keeps_pending
+        superseded = None if keep else self.pending_recall_id
         self.generation += 1
         self.lead_id, self.plan_id = event.lead_id, event.plan_id
         self.eligible, self.eligible_at = False, None
-        self.pending_recall_id, self.pending = None, None
+        if not keep:
+            self.pending_recall_id, self.pending = None, None
         self.last_result_at = event.occurred_at
         self.last_event_id = event.event_id
         self.last_decision = decision
@@ -120,9 +123,12 @@ class PhoneState:
                 source=source,
                 rule=decision.rule or "",
                 reason=decision.reason,
+                agent=decision.agent,
             )
             self.pending_recall_id = event.event_id
-            self.pending = PendingRecall(decision.due_at, source, decision.rule or "")
+            self.pending = PendingRecall(
+                decision.due_at, source, decision.rule or "", decision.reason, decision.agent
+            )
             if decision.is_system_recall:
                 self.system_recalls += 1
         return Transition(superseded=superseded, scheduled=scheduled)

@@ -48,7 +48,9 @@ EXPORT_HEADER = "# Effective recall rules, exported by `recall rules export`.\n"
 MAX_NAME_LENGTH = 64
 
 OutcomeKind = Literal["system", "user"]
-RecallPolicy = Literal["after", "never", "inherit"]
+RecallPolicy = Literal["after", "never", "inherit", "callback"]
+#: The policies that recall after ``recall_after`` (a callback does when the event has no time).
+TIMED_POLICIES = ("after", "callback")
 
 
 class RulesError(ValueError):
@@ -495,9 +497,14 @@ def _merge_file(draft: _Draft, path: Path, *, builtin: bool) -> None:
             row.setdefault("description", "")
         else:
             row = {**previous[0], **row}
-        if "recall_after" in entry.table and row["recall"] != "after":
+        if "recall_after" in entry.table and row["recall"] not in TIMED_POLICIES:
             raise entry.error(
                 "recall_after", f"given, but recall is {row['recall']!r} (set recall = 'after')"
+            )
+        if row["recall"] == "callback" and row["kind"] != "user":
+            raise entry.error(
+                "recall" if "recall" in entry.table else "kind",
+                "'callback' is for user outcomes only (an agent books a callback)",
             )
         draft.outcomes[code] = (row, entry)
 
@@ -555,8 +562,10 @@ def _read_outcome_row(entry: _Entry) -> dict[str, Any]:
         row["description"] = entry.string("description")
     if entry.has("recall"):
         recall = entry.string("recall")
-        if recall not in ("after", "never", "inherit"):
-            raise entry.error("recall", f"must be 'after', 'never' or 'inherit', got {recall!r}")
+        if recall not in ("after", "never", "inherit", "callback"):
+            raise entry.error(
+                "recall", f"must be 'after', 'never', 'inherit' or 'callback', got {recall!r}"
+            )
         row["recall"] = recall
     if entry.has("recall_after"):
         if row.get("recall") in ("never", "inherit"):
@@ -669,9 +678,10 @@ def _build(draft: _Draft, sources: tuple[str, ...]) -> Rules:
 
     outcomes: dict[str, Outcome] = {}
     for code, (row, entry) in draft.outcomes.items():
-        recall_after = row.get("recall_after") if row["recall"] == "after" else None
-        if row["recall"] == "after" and recall_after is None:
-            raise entry.error("recall_after", "required when recall is 'after'")
+        timed = row["recall"] in TIMED_POLICIES
+        recall_after = row.get("recall_after") if timed else None
+        if timed and recall_after is None:
+            raise entry.error("recall_after", f"required when recall is {row['recall']!r}")
         outcomes[code] = Outcome(
             code=code,
             kind=row["kind"],

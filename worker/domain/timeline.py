@@ -52,7 +52,9 @@ class StoredEvent:
 class Before:
     """The last result applied to a phone before a late call, and the state of its recall.
 
-    ``recall_state`` is None when that result scheduled no recall (it suppressed).
+    ``recall_state`` is None when no recall was pending after that result (it suppressed).
+    ``recall_id`` is the recall pending after it: its own, or, when it left a pending callback
+    alone (``callback_pending``), that callback's; None means ``event_id``.
     """
 
     event_id: str
@@ -63,6 +65,7 @@ class Before:
     recall_state: str | None = None
     recall: PendingRecall | None = None
     fired_at: datetime | None = None
+    recall_id: str | None = None
 
 
 class Timeline:
@@ -220,6 +223,7 @@ class Timeline:
             if before.recall_state == "fired":  # before the late call
                 state.eligible, state.eligible_at = True, before.fired_at
             elif before.recall_state is not None:
-                state.pending_recall_id, state.pending = before.event_id, before.recall
+                state.pending_recall_id = before.recall_id or before.event_id
+                state.pending = before.recall
         events = [stored.event for stored in later]
         return sorted(events, key=lambda event: (event.occurred_at, event.event_id))

@@ -45,8 +45,11 @@ __all__ = [
     "write_jsonl",
 ]
 
-#: CSV column order (the event contract order).
-CSV_COLUMNS: tuple[str, ...] = EVENT_FIELDS
+#: CSV column order (the event contract order). The generated calls book no callback times (a
+#: CALLBACK recalls after its recall_after), so the callback columns would always be empty.
+CSV_COLUMNS: tuple[str, ...] = tuple(
+    name for name in EVENT_FIELDS if name not in ("callback_at", "callback_agent")
+)
 
 # A day's calling window as (open, close); the close is exclusive. None: no calls that day.
 _Window = tuple[time, time] | None

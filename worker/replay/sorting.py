@@ -120,15 +120,18 @@ def _row(key: int, file_index: int, number: int, event: CallResult) -> tuple[Any
         key, file_index, number, event.event_id, event.plan_id, event.lead_id, event.phone_id,
         event.sip_code, event.occurred_at.isoformat(), event.outcome_code, event.timezone,
         event.retry_after_s, event.call_id, dict(event.extra) or None,
+        event.callback_at.isoformat() if event.callback_at is not None else None,
+        event.callback_agent,
     )  # fmt: skip
 
 
 def _event(row: list[Any]) -> CallResult:
     # The event back from its spilled row, without validating again: it was validated on reading.
-    extra = row[13]
+    extra, callback_at = row[13], row[14]
     return CallResult(
         row[3], row[4], row[5], row[6], row[7], datetime.fromisoformat(row[8]),
         row[9], row[10], row[11], row[12],
+        datetime.fromisoformat(callback_at) if callback_at is not None else None, row[15],
         MappingProxyType(extra) if extra else NO_EXTRA,
     )  # fmt: skip
 

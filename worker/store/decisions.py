@@ -149,11 +149,11 @@ def _load_phones(
 
     pending_ids = [s.pending_recall_id for s in states.values() if s.pending_recall_id]
     for among in where_in(session, Recall.recall_id, pending_ids):
-        query = select(Recall.phone_id, Recall.due_at, Recall.source, Recall.rule).where(
-            among, Recall.state.in_(WAITING)
-        )
-        for phone_id, due_at, source, rule in session.execute(query):
-            states[phone_id].pending = PendingRecall(due_at, source, rule)
+        query = select(
+            Recall.phone_id, Recall.due_at, Recall.source, Recall.rule, Recall.reason, Recall.agent
+        ).where(among, Recall.state.in_(WAITING))
+        for phone_id, due_at, source, rule, reason, agent in session.execute(query):
+            states[phone_id].pending = PendingRecall(due_at, source, rule, reason, agent)
 
     lookback = attempt_lookback(rules)
     if lookback:
@@ -221,20 +221,37 @@ def _rewind_late_phones(
         before = None
         if row is not None:
             before = Before(row.event_id, row.occurred_at, row.lead_id, row.plan_id, row.decision)
+            recall_id = row.event_id
+            if row.decision.get("reason") == "callback_pending":
+                # That result left the callback pending: its recall is the one to restore.
+                recall_id = session.scalar(
+                    select(stored.event_id)
+                    .where(stored.phone_id == phone_id, stored.occurred_at <= row.occurred_at,
+                           stored.event_id != row.event_id, stored.action == "recall")
+                    .order_by(stored.occurred_at.desc(), stored.event_id.desc())
+                    .limit(1)
+                )  # fmt: skip
             recall = session.execute(
-                select(Recall.state, Recall.due_at, Recall.source, Recall.rule, Recall.fired_at)
-                .where(Recall.recall_id == row.event_id)
+                select(Recall.state, Recall.due_at, Recall.source, Recall.rule, Recall.reason,
+                       Recall.agent, Recall.fired_at)
+                .where(Recall.recall_id == recall_id)
             ).first()  # fmt: skip
             if recall is not None:
-                pending = PendingRecall(recall.due_at, recall.source, recall.rule)
+                pending = PendingRecall(
+                    recall.due_at, recall.source, recall.rule, recall.reason, recall.agent
+                )
                 before = replace(
-                    before, recall_state=recall.state, recall=pending, fired_at=recall.fired_at
+                    before,
+                    recall_id=recall_id,
+                    recall_state=recall.state,
+                    recall=pending,
+                    fired_at=recall.fired_at,
                 )
         again = timeline.rewind(phone_id, start, later, before)
         if again is None:
             continue
         if before is not None and before.recall_state == "superseded":
-            waiting_again.append(before.event_id)
+            waiting_again.append(before.recall_id or before.event_id)
         redecided.extend(again)
 
     undone = [event.event_id for event in redecided]
@@ -267,7 +284,7 @@ _ATTEMPT_COLUMNS = ("event_id", "phone_id", "occurred_at")
 # later) and turns each into a tuple in this order.
 _RECALL_COLUMNS = (
     "recall_id", "phone_id", "lead_id", "plan_id", "generation", "due_at", "source", "rule",
-    "reason", "state", "created_at", "dispatched_at", "fired_at",
+    "reason", "agent", "state", "created_at", "dispatched_at", "fired_at",
 )  # fmt: skip
 
 
@@ -385,6 +402,7 @@ def _apply_events(
                 "source": scheduled.source,
                 "rule": scheduled.rule,
                 "reason": scheduled.reason,
+                "agent": scheduled.agent,
                 # A replay holds its recalls back from the live dispatcher until it is done.
                 "state": "pending" if now is not None else "held",
                 "created_at": wall,

@@ -120,6 +120,8 @@ class Recall(Base):
     source: Mapped[str] = mapped_column(String(16))
     rule: Mapped[str] = mapped_column(String(80))
     reason: Mapped[str] = mapped_column(String(32))
+    #: The agent who owns a personal callback (the event's callback_agent); null: anyone.
+    agent: Mapped[str | None] = mapped_column(ID)
     #: pending -> fired, or pending -> superseded (a later decision replaced it); a replay's
     #: recalls are "held" (not dispatched) until the replay ends and fires or releases them.
     state: Mapped[str] = mapped_column(String(12), default="pending")

@@ -41,7 +41,13 @@ def _phone_json(row: Phone, recall: Recall | None) -> dict[str, Any]:
         "eligible": row.eligible,
         "eligible_at": _iso(row.eligible_at),
         "pending_recall": (
-            {"due_at": _iso(recall.due_at), "source": recall.source, "rule": recall.rule}
+            {
+                "due_at": _iso(recall.due_at),
+                "source": recall.source,
+                "rule": recall.rule,
+                "reason": recall.reason,
+                "agent": recall.agent,
+            }
             if recall is not None
             else None
         ),

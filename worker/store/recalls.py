@@ -72,6 +72,8 @@ class Fired:
     fired_at: datetime
     source: str
     rule: str
+    #: The agent who owns a personal callback; None: anyone may take it.
+    agent: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -85,6 +87,7 @@ class Fired:
             "fired_at": self.fired_at.isoformat(),
             "source": self.source,
             "rule": self.rule,
+            "agent": self.agent,
         }
 
 
@@ -124,7 +127,7 @@ def fire_recalls(
     # Read the recalls only now: ingestion may have moved (or rewritten) one while we waited.
     recalls: dict[str, Any] = {}
     columns = (Recall.recall_id, Recall.phone_id, Recall.lead_id, Recall.plan_id, Recall.due_at,
-               Recall.source, Recall.rule)  # fmt: skip
+               Recall.source, Recall.rule, Recall.agent)  # fmt: skip
     for among in where_in(session, Recall.recall_id, wanted):
         fresh = select(*columns).where(among, Recall.state == state)
         recalls.update((recall.recall_id, recall) for recall in session.execute(fresh))
@@ -148,6 +151,7 @@ def fire_recalls(
                 at,
                 recall.source,
                 recall.rule,
+                recall.agent,
             )
         )
     update_rows(
