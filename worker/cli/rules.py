@@ -82,7 +82,10 @@ def render(loaded: Rules) -> str:
     lines += ["", "Outcomes (code  kind  recall  description)"]
     for outcome in loaded.outcomes.values():
         recall = f"after {outcome.recall_after}" if outcome.recall == "after" else outcome.recall
-        lines.append(f"  {outcome.code:<11} {outcome.kind:<6} {recall:<12} {outcome.description}")
+        lockout = "  [not same day]" if outcome.not_same_day else ""
+        lines.append(
+            f"  {outcome.code:<11} {outcome.kind:<6} {recall:<12} {outcome.description}{lockout}"
+        )
     for plan in loaded.plans.values():
         lines += ["", f"Plan {plan.id}"]
         lines.append(f"  can_recall:     {'yes' if plan.can_recall else 'no'}")
@@ -94,6 +97,10 @@ def render(loaded: Rules) -> str:
         lines.append(f"  calling_hours:  {shown}")
         caps = ", ".join(str(cap) for cap in plan.max_attempts)
         lines.append(f"  max_attempts:   {caps or '-'}")
+        caps = ", ".join(str(cap) for cap in plan.lead_max_attempts)
+        lines.append(f"  lead_max_attempts: {caps or '-'}")
+        closed = ", ".join(day.isoformat() for day in sorted(plan.closed_dates))
+        lines.append(f"  closed_dates:   {closed or '-'}")
         lines.append(
             f"  max_recalls:    {plan.max_recalls if plan.max_recalls is not None else '-'}"
         )

@@ -13,17 +13,20 @@ from typing import Any
 
 from worker.domain.engine import Decision, PendingRecall, PhoneHistory
 from worker.domain.events import CallResult
-from worker.domain.rules import Rules
+from worker.domain.rules import Duration, Rules
 
 __all__ = ["NewRecall", "PhoneState", "Transition", "attempt_lookback", "decision_json"]
 
 
 def attempt_lookback(rules: Rules) -> timedelta:
-    """How far back attempt caps can look: the longest window of any plan, plus a DST day."""
+    """How far back attempt caps can look: the longest window of any plan, plus a DST day.
+
+    A per-day cap looks back to the local midnight of its day: a day, plus the DST day.
+    """
     longest = timedelta(0)
     for plan in rules.plans.values():
-        for cap in plan.max_attempts:
-            window = cap.within
+        for cap in (*plan.max_attempts, *plan.lead_max_attempts):
+            window = cap.within or Duration(days=1)
             span = timedelta(days=window.days + 1, hours=window.hours, minutes=window.minutes)
             longest = max(longest, span)
     return longest
