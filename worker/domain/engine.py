@@ -26,6 +26,7 @@ __all__ = [
     "adjust_due",
     "decide",
     "local_midnight",
+    "local_text",
     "next_opening",
     "phone_zone",
 ]
@@ -299,7 +300,8 @@ def _offsets(low: int, high: int, tz: pendulum.Timezone) -> list[tuple[int, int,
     return pieces
 
 
-def _local(moment: datetime) -> str:
+def local_text(moment: datetime) -> str:
+    """``moment`` on its zone's wall clock, for explanations (``Wed 2026-01-14 10:00 GMT``)."""
     # Keyed by zone and fold too: equal instants in two zones read differently, and datetimes of
     # one zone compare by wall clock alone, so a repeated hour's two halves would be one key.
     return _local_text(moment, moment.tzinfo, moment.fold)
@@ -438,21 +440,23 @@ def adjust_due(
                 if allowed > due:
                     due = allowed
                     _moved(adjustments, name)
-                    notes.append(f"moved to {_local(due)} by {whose} of {cap}")
+                    notes.append(f"moved to {local_text(due)} by {whose} of {cap}")
         if not_on is not None:
             after = local_midnight(not_on.toordinal() + 1, zone)
             if due < after:
                 due = after
                 _moved(adjustments, "not_same_day")
-                notes.append(f"moved to {_local(due)}: not on the day of the call")
+                notes.append(f"moved to {local_text(due)}: not on the day of the call")
         opening, closed = _open_at(due, plan, zone)
         if opening != due:
             due = opening
             _moved(adjustments, "calling_hours")
             if closed is not None:
-                notes.append(f"moved to {_local(due)}, past the closed date {closed.isoformat()}")
+                notes.append(
+                    f"moved to {local_text(due)}, past the closed date {closed.isoformat()}"
+                )
             else:
-                notes.append(f"moved to the next calling hours, {_local(due)}")
+                notes.append(f"moved to the next calling hours, {local_text(due)}")
         if due == start:
             break
     return due

@@ -55,6 +55,9 @@ class Transition:
     scheduled: NewRecall | None = None
     #: (recall id, new due time) when a late call moved the pending recall later.
     rescheduled: tuple[str, datetime] | None = None
+    #: The pending recalls of the lead's other phones that this call pushed over a lead cap,
+    #: moved later: (phone id, recall id, new due time).
+    moved: tuple[tuple[str, str, datetime], ...] = ()
 
 
 @dataclass(slots=True)
@@ -78,14 +81,18 @@ class PhoneState:
     attempts: list[datetime] = field(default_factory=list)
     #: Event ids taken for this phone, with their times (a dict, so old ones can be forgotten).
     seen: dict[str, datetime] = field(default_factory=dict)
+    #: The zone its pending recall was decided in (the event's, else the plan's): where a lead
+    #: cap re-checks it. Not stored: the store reads it from the deciding event when needed.
+    zone: str | None = None
 
-    def history(self) -> PhoneHistory:
+    def history(self, lead_attempts: tuple[datetime, ...] = ()) -> PhoneHistory:
         return PhoneHistory(
             attempts=tuple(self.attempts),
             last_applied_at=self.last_result_at,
             system_recalls=self.system_recalls,
             pending=self.pending,
             seen_event_ids=self.seen,
+            lead_attempts=lead_attempts,
         )
 
     def take(self, event: CallResult, decision: Decision) -> Transition:

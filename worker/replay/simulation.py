@@ -149,6 +149,8 @@ class Simulation:
         if transition.rescheduled is not None:
             recall_id, due_at = transition.rescheduled
             heapq.heappush(self.due, (due_at.timestamp(), recall_id, event.phone_id, due_at))
+        for phone_id, recall_id, due_at in transition.moved:  # the lead's other phones
+            heapq.heappush(self.due, (due_at.timestamp(), recall_id, phone_id, due_at))
         if transition.scheduled is not None:
             scheduled = transition.scheduled
             heapq.heappush(
