@@ -617,6 +617,31 @@ def test_lead_caps_decide_alike_in_the_worker_and_in_replay(
     }
 
 
+def test_the_summary_and_the_report_count_the_recalls_each_adjustment_moved(
+    tmp_path: Path,
+) -> None:
+    rules_path = tmp_path / "lead.toml"
+    rules_path.write_text(LEAD_RULES, encoding="utf-8")
+    path = write_lines(tmp_path / "lead.jsonl", [p for batch in LEAD_BATCHES for p in batch])
+    report = tmp_path / "report.html"
+    common = ("--dry-run", "--rules", rules_path, "--now", t("00:00", 18))
+
+    result = replay_json(path, *common, "--report", report)
+
+    # c1 (lead cap), d2 and a2 (the day cap), a3 (a closed date), as worked out above.
+    moved = {"max_attempts": 2, "lead_max_attempts": 1, "calling_hours": 1}
+    assert result["summary"]["recalls_by_adjustment"] == moved
+    page = report.read_text(encoding="utf-8")
+    (chart,) = [c for c in page.split("<svg")[1:] if "Recalls moved, by adjustment" in c]
+    # In the order the engine applies them.
+    assert svg_texts(chart, "label") == ["max_attempts", "lead_max_attempts", "calling_hours"]
+    for name, count in moved.items():
+        assert f'<td>recalls by adjustment: {name}</td><td class="n">{count}</td>' in page
+    text = recall("replay", path, *common)
+    assert text.exit_code == 0, (text.output, text.exception)
+    assert "recalls by adjustment: lead_max_attempts" in text.output
+
+
 # --- 5. supersede and firing on the simulated clock ----------------------------------------------
 
 
