@@ -1026,6 +1026,32 @@ def test_the_events_of_one_lead_wait_for_each_other_on_any_phone(
     assert phone_row(db_engine, "K2").last_event_id == "k2"
 
 
+def test_two_workers_on_two_phones_of_one_lead_never_exceed_its_cap(
+    db_engine: Engine, custom_rules: Rules
+) -> None:
+    """Plan ``lead`` allows the lead 2 calls an hour: calls on two of its phones at 10:00 and
+    10:01, taken by two workers at once, leave both recalls at 11:00 (when 10:00 leaves the
+    hour), whichever commits first: the second sees the first's call, and moves its recall."""
+    require_postgresql(db_engine)
+    now = at("2026-01-14T10:02:00+00:00")
+    for round_ in range(6):
+        lead = f"LR{round_}"
+        calls = [
+            event(event_id=f"{lead}-{phone}", phone_id=f"{lead}-{phone}", lead_id=lead,
+                  plan_id="lead", timezone=None, occurred_at=f"2026-01-14T10:0{minute}:00Z")
+            for minute, phone in enumerate("AB")
+        ]  # fmt: skip
+        jobs = [ingesting(call, custom_rules, now) for call in calls]
+        if round_ % 2:
+            jobs.reverse()
+        race(db_engine, *jobs)
+        dues = {r.recall_id: r.due_at for r in table(db_engine, Recall) if r.lead_id == lead}
+        assert dues == {
+            f"{lead}-A": at("2026-01-14T11:00:00Z"),
+            f"{lead}-B": at("2026-01-14T11:00:00Z"),
+        }
+
+
 def lock_waiters(engine: Engine) -> int:
     """Sessions of this database waiting for a lock (a fresh connection: stats are per snapshot)."""
     query = text(
