@@ -418,6 +418,24 @@ def adjust_due(
     moves it. Each adjustment is named in ``adjustments`` once, in the order first applied;
     ``notes`` say what moved it and to when. ``due`` is an instant in ``zone``; so is the result.
     """
+    if not_on is None and not plan.settles_slowly:
+        # Rolling caps and calling hours alone (the replay's hot path) settle in one pass: a
+        # later instant keeps every rolling window it met.
+        if plan.max_attempts:
+            stamps = [attempt.timestamp() for attempt in attempts]
+            for cap in plan.max_attempts:
+                allowed = _cap_allows(cap, due, attempts, stamps, zone)
+                if allowed > due:
+                    due = allowed
+                    _moved(adjustments, "max_attempts")
+                    notes.append(f"moved to {local_text(due)} by the cap of {cap}")
+        if plan.calling_hours is not None:
+            opening = next_opening(due, plan.calling_hours)
+            if opening != due:
+                due = opening
+                adjustments.append("calling_hours")
+                notes.append(f"moved to the next calling hours, {local_text(due)}")
+        return due
     stamps = [attempt.timestamp() for attempt in attempts] if plan.max_attempts else []
     lead: tuple[datetime, ...] = ()
     lead_stamps: list[float] = []
@@ -428,11 +446,9 @@ def adjust_due(
         ("max_attempts", "the cap", plan.max_attempts, attempts, stamps),
         ("lead_max_attempts", "the lead's cap", plan.lead_max_attempts, lead, lead_stamps),
     )
-    # Rolling caps and calling hours alone (the replay's hot path) settle in one pass: a later
-    # instant keeps every rolling window it met. Otherwise each pass can only move `due` later,
-    # until one moves it no more; the bound keeps a contradictory plan from looping.
-    passes = 64 if not_on is not None or plan.settles_slowly else 1
-    for _ in range(passes):
+    # Each pass can only move `due` later, until one moves it no more; the bound keeps a
+    # contradictory plan from looping.
+    for _ in range(64):
         start = due
         for name, whose, limits, counted, counted_stamps in caps:
             for cap in limits:

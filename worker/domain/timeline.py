@@ -180,12 +180,13 @@ class Timeline:
                 fired = (recall_id, pending.due_at)
         if copy_of is not None:
             state.seen.setdefault(event.event_id, copy_of)
-        lead_attempts: tuple[datetime, ...] = ()
-        plan = self.rules.plans.get(event.plan_id)
-        if self.lead_caps and plan is not None and plan.lead_max_attempts:
-            others = self._others(event.lead_id, event.phone_id)
-            lead_attempts = tuple(when for other in others for when in other.attempts)
-        history = state.history(lead_attempts)
+        history = state.history()
+        if self.lead_caps:
+            plan = self.rules.plans.get(event.plan_id)
+            if plan is not None and plan.lead_max_attempts:
+                others = self._others(event.lead_id, event.phone_id)
+                lead = tuple(when for other in others for when in other.attempts)
+                history = state.history(lead)
         decision = decide(event, self.rules, history, now or event.occurred_at)
         transition = state.take(event, decision)
         if self.lead_caps and decision.action not in ("duplicate", "reject"):
