@@ -31,6 +31,7 @@ import orjson
 import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import insert, select, update
+from sqlalchemy.orm import Session
 
 from tests.helpers import SKEW_S, corrupt_gzip, json_of, one_line_error, reset_process_state
 from worker.cli import main
@@ -44,6 +45,7 @@ from worker.replay.sample import generate, iter_generate, write_csv, write_jsonl
 from worker.replay.simulation import Simulation, finish
 from worker.replay.sorting import share_of, sorted_events
 from worker.store.database import make_engine, upgrade
+from worker.store.ingest import ingest
 from worker.store.models import Base, Recall, ReplayRun
 
 REPO = Path(__file__).resolve().parents[2]
@@ -532,6 +534,113 @@ def test_attempt_cap_and_recall_limit_over_a_phones_history(
     assert summary["reasons"] == {"sip_recall": 2, "max_recalls": 1}
     # Both recalls fired (each before the next result), none left.
     assert (summary["recalls_fired"], summary["recalls_pending"]) == (2, 0)
+
+
+# Every kind of cap at once, on a plan whose due times are plain arithmetic (UTC).
+LEAD_RULES = """
+[[plans]]
+id = "lead"
+timezone = "UTC"
+max_attempts = [ { count = 2, per = "day" } ]
+lead_max_attempts = [ { count = 3, within = { hours = 2 } } ]
+closed_dates = ["2026-01-16"]
+"""
+
+
+def lead_ev(event_id: str, phone_id: str, lead: str, clock: str, day: int = 14) -> dict[str, Any]:
+    return {**ev(event_id, phone_id, t(clock, day)), "lead_id": lead, "plan_id": "lead"}
+
+
+# Batches as the worker might take them (each decided as of its latest call).
+LEAD_BATCHES = [
+    [lead_ev("a1", "A", "L1", "09:00"), lead_ev("d1", "D", "L2", "09:00")],
+    [lead_ev("d2", "D", "L2", "09:05")],
+    [lead_ev("b1", "B", "L1", "09:10")],
+    [lead_ev("c1", "C", "L1", "09:20")],
+    [lead_ev("a2", "A", "L1", "11:30")],
+    [lead_ev("e1", "E", "L2", "23:50")],
+    [lead_ev("b2", "B", "L1", "10:00", day=15), lead_ev("c2", "C", "L1", "10:00", day=15)],
+    [lead_ev("a3", "A", "L1", "23:55", day=15)],
+]
+
+
+def test_lead_caps_decide_alike_in_the_worker_and_in_replay(
+    tmp_path: Path, database_url: str
+) -> None:
+    rules_path = tmp_path / "lead.toml"
+    rules_path.write_text(LEAD_RULES, encoding="utf-8")
+    rules = load_rules(rules_path)
+    history = [payload for batch in LEAD_BATCHES for payload in batch]
+    path = write_lines(tmp_path / "lead.jsonl", history)
+    out = tmp_path / "dry.jsonl"
+    replay_json(path, "--dry-run", "--rules", rules_path, "--now", t("00:00", 18), "--output", out)
+    replayed = {d["event_id"]: d for d in read_jsonl(out)}
+
+    engine = make_engine(database_url)
+    worker = {}
+    try:
+        for batch in LEAD_BATCHES:
+            now = max(parse_event(payload).occurred_at for payload in batch)
+            with Session(engine) as session, session.begin():
+                report = ingest(session, batch, rules, now, task="t", skew_s=SKEW_S)
+            worker.update((d.event_id, d.to_json()) for d in report.decisions)
+    finally:
+        engine.dispose()
+
+    # Hand-worked: the lead L1's cap is 3 calls in 2 hours; A, B, C are its phones.
+    due = {key: value["due_at"] for key, value in replayed.items()}
+    assert due == {
+        "a1": t("09:15"),
+        "d1": t("09:15"),
+        # D's second call of the day: the next midnight.
+        "d2": t("00:00", 15),
+        "b1": t("09:25"),
+        # 09:00, 09:10, 09:20: the third latest end of a 2-hour window is 11:00.
+        "c1": t("11:00"),
+        # A's second call of the day: the next midnight.
+        "a2": t("00:00", 15),
+        "e1": t("00:05", 15),
+        "b2": t("10:15", 15),
+        "c2": t("10:15", 15),
+        # 00:10 on the 16th is a closed date: the 17th.
+        "a3": t("00:00", 17),
+    }
+    assert replayed["c1"]["adjustments"] == ["lead_max_attempts"]
+    assert "moved the pending recall of phone B to" in replayed["c1"]["explanation"]
+    assert replayed["a2"]["adjustments"] == ["max_attempts"]
+    assert replayed["a3"]["adjustments"] == ["calling_hours"]
+
+    def without_explanation(decision: dict[str, Any]) -> dict[str, Any]:
+        return {key: value for key, value in decision.items() if key != "explanation"}
+
+    assert {key: without_explanation(value) for key, value in worker.items()} == {
+        key: without_explanation(value) for key, value in replayed.items()
+    }
+
+
+def test_the_summary_and_the_report_count_the_recalls_each_adjustment_moved(
+    tmp_path: Path,
+) -> None:
+    rules_path = tmp_path / "lead.toml"
+    rules_path.write_text(LEAD_RULES, encoding="utf-8")
+    path = write_lines(tmp_path / "lead.jsonl", [p for batch in LEAD_BATCHES for p in batch])
+    report = tmp_path / "report.html"
+    common = ("--dry-run", "--rules", rules_path, "--now", t("00:00", 18))
+
+    result = replay_json(path, *common, "--report", report)
+
+    # c1 (lead cap), d2 and a2 (the day cap), a3 (a closed date), as worked out above.
+    moved = {"max_attempts": 2, "lead_max_attempts": 1, "calling_hours": 1}
+    assert result["summary"]["recalls_by_adjustment"] == moved
+    page = report.read_text(encoding="utf-8")
+    (chart,) = [c for c in page.split("<svg")[1:] if "Recalls moved, by adjustment" in c]
+    # In the order the engine applies them.
+    assert svg_texts(chart, "label") == ["max_attempts", "lead_max_attempts", "calling_hours"]
+    for name, count in moved.items():
+        assert f'<td>recalls by adjustment: {name}</td><td class="n">{count}</td>' in page
+    text = recall("replay", path, *common)
+    assert text.exit_code == 0, (text.output, text.exception)
+    assert "recalls by adjustment: lead_max_attempts" in text.output
 
 
 # --- 5. supersede and firing on the simulated clock ----------------------------------------------

@@ -69,6 +69,11 @@ max_recalls = 2
 [[plans]]
 id = "newplan"
 timezone = "UTC"
+
+[[plans]]
+id = "lead"
+timezone = "UTC"
+lead_max_attempts = [ { count = 2, within = { hours = 1 } } ]
 """
 
 
@@ -349,6 +354,68 @@ def test_max_attempts_counts_the_history_stored_in_the_database(
     assert decision.adjustments == ("max_attempts",)
     (recall,) = [r for r in table(db_engine, Recall) if r.state == "pending"]
     assert (recall.recall_id, recall.due_at) == ("e2", at("2026-01-14T11:00:00+00:00"))
+
+
+def test_lead_caps_count_the_leads_other_phones_across_batches(
+    db_engine: Engine, custom_rules: Rules
+) -> None:
+    """The lead's cap is 2 calls an hour on plan ``lead``; each call in its own transaction, so
+    the lead's other phones are known only from the tables."""
+
+    def call(event_id: str, phone_id: str, clock: str, **fields: Any) -> Any:
+        occurred = f"2026-01-14T{clock}:00+00:00"
+        fields = {"lead_id": "L", "plan_id": "lead", "timezone": None, **fields}
+        payload = event(event_id=event_id, phone_id=phone_id, occurred_at=occurred, **fields)
+        (decision,) = run_ingest(db_engine, [payload], custom_rules, at(occurred)).decisions
+        return decision
+
+    def dues() -> dict[str, tuple[str, datetime]]:
+        return {r.recall_id: (r.state, r.due_at) for r in table(db_engine, Recall)}
+
+    def hhmm(clock: str) -> datetime:
+        return at(f"2026-01-14T{clock}:00+00:00")
+
+    first = call("a1", "A", "10:00", lead_id="L")
+    assert (first.due_at, first.adjustments) == (hhmm("10:15"), ())
+    # B is the lead's second call in the hour: its recall waits until A's 10:00 leaves the
+    # window (11:00), and A's pending 10:15 would now be the lead's third: 11:00 too.
+    second = call("b1", "B", "10:05", lead_id="L")
+    assert (second.due_at, second.adjustments) == (hhmm("11:00"), ("lead_max_attempts",))
+    assert "moved the pending recall of phone A to Wed 2026-01-14 11:00 UTC" in (second.explanation)
+    assert dues() == {"a1": ("pending", hhmm("11:00")), "b1": ("pending", hhmm("11:00"))}
+    # Another lead is another lead.
+    other = call("c1", "C", "10:10", lead_id="L2")
+    assert (other.due_at, other.adjustments) == (hhmm("10:25"), ())
+    # D is the lead's, on a plan without lead caps: its own recall is not capped, but its call
+    # counts for the plans that do cap the lead: at 11:00 the hour holds 10:05 and 10:20, so A
+    # and B wait for 10:05 to leave it.
+    free = call("d1", "D", "10:20", plan_id="newplan")
+    assert (free.due_at, free.adjustments) == (hhmm("10:35"), ())
+    assert dues() == {
+        "a1": ("pending", hhmm("11:05")),
+        "b1": ("pending", hhmm("11:05")),
+        "c1": ("pending", hhmm("10:25")),
+        "d1": ("pending", hhmm("10:35")),
+    }
+    # The phones' last decisions are as decided; only the recalls moved.
+    assert phone_row(db_engine, "A").last_decision["due_at"] == "2026-01-14T10:15:00+00:00"
+    # Four calls at once in one batch are taken in time order, each counting those before it.
+    batch = [
+        event(event_id=f"e{n}", phone_id=f"P{n}", occurred_at=f"2026-01-14T12:0{n}:00+00:00",
+              lead_id="M", plan_id="lead", timezone=None)
+        for n in (3, 1, 2)
+    ]  # fmt: skip
+    decisions = run_ingest(db_engine, batch, custom_rules, hhmm("12:04")).decisions
+    assert [(d.event_id, d.due_at) for d in decisions] == [
+        ("e3", hhmm("13:02")),  # 12:01, 12:02, 12:03: the 2nd latest end is 12:02 + 1 h
+        ("e1", hhmm("12:16")),
+        ("e2", hhmm("13:01")),
+    ]
+    assert {k: v for k, v in dues().items() if k.startswith("e")} == {
+        "e1": ("pending", hhmm("13:02")),  # moved by e2 (13:01), then by e3 (13:02)
+        "e2": ("pending", hhmm("13:02")),
+        "e3": ("pending", hhmm("13:02")),
+    }
 
 
 def test_max_recalls_counts_system_recalls_across_ingests(
@@ -1110,6 +1177,32 @@ def test_the_events_of_one_lead_wait_for_each_other_on_any_phone(
     worker.join(timeout=30)
     assert done.is_set()
     assert phone_row(db_engine, "K2").last_event_id == "k2"
+
+
+def test_two_workers_on_two_phones_of_one_lead_never_exceed_its_cap(
+    db_engine: Engine, custom_rules: Rules
+) -> None:
+    """Plan ``lead`` allows the lead 2 calls an hour: calls on two of its phones at 10:00 and
+    10:01, taken by two workers at once, leave both recalls at 11:00 (when 10:00 leaves the
+    hour), whichever commits first: the second sees the first's call, and moves its recall."""
+    require_postgresql(db_engine)
+    now = at("2026-01-14T10:02:00+00:00")
+    for round_ in range(6):
+        lead = f"LR{round_}"
+        calls = [
+            event(event_id=f"{lead}-{phone}", phone_id=f"{lead}-{phone}", lead_id=lead,
+                  plan_id="lead", timezone=None, occurred_at=f"2026-01-14T10:0{minute}:00Z")
+            for minute, phone in enumerate("AB")
+        ]  # fmt: skip
+        jobs = [ingesting(call, custom_rules, now) for call in calls]
+        if round_ % 2:
+            jobs.reverse()
+        race(db_engine, *jobs)
+        dues = {r.recall_id: r.due_at for r in table(db_engine, Recall) if r.lead_id == lead}
+        assert dues == {
+            f"{lead}-A": at("2026-01-14T11:00:00Z"),
+            f"{lead}-B": at("2026-01-14T11:00:00Z"),
+        }
 
 
 def lock_waiters(engine: Engine) -> int:

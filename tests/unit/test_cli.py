@@ -514,6 +514,53 @@ def test_rules_show_text(runner: CliRunner, operator_rules: Path) -> None:
     assert "Busy Here" in row
 
 
+V2_RULES = """
+[[outcomes]]
+code = "SYSANSMACH"
+not_same_day = false
+
+[[outcomes]]
+code = "LATER"
+kind = "user"
+recall = "after"
+recall_after = { hours = 1 }
+not_same_day = true
+
+[[plans]]
+id = "holidays"
+max_attempts = [ { count = 3, within = { hours = 24 } }, { count = 2, per = "day" } ]
+lead_max_attempts = [ { count = 5, per = "day" } ]
+closed_dates = ["2026-12-26", "2026-12-25"]
+"""
+
+
+def test_rules_show_and_export_the_caps_closed_dates_and_not_same_day(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    operator = tmp_path / "v2.toml"
+    operator.write_text(V2_RULES, encoding="utf-8")
+    shown = run(runner, "rules", "show", "--rules", str(operator))
+    assert_ok(shown)
+    lines = shown.stdout.splitlines()
+    assert "  max_attempts:   3 attempts in 24h, 2 attempts per day" in lines
+    assert "  lead_max_attempts: 5 attempts per day" in lines
+    assert "  closed_dates:   2026-12-25, 2026-12-26" in lines
+    later = next(line for line in lines if line.strip().startswith("LATER "))
+    assert later.endswith("[not same day]")
+    machine = next(line for line in lines if line.strip().startswith("SYSANSMACH "))
+    assert "[not same day]" not in machine
+
+    exported = run(runner, "rules", "export", "--rules", str(operator))
+    assert_ok(exported)
+    path = tmp_path / "exported.toml"
+    path.write_text(exported.stdout, encoding="utf-8")
+    assert same_rules(load_rules(path), load_rules(operator))
+    plan = json_of(run(runner, "rules", "show", "--json", "--rules", str(operator)))["plans"]
+    holidays = next(row for row in plan if row["id"] == "holidays")
+    assert holidays["max_attempts"][1] == {"count": 2, "per": "day"}
+    assert holidays["closed_dates"] == ["2026-12-25", "2026-12-26"]
+
+
 def test_rules_show_json(runner: CliRunner, operator_rules: Path) -> None:
     data = json_of(run(runner, "rules", "show", "--json", "--rules", str(operator_rules)))
     assert data == load_rules(operator_rules).to_toml_data()

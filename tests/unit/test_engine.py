@@ -24,6 +24,10 @@ WEEKDAYS_9_TO_5 = (
     'fri = "09:00-17:00", sat = "10:00-14:00"'
 )
 
+EVERY_DAY_8_TO_21 = ", ".join(
+    f'{day} = "08:00-21:00"' for day in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+)
+
 RULES = f"""
 [defaults]
 # Plans without a timezone of their own get this one.
@@ -122,6 +126,106 @@ timezone = "America/New_York"
 calling_hours = {{ {WEEKDAYS_9_TO_5} }}
 max_attempts = [ {{ count = 3, within = {{ hours = 24 }} }} ]
 max_recalls = 3
+
+# The shipped answer-machine row keeps recalls off the day of the call (not_same_day); the
+# precedence rows above check recall times alone, so it is lifted here (the NSD* outcomes and
+# test_shipped_answer_machine_is_not_recalled_the_same_day cover the lockout).
+[[outcomes]]
+code = "SYSANSMACH"
+not_same_day = false
+
+[[outcomes]]
+code = "NSDSYS"
+kind = "system"
+description = "System, not again today"
+recall = "after"
+recall_after = {{ hours = 1 }}
+not_same_day = true
+
+[[outcomes]]
+code = "NSDUSER"
+kind = "user"
+description = "Agent, not again today"
+recall = "after"
+recall_after = {{ hours = 2 }}
+not_same_day = true
+
+[[outcomes]]
+code = "NSDINH"
+kind = "system"
+description = "No opinion on the time, not again today"
+recall = "inherit"
+not_same_day = true
+
+# Per-day caps, lead caps, closed dates, not_same_day.
+[[plans]]
+id = "day_london"
+timezone = "Europe/London"
+max_attempts = [ {{ count = 2, per = "day" }} ]
+
+[[plans]]
+id = "day_ny"
+timezone = "America/New_York"
+max_attempts = [ {{ count = 2, per = "day" }} ]
+
+[[plans]]
+id = "rolling_and_day"
+timezone = "Europe/London"
+max_attempts = [ {{ count = 3, within = {{ hours = 24 }} }}, {{ count = 2, per = "day" }} ]
+
+[[plans]]
+id = "day_hours"
+timezone = "Europe/London"
+calling_hours = {{ {WEEKDAYS_9_TO_5} }}
+max_attempts = [ {{ count = 2, per = "day" }} ]
+
+[[plans]]
+id = "lead_rolling"
+timezone = "Europe/London"
+lead_max_attempts = [ {{ count = 3, within = {{ hours = 24 }} }} ]
+
+[[plans]]
+id = "lead_day"
+timezone = "Europe/London"
+lead_max_attempts = [ {{ count = 3, per = "day" }} ]
+
+[[plans]]
+id = "phone_and_lead"
+timezone = "Europe/London"
+max_attempts = [ {{ count = 2, per = "day" }} ]
+lead_max_attempts = [ {{ count = 3, within = {{ hours = 24 }} }} ]
+
+[[plans]]
+id = "closed"
+timezone = "Europe/London"
+closed_dates = ["2026-12-25", "2026-12-28"]
+
+[[plans]]
+id = "closed_hours"
+timezone = "Europe/London"
+calling_hours = {{ {WEEKDAYS_9_TO_5} }}
+closed_dates = ["2026-12-25", "2026-12-28"]
+
+[[plans]]
+id = "closed_dst"
+timezone = "Europe/London"
+closed_dates = ["2026-03-28", "2026-03-29", "2026-10-25"]
+
+[[plans]]
+id = "closed_ny"
+timezone = "America/New_York"
+calling_hours = {{ {EVERY_DAY_8_TO_21} }}
+closed_dates = ["2026-03-07"]
+
+[[plans]]
+id = "nsd_plan"
+timezone = "Europe/London"
+system_recalls = {{ NSDSYS = {{ minutes = 45 }} }}
+
+[[plans]]
+id = "nsd_hours"
+timezone = "Europe/London"
+calling_hours = {{ {WEEKDAYS_9_TO_5} }}
 
 # Calling-hours boundaries inside the New York spring-forward gap (2026-03-08 02:00-03:00).
 [[plans]]
@@ -959,6 +1063,334 @@ DST = [
 ]
 
 
+def lead(phone: tuple[str, ...], others: tuple[str, ...]) -> PhoneHistory:
+    """A history with the phone's own attempts and those of the lead's other phones."""
+    return PhoneHistory(
+        attempts=tuple(at(text) for text in phone),
+        lead_attempts=tuple(at(text) for text in others),
+    )
+
+
+MIDNIGHT_15TH = "2026-01-15T00:00:00+00:00"
+
+# Per-day caps, lead caps, closed dates and not_same_day (DESIGN.md section 2, step 7). The
+# default event is Wednesday 2026-01-14 10:00 UTC, SIP 486 (15 minutes); London is GMT in
+# January, New York EST (UTC-5) before 2026-03-08 07:00 UTC and after 2026-11-01 06:00 UTC;
+# London changes on 2026-03-29 and 2026-10-25 at 01:00 UTC. The history is the phone's earlier
+# attempts; this call always counts too.
+CAPS = [
+    # 2 per local day: the 08:00 call and this one fill the 14th; the next local midnight.
+    row(
+        "day-cap-full-next-midnight",
+        {"plan_id": "day_london"},
+        sip(MIDNIGHT_15TH, adjustments=("max_attempts",)),
+        attempts("2026-01-14T08:00:00+00:00"),
+    ),
+    row(
+        "day-cap-yesterday-does-not-count",
+        {"plan_id": "day_london"},
+        sip(T0_PLUS_15M),
+        attempts("2026-01-13T23:30:00+00:00"),
+    ),
+    # Two calls on the 14th, but the recall (00:05) already falls on the 15th, which is empty.
+    row(
+        "day-cap-recall-already-next-day",
+        {"plan_id": "day_london", "occurred_at": "2026-01-14T23:50:00+00:00"},
+        sip("2026-01-15T00:05:00+00:00"),
+        attempts("2026-01-14T08:00:00+00:00"),
+    ),
+    # Days are local: 09:00 and 20:00 EST are both the 14th in New York (not in UTC, where
+    # 20:00 EST is 01:00 on the 15th); full, so midnight EST, 05:00 UTC.
+    row(
+        "day-cap-local-day-not-utc-day",
+        {"plan_id": "day_ny", "occurred_at": "2026-01-14T20:00:00-05:00"},
+        sip("2026-01-15T05:00:00+00:00", adjustments=("max_attempts",)),
+        attempts("2026-01-14T09:00:00-05:00"),
+    ),
+    # New York's 23-hour Sunday 2026-03-08: 00:30 EST and 23:00 EDT are the same local day; the
+    # recall (23:15 EDT) moves to Monday 00:00 EDT, 04:00 UTC.
+    row(
+        "day-cap-new-york-spring-forward-day",
+        {"plan_id": "day_ny", "occurred_at": "2026-03-08T23:00:00-04:00"},
+        sip("2026-03-09T04:00:00+00:00", adjustments=("max_attempts",)),
+        attempts("2026-03-08T00:30:00-05:00"),
+    ),
+    # New York's 25-hour Sunday 2026-11-01: 00:30 EDT and 23:00 EST; Monday 00:00 EST.
+    row(
+        "day-cap-new-york-fall-back-day",
+        {"plan_id": "day_ny", "occurred_at": "2026-11-01T23:00:00-05:00"},
+        sip("2026-11-02T05:00:00+00:00", adjustments=("max_attempts",)),
+        attempts("2026-11-01T00:30:00-04:00"),
+    ),
+    # London's 23-hour Sunday 2026-03-29: 00:30 GMT and 22:00 BST; Monday 00:00 BST.
+    row(
+        "day-cap-london-spring-forward-day",
+        {"plan_id": "day_london", "occurred_at": "2026-03-29T22:00:00+01:00"},
+        sip("2026-03-29T23:00:00+00:00", adjustments=("max_attempts",)),
+        attempts("2026-03-29T00:30:00+00:00"),
+    ),
+    # London's 25-hour Sunday 2026-10-25: 00:30 BST (23:30 UTC the day before) and 23:00 GMT.
+    row(
+        "day-cap-london-fall-back-day",
+        {"plan_id": "day_london", "occurred_at": "2026-10-25T23:00:00+00:00"},
+        sip("2026-10-26T00:00:00+00:00", adjustments=("max_attempts",)),
+        attempts("2026-10-25T00:30:00+01:00"),
+    ),
+    # Rolling 3 in 24 h alone would allow 12:00 (13T12:00 + 24 h); the day is full: midnight.
+    row(
+        "rolling-and-day-day-binds",
+        {"plan_id": "rolling_and_day"},
+        sip(MIDNIGHT_15TH, adjustments=("max_attempts",)),
+        attempts("2026-01-13T12:00:00+00:00", "2026-01-14T08:00:00+00:00"),
+    ),
+    # The 14th holds one call; 3 in 24 h waits for 13T20:00 + 24 h, still the 14th (1 call).
+    row(
+        "rolling-and-day-rolling-binds",
+        {"plan_id": "rolling_and_day"},
+        sip("2026-01-14T20:00:00+00:00", adjustments=("max_attempts",)),
+        attempts("2026-01-13T20:00:00+00:00", "2026-01-13T22:00:00+00:00"),
+    ),
+    # Full day: midnight, then Thursday's opening.
+    row(
+        "day-cap-then-calling-hours",
+        {"plan_id": "day_hours"},
+        sip("2026-01-15T09:00:00+00:00", adjustments=("max_attempts", "calling_hours")),
+        attempts("2026-01-14T08:00:00+00:00"),
+    ),
+    # Friday full: Saturday midnight, opening 10:00.
+    row(
+        "day-cap-friday-to-saturday-opening",
+        {"plan_id": "day_hours", "occurred_at": "2026-01-16T15:00:00+00:00"},
+        sip("2026-01-17T10:00:00+00:00", adjustments=("max_attempts", "calling_hours")),
+        attempts("2026-01-16T09:00:00+00:00"),
+    ),
+    # Lead caps: 3 in 24 h over every phone of the lead.
+    row(
+        "lead-cap-two-phones",
+        {"plan_id": "lead_rolling"},
+        sip("2026-01-15T08:00:00+00:00", adjustments=("lead_max_attempts",)),
+        lead(("2026-01-14T09:00:00+00:00",), ("2026-01-14T08:00:00+00:00",)),
+    ),
+    row(
+        "lead-cap-three-phones",
+        {"plan_id": "lead_rolling"},
+        sip("2026-01-14T12:00:00+00:00", adjustments=("lead_max_attempts",)),
+        lead((), ("2026-01-13T12:00:00+00:00", "2026-01-14T08:00:00+00:00")),
+    ),
+    row(
+        "lead-cap-under",
+        {"plan_id": "lead_rolling"},
+        sip(T0_PLUS_15M),
+        lead((), ("2026-01-13T09:00:00+00:00", "2026-01-14T08:00:00+00:00")),
+    ),
+    row(
+        "lead-cap-counts-the-phones-own",
+        {"plan_id": "lead_rolling"},
+        sip("2026-01-14T12:00:00+00:00", adjustments=("lead_max_attempts",)),
+        lead(("2026-01-13T12:00:00+00:00", "2026-01-14T08:00:00+00:00"), ()),
+    ),
+    row(
+        "lead-cap-per-day",
+        {"plan_id": "lead_day"},
+        sip(MIDNIGHT_15TH, adjustments=("lead_max_attempts",)),
+        lead((), ("2026-01-14T08:00:00+00:00", "2026-01-14T09:00:00+00:00")),
+    ),
+    row(
+        "lead-cap-per-day-other-day",
+        {"plan_id": "lead_day"},
+        sip(T0_PLUS_15M),
+        lead((), ("2026-01-13T08:00:00+00:00", "2026-01-13T09:00:00+00:00")),
+    ),
+    # The phone's day is full (midnight); then the lead's 3 in 24 h (08:00, 09:30 on another
+    # phone, 10:00) waits for 08:00 + 24 h.
+    row(
+        "phone-cap-then-lead-cap",
+        {"plan_id": "phone_and_lead"},
+        sip("2026-01-15T08:00:00+00:00", adjustments=("max_attempts", "lead_max_attempts")),
+        lead(("2026-01-14T08:00:00+00:00",), ("2026-01-14T09:30:00+00:00",)),
+    ),
+    # A plan without lead caps does not look at the lead's other phones.
+    row(
+        "no-lead-cap-other-phones-ignored",
+        {"plan_id": "caps"},
+        sip(T0_PLUS_15M),
+        lead((), ("2026-01-13T12:00:00+00:00", "2026-01-14T08:00:00+00:00")),
+    ),
+    # Closed dates (2026-12-25 is a Friday, 2026-12-28 a Monday).
+    row(
+        "closed-date-next-midnight",
+        {"plan_id": "closed", "occurred_at": "2026-12-24T23:50:00+00:00"},
+        sip("2026-12-26T00:00:00+00:00", adjustments=("calling_hours",)),
+    ),
+    row(
+        "closed-date-not-that-day",
+        {"plan_id": "closed", "occurred_at": "2026-12-24T10:00:00+00:00"},
+        sip("2026-12-24T10:15:00+00:00"),
+    ),
+    # Thursday after 17:00: Friday's opening is on a closed date; Saturday 10:00.
+    row(
+        "closed-date-with-hours",
+        {"plan_id": "closed_hours", "occurred_at": "2026-12-24T16:50:00+00:00"},
+        sip("2026-12-26T10:00:00+00:00", adjustments=("calling_hours",)),
+    ),
+    # Saturday after 14:00: Sunday has no hours, Monday is closed; Tuesday 09:00.
+    row(
+        "closed-date-after-weekend",
+        {"plan_id": "closed_hours", "occurred_at": "2026-12-26T13:50:00+00:00"},
+        sip("2026-12-29T09:00:00+00:00", adjustments=("calling_hours",)),
+    ),
+    # Saturday 2026-03-28 and Sunday 29 closed: Monday 00:00 BST, 23:00 UTC on the Sunday.
+    row(
+        "closed-dates-over-spring-forward",
+        {"plan_id": "closed_dst", "occurred_at": "2026-03-28T10:00:00+00:00"},
+        sip("2026-03-29T23:00:00+00:00", adjustments=("calling_hours",)),
+    ),
+    # 23:05 UTC on the 24th is 00:05 BST on Sunday 25th, closed: Monday 00:00 GMT.
+    row(
+        "closed-date-fall-back-day",
+        {"plan_id": "closed_dst", "occurred_at": "2026-10-24T22:50:00+00:00"},
+        sip("2026-10-26T00:00:00+00:00", adjustments=("calling_hours",)),
+    ),
+    # H24 from Friday 20:00 EST falls on Saturday 2026-03-07 (closed); Sunday's 08:00 is EDT.
+    row(
+        "closed-date-before-new-york-spring-forward",
+        {"plan_id": "closed_ny", "outcome_code": "H24", "occurred_at": "2026-03-06T20:00:00-05:00"},
+        recall(
+            "2026-03-08T12:00:00+00:00",
+            "user_outcome",
+            "outcome:H24",
+            "user_recall",
+            ("calling_hours",),
+        ),
+    ),
+    # not_same_day, whatever rule sets the time: the next local midnight at the earliest.
+    row(
+        "not-same-day-system-outcome",
+        {**OPEN, "outcome_code": "NSDSYS"},
+        recall(
+            MIDNIGHT_15TH,
+            "system_outcome",
+            "outcome:NSDSYS",
+            "system_outcome_recall",
+            ("not_same_day",),
+        ),
+    ),
+    row(
+        "not-same-day-plan-system-recalls",
+        {"plan_id": "nsd_plan", "outcome_code": "NSDSYS"},
+        recall(
+            MIDNIGHT_15TH,
+            "system_outcome",
+            "plan:nsd_plan",
+            "system_outcome_recall",
+            ("not_same_day",),
+        ),
+    ),
+    row(
+        "not-same-day-user-outcome",
+        {**OPEN, "outcome_code": "NSDUSER"},
+        recall(MIDNIGHT_15TH, "user_outcome", "outcome:NSDUSER", "user_recall", ("not_same_day",)),
+    ),
+    row(
+        "not-same-day-sip-decides",
+        {**OPEN, "outcome_code": "NSDINH"},
+        sip(MIDNIGHT_15TH, adjustments=("not_same_day",)),
+    ),
+    row(
+        "not-same-day-call-at-2350-recall-next-day",
+        {**OPEN, "outcome_code": "NSDINH", "occurred_at": "2026-01-14T23:50:00+00:00"},
+        sip("2026-01-15T00:05:00+00:00"),
+    ),
+    # 23:50 EST: the recall (00:50 EST) is the next local day, though the same UTC day.
+    row(
+        "not-same-day-local-day-not-utc-day",
+        {
+            **OPEN,
+            "outcome_code": "NSDSYS",
+            "timezone": "America/New_York",
+            "occurred_at": "2026-01-14T23:50:00-05:00",
+        },
+        recall(
+            "2026-01-15T05:50:00+00:00", "system_outcome", "outcome:NSDSYS", "system_outcome_recall"
+        ),
+    ),
+    row(
+        "not-same-day-new-york-2330",
+        {
+            **OPEN,
+            "outcome_code": "NSDINH",
+            "timezone": "America/New_York",
+            "occurred_at": "2026-01-14T23:30:00-05:00",
+        },
+        sip("2026-01-15T05:00:00+00:00", adjustments=("not_same_day",)),
+    ),
+    row(
+        "not-same-day-then-calling-hours",
+        {"plan_id": "nsd_hours", "outcome_code": "NSDSYS"},
+        recall(
+            "2026-01-15T09:00:00+00:00",
+            "system_outcome",
+            "outcome:NSDSYS",
+            "system_outcome_recall",
+            ("not_same_day", "calling_hours"),
+        ),
+    ),
+    row(
+        "not-same-day-user-friday-to-saturday-opening",
+        {"plan_id": "nsd_hours", "outcome_code": "NSDUSER", "occurred_at": "2026-01-16T16:30:00Z"},
+        recall(
+            "2026-01-17T10:00:00+00:00",
+            "user_outcome",
+            "outcome:NSDUSER",
+            "user_recall",
+            ("not_same_day", "calling_hours"),
+        ),
+    ),
+    # The day cap already moved it off the day: not_same_day has nothing left to do.
+    row(
+        "not-same-day-after-day-cap",
+        {"plan_id": "day_london", "outcome_code": "NSDSYS"},
+        recall(
+            MIDNIGHT_15TH,
+            "system_outcome",
+            "outcome:NSDSYS",
+            "system_outcome_recall",
+            ("max_attempts",),
+        ),
+        attempts("2026-01-14T08:00:00+00:00"),
+    ),
+    # On New York's 25-hour day: 20:00 EST + 1 h is still the 1st; Monday 00:00 EST.
+    row(
+        "not-same-day-new-york-fall-back-day",
+        {
+            **OPEN,
+            "outcome_code": "NSDSYS",
+            "timezone": "America/New_York",
+            "occurred_at": "2026-11-01T20:00:00-05:00",
+        },
+        recall(
+            "2026-11-02T05:00:00+00:00",
+            "system_outcome",
+            "outcome:NSDSYS",
+            "system_outcome_recall",
+            ("not_same_day",),
+        ),
+    ),
+    # London's spring-forward day: Saturday 20:00 GMT + 1 h; Sunday 00:00 GMT.
+    row(
+        "not-same-day-london-before-spring-forward",
+        {**OPEN, "outcome_code": "NSDSYS", "occurred_at": "2026-03-28T20:00:00+00:00"},
+        recall(
+            "2026-03-29T00:00:00+00:00",
+            "system_outcome",
+            "outcome:NSDSYS",
+            "system_outcome_recall",
+            ("not_same_day",),
+        ),
+    ),
+]
+
+
 def _check(
     rules: Rules,
     event: dict[str, Any],
@@ -997,6 +1429,103 @@ def test_adjustments(
     expected: dict[str, Any],
 ) -> None:
     _check(rules, event, history, now, expected)
+
+
+@pytest.mark.parametrize(("event", "history", "now", "expected"), CAPS)
+def test_caps_closed_dates_and_not_same_day(
+    rules: Rules,
+    event: dict[str, Any],
+    history: PhoneHistory,
+    now: str | None,
+    expected: dict[str, Any],
+) -> None:
+    _check(rules, event, history, now, expected)
+
+
+def test_each_adjustment_explained(rules: Rules) -> None:
+    call = make_event(plan_id="phone_and_lead")
+    decision = decide(
+        call,
+        rules,
+        lead(("2026-01-14T08:00:00+00:00",), ("2026-01-14T09:30:00+00:00",)),
+        call.occurred_at,
+    )
+    assert decision.explanation == (
+        "SIP 486 Busy Here recalls after 15m"
+        "; moved to Thu 2026-01-15 00:00 GMT by the cap of 2 attempts per day"
+        "; moved to Thu 2026-01-15 08:00 GMT by the lead's cap of 3 attempts in 24h"
+    )
+    call = make_event(plan_id="nsd_hours", outcome_code="NSDSYS")
+    decision = decide(call, rules, PhoneHistory(), call.occurred_at)
+    assert decision.explanation.endswith(
+        "; moved to Thu 2026-01-15 00:00 GMT: not on the day of the call"
+        "; moved to the next calling hours, Thu 2026-01-15 09:00 GMT"
+    )
+    call = make_event(plan_id="closed_hours", occurred_at="2026-12-24T16:50:00+00:00")
+    decision = decide(call, rules, PhoneHistory(), call.occurred_at)
+    assert decision.explanation.endswith(
+        "; moved to Sat 2026-12-26 10:00 GMT, past the closed date 2026-12-25"
+    )
+
+
+def test_shipped_answer_machine_is_not_recalled_the_same_day() -> None:
+    # The shipped default plan: Wednesday 10:00 GMT + 4 h is the same day; Thursday 00:00,
+    # then its opening at 08:00.
+    call = make_event(plan_id="default", sip_code=200, outcome_code="SYSANSMACH")
+    decision = decide(call, load_rules(), PhoneHistory(), call.occurred_at)
+    assert decision.to_json()["due_at"] == "2026-01-15T08:00:00+00:00"
+    assert decision.adjustments == ("not_same_day", "calling_hours")
+
+
+@pytest.mark.parametrize(
+    ("plan", "history", "late", "moved"),
+    [
+        # 2 per day: the late 09:00 call makes three on the 14th; the 12:15 recall moves to the
+        # next local midnight.
+        pytest.param(
+            "day_london", ("2026-01-14T08:00:00+00:00", "2026-01-14T12:00:00+00:00"),
+            "2026-01-14T09:00:00+00:00", MIDNIGHT_15TH, id="day-cap-full",
+        ),
+        # One call on the 14th already: the late one makes two, and the day is full.
+        pytest.param(
+            "day_london", ("2026-01-14T12:00:00+00:00",),
+            "2026-01-14T09:00:00+00:00", MIDNIGHT_15TH, id="day-cap-reached",
+        ),
+        pytest.param(
+            "day_london", ("2026-01-14T12:00:00+00:00",),
+            "2026-01-13T09:00:00+00:00", None, id="day-cap-other-day",
+        ),
+        # With the hours: midnight, then Thursday 09:00.
+        pytest.param(
+            "day_hours", ("2026-01-14T12:00:00+00:00",),
+            "2026-01-14T09:00:00+00:00", "2026-01-15T09:00:00+00:00", id="day-cap-and-hours",
+        ),
+        # A lead cap counts the phone's own calls too: 08:00, 09:00 and 12:00 are 3 in 24 h,
+        # so the third latest window end, 08:00 + 24 h.
+        pytest.param(
+            "lead_rolling", ("2026-01-14T08:00:00+00:00", "2026-01-14T12:00:00+00:00"),
+            "2026-01-14T09:00:00+00:00", "2026-01-15T08:00:00+00:00", id="lead-cap",
+        ),
+    ],
+)  # fmt: skip
+def test_stale_call_moves_the_pending_recall(
+    rules: Rules, plan: str, history: tuple[str, ...], late: str, moved: str | None
+) -> None:
+    pending = PendingRecall(at("2026-01-14T12:15:00+00:00"), "sip_code", "sip:486", "sip_recall")
+    state = PhoneHistory(
+        attempts=tuple(at(text) for text in history),
+        last_applied_at=at("2026-01-14T12:00:00+00:00"),
+        pending=pending,
+    )
+    call = make_event(plan_id=plan, occurred_at=late)
+    decision = decide(call, rules, state, at("2026-01-14T12:05:00+00:00"))
+    assert (decision.action, decision.reason) == ("stale", "stale")
+    assert decision.due_at is None
+    if moved is None:
+        assert decision.reschedules is None
+    else:
+        assert decision.reschedules is not None
+        assert decision.reschedules.astimezone(UTC).isoformat() == moved
 
 
 @pytest.mark.parametrize(("event", "history", "now", "expected"), DST)

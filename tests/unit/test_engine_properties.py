@@ -513,3 +513,143 @@ def test_calendar_day_into_a_dst_change(start: str, zone: str, expected: str) ->
     got = Duration(days=1).add_to(moment)
     assert got.isoformat() == expected
     assert got == pendulum.instance(moment).in_timezone(zone).add(days=1)
+
+
+# --- Rules v2: per-day and lead caps, closed dates, not_same_day ---------------------------------
+
+# Closed dates on and beside the DST changes of the zones drawn (and a holiday weekend), where
+# the scenarios' instants cluster: London, New York, Sydney, Chatham in 2026 and 2027.
+_CLOSED = (
+    "2026-03-07", "2026-03-08", "2026-03-28", "2026-03-29", "2026-04-04", "2026-04-05",
+    "2026-09-26", "2026-09-27", "2026-10-03", "2026-10-04", "2026-10-24", "2026-10-25",
+    "2026-10-31", "2026-11-01", "2026-12-25", "2026-12-26", "2026-12-28", "2027-03-13",
+    "2027-03-14", "2027-03-27", "2027-03-28", "2027-04-03", "2027-04-04", "2027-09-25",
+    "2027-09-26", "2027-10-02", "2027-10-03", "2027-10-30", "2027-10-31", "2027-11-07",
+)  # fmt: skip
+V2_RULES = f"""
+[[outcomes]]
+code = "SYSBUSY"
+not_same_day = true
+
+[[outcomes]]
+code = "NSDUSER"
+kind = "user"
+recall = "after"
+recall_after = {{ hours = 1 }}
+not_same_day = true
+
+[[outcomes]]
+code = "LATER"
+kind = "user"
+recall = "after"
+recall_after = {{ days = 1, hours = 3 }}
+
+[[plans]]
+id = "v2_hours"
+timezone = "Europe/London"
+calling_hours = {{ mon = "08:00-21:00", tue = "08:00-21:00", wed = "08:00-21:00", thu = "08:00-21:00", fri = "08:00-21:00", sat = "09:00-17:00" }}
+max_attempts = [ {{ count = 3, within = {{ hours = 24 }} }}, {{ count = 2, per = "day" }} ]
+lead_max_attempts = [ {{ count = 4, per = "day" }}, {{ count = 6, within = {{ days = 2 }} }} ]
+closed_dates = {list(_CLOSED)}
+
+[[plans]]
+id = "v2_open"
+timezone = "America/New_York"
+system_recalls = {{ SYSNOANS = {{ minutes = 20 }} }}
+max_attempts = [ {{ count = 2, per = "day" }} ]
+lead_max_attempts = [ {{ count = 3, within = {{ hours = 12 }} }}, {{ count = 5, per = "day" }} ]
+closed_dates = {list(_CLOSED)}
+
+[[plans]]
+id = "v2_closed"
+timezone = "Australia/Sydney"
+calling_hours = {{ sat = "02:00-03:00", sun = "01:30-04:00", mon = "00:00-24:00" }}
+closed_dates = {list(_CLOSED)}
+"""  # noqa: E501
+
+
+@pytest.fixture(scope="module")
+def v2_rules(tmp_path_factory: pytest.TempPathFactory) -> Rules:
+    path: Path = tmp_path_factory.mktemp("v2") / "rules.toml"
+    path.write_text(V2_RULES, encoding="utf-8")
+    return load_rules(path)
+
+
+@st.composite
+def v2_scenarios(draw: st.DrawFn) -> Scenario:
+    instant = draw(instants())
+    event = make_event(
+        plan_id=draw(st.sampled_from(("v2_hours", "v2_open", "v2_closed"))),
+        sip_code=draw(st.sampled_from(COMMON_SIP_CODES) | st.integers(400, 699)),
+        occurred_at=instant.isoformat(),
+        outcome_code=draw(
+            st.none() | st.sampled_from(("SYSANSMACH", "SYSBUSY", "SYSNOANS", "NSDUSER", "LATER"))
+        ),
+        timezone=draw(st.none() | st.sampled_from(ZONES)),
+        retry_after_s=draw(st.none() | st.integers(0, 86400)),
+    )
+    # Calls up to three days back, bunched so that days and windows fill up.
+    before = st.lists(st.integers(1, 3 * 86400) | st.integers(1, 4 * 3600), max_size=8)
+    history = PhoneHistory(
+        attempts=tuple(instant - timedelta(seconds=s) for s in draw(before)),
+        lead_attempts=tuple(instant - timedelta(seconds=s) for s in draw(before)),
+    )
+    return Scenario(event, history, instant + timedelta(seconds=draw(st.integers(0, 7200))))
+
+
+def _local_date(moment: datetime, zone: str) -> object:
+    return moment.astimezone(ZoneInfo(zone)).date()
+
+
+def _broken(rules: Rules, scenario: Scenario, moment: datetime) -> list[str]:
+    """The limits a call at ``moment`` would break (DESIGN.md section 2, step 7)."""
+    plan = rules.plans[scenario.event.plan_id]
+    zone = scenario.event.timezone or plan.timezone
+    day = _local_date(moment, zone)
+    broken = []
+    if day in plan.closed_dates:
+        broken.append("closed date")
+    if plan.calling_hours is not None and not _open(moment.timestamp(), zone, plan.calling_hours):
+        broken.append("calling hours")
+    outcome = rules.outcomes.get(scenario.event.outcome_code or "")
+    same_day = day == _local_date(scenario.event.occurred_at, zone)
+    if outcome is not None and outcome.not_same_day and same_day:
+        broken.append("not_same_day")
+    phone = [*scenario.history.attempts, scenario.event.occurred_at]
+    lead = [*phone, *scenario.history.lead_attempts]
+    for caps, times in ((plan.max_attempts, phone), (plan.lead_max_attempts, lead)):
+        for cap in caps:
+            if cap.within is None:
+                inside = [a for a in times if _local_date(a, zone) == day]
+            else:
+                local = [pendulum.instance(a).in_timezone(zone) for a in times]
+                inside = [a for a in local if cap.within.add_to(a) > moment]
+            if len(inside) >= cap.count:  # the recall would be one call too many
+                broken.append(str(cap))
+    return broken
+
+
+@settings(max_examples=400, deadline=None)
+@given(v2_scenarios())
+def test_a_recall_keeps_every_v2_limit(v2_rules: Rules, scenario: Scenario) -> None:
+    decision = decide(scenario.event, v2_rules, scenario.history, scenario.now)
+    if decision.action != "recall":
+        return
+    assert decision.due_at is not None
+    assert _broken(v2_rules, scenario, decision.due_at) == [], decision.explanation
+    # Each adjustment is named once.
+    assert len(set(decision.adjustments)) == len(decision.adjustments)
+
+
+@settings(max_examples=300, deadline=None)
+@given(v2_scenarios())
+def test_the_v2_limits_move_a_recall_no_later_than_needed(
+    v2_rules: Rules, scenario: Scenario
+) -> None:
+    """The earliest instant: a second before the due time, some limit was broken."""
+    decision = decide(scenario.event, v2_rules, scenario.history, scenario.now)
+    if decision.action != "recall" or not set(decision.adjustments) - {"retry_after"}:
+        return
+    assert decision.due_at is not None
+    earlier = decision.due_at - timedelta(seconds=1)
+    assert _broken(v2_rules, scenario, earlier), decision.explanation

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import tomllib
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -156,6 +157,7 @@ def test_callback_policy_round_trips(write_rules, tmp_path: Path) -> None:
         "description": "",
         "recall": "callback",
         "recall_after": {"hours": 2},
+        "not_same_day": False,
     }
     # A shipped user outcome made a callback keeps its recall_after as the fallback.
     assert rows["NOTNOW"]["recall"] == "callback"
@@ -396,6 +398,41 @@ def test_new_plan_full(write_rules) -> None:
     assert plan.max_recalls == 0
 
 
+def test_caps_closed_dates_and_not_same_day(defaults: Rules, write_rules) -> None:
+    rules = load_rules(
+        write_rules(
+            '[[plans]]\nid = "full"\n'
+            "max_attempts = [ { count = 3, within = { hours = 24 } }, "
+            '{ count = 2, per = "day" } ]\n'
+            "lead_max_attempts = [ { count = 6, within = { days = 1 } }, "
+            '{ count = 4, per = "day" } ]\n'
+            'closed_dates = ["2026-12-26", 2026-12-25, "2027-01-01"]\n'
+            + _outcome(
+                'code = "LATER"\nkind = "user"\nrecall = "after"\n'
+                "recall_after = { hours = 1 }\nnot_same_day = true"
+            )
+        )
+    )
+    plan = rules.plans["full"]
+    assert plan.max_attempts == (AttemptCap(3, Duration(hours=24)), AttemptCap(2, per="day"))
+    assert plan.lead_max_attempts == (
+        AttemptCap(6, Duration(days=1)),
+        AttemptCap(4, per="day"),
+    )
+    assert plan.closed_dates == {date(2026, 12, 25), date(2026, 12, 26), date(2027, 1, 1)}
+    assert [str(cap) for cap in plan.max_attempts] == ["3 attempts in 24h", "2 attempts per day"]
+    assert rules.outcomes["LATER"].not_same_day is True
+    assert rules.outcomes["SYSBUSY"].not_same_day is False
+    # The shipped answer-machine row keeps the Ofcom same-day lockout.
+    assert defaults.outcomes["SYSANSMACH"].not_same_day is True
+    assert defaults.plans["default"].lead_max_attempts == ()
+    assert defaults.plans["default"].closed_dates == frozenset()
+    # An operator may lift it, field by field.
+    lifted = load_rules(write_rules(_outcome('code = "SYSANSMACH"\nnot_same_day = false')))
+    assert lifted.outcomes["SYSANSMACH"].not_same_day is False
+    assert lifted.outcomes["SYSANSMACH"].recall_after == Duration(hours=4)
+
+
 def test_override_field_of_default_plan_keeps_the_others(defaults: Rules, write_rules) -> None:
     rules = load_rules(write_rules('[[plans]]\nid = "default"\nmax_recalls = 3\n'))
     before, after = defaults.plans["default"], rules.plans["default"]
@@ -464,9 +501,105 @@ BROKEN = [
     ),
     pytest.param(_plan("colour = 1"), ("plans[0]", "colour", "unknown key"), id="unknown-key-plan"),
     pytest.param(
-        _plan("max_attempts = [ { count = 3, within = { hours = 1 }, per = 2 } ]"),
-        ("plans[0] (id x): max_attempts[0]", "per", "unknown key"),
+        _plan("max_attempts = [ { count = 3, within = { hours = 1 }, every = 2 } ]"),
+        ("plans[0] (id x): max_attempts[0]", "every", "unknown key"),
         id="unknown-key-cap",
+    ),
+    # caps of both kinds, lead caps, closed dates, not_same_day
+    pytest.param(
+        _plan('max_attempts = [ { count = 2, per = "week" } ]'),
+        ("plans[0] (id x): max_attempts[0]", "per", "must be 'day'", "'week'"),
+        id="cap-per-not-day",
+    ),
+    pytest.param(
+        _plan("max_attempts = [ { count = 2, per = 1 } ]"),
+        ("plans[0] (id x): max_attempts[0]", "per", "string"),
+        id="cap-per-not-string",
+    ),
+    pytest.param(
+        _plan('max_attempts = [ { count = 2, per = "day", within = { hours = 1 } } ]'),
+        ("plans[0] (id x): max_attempts[0]", "per", "within"),
+        id="cap-both-within-and-per",
+    ),
+    pytest.param(
+        _plan('max_attempts = [ { per = "day" } ]'),
+        ("plans[0] (id x): max_attempts[0]", "count", "required"),
+        id="cap-per-day-count-missing",
+    ),
+    pytest.param(
+        _plan('max_attempts = [ { count = 0, per = "day" } ]'),
+        ("plans[0] (id x): max_attempts[0]", "count", "at least 1"),
+        id="cap-per-day-count-zero",
+    ),
+    pytest.param(
+        _plan("lead_max_attempts = 3"),
+        ("plans[0] (id x)", "lead_max_attempts", "array"),
+        id="lead-cap-not-array",
+    ),
+    pytest.param(
+        _plan("lead_max_attempts = [ { count = 3 } ]"),
+        ("plans[0] (id x): lead_max_attempts[0]", "within", "required"),
+        id="lead-cap-kind-missing",
+    ),
+    pytest.param(
+        _plan('lead_max_attempts = [ { count = 3, per = "month" } ]'),
+        ("plans[0] (id x): lead_max_attempts[0]", "per", "must be 'day'"),
+        id="lead-cap-per-not-day",
+    ),
+    pytest.param(
+        _plan('lead_max_attempts = [ { count = 3, per = "day", within = { days = 1 } } ]'),
+        ("plans[0] (id x): lead_max_attempts[0]", "per", "within"),
+        id="lead-cap-both",
+    ),
+    pytest.param(
+        _plan("lead_max_attempts = [ { count = 3, within = { weeks = 1 } } ]"),
+        ("plans[0] (id x): lead_max_attempts[0]", "within", "unknown unit"),
+        id="lead-cap-bad-window",
+    ),
+    pytest.param(
+        _plan("lead_max_attempts = [ { count = -1, per = 'day' } ]"),
+        ("plans[0] (id x): lead_max_attempts[0]", "count", "at least 1"),
+        id="lead-cap-count-negative",
+    ),
+    pytest.param(
+        _plan('closed_dates = "2026-12-25"'),
+        ("plans[0] (id x)", "closed_dates", "array"),
+        id="closed-dates-not-array",
+    ),
+    pytest.param(
+        _plan('closed_dates = ["2026-12-25", "2026-02-30"]'),
+        ("plans[0] (id x)", "closed_dates[1]", "date like", "2026-02-30"),
+        id="closed-date-impossible",
+    ),
+    pytest.param(
+        _plan('closed_dates = ["25/12/2026"]'),
+        ("plans[0] (id x)", "closed_dates[0]", "date like"),
+        id="closed-date-bad-format",
+    ),
+    pytest.param(
+        _plan('closed_dates = ["2026-W52-5"]'),
+        ("plans[0] (id x)", "closed_dates[0]", "date like"),
+        id="closed-date-week-form",
+    ),
+    pytest.param(
+        _plan("closed_dates = [20261225]"),
+        ("plans[0] (id x)", "closed_dates[0]", "date like"),
+        id="closed-date-integer",
+    ),
+    pytest.param(
+        _plan("closed_dates = [2026-12-25T10:00:00Z]"),
+        ("plans[0] (id x)", "closed_dates[0]", "date like"),
+        id="closed-date-datetime",
+    ),
+    pytest.param(
+        _plan('closed_dates = ["2026-12-25", "2026-12-26", "2026-12-25"]'),
+        ("plans[0] (id x)", "closed_dates[2]", "duplicate of closed_dates[0]"),
+        id="closed-date-duplicate",
+    ),
+    pytest.param(
+        _outcome('code = "SYSANSMACH"\nnot_same_day = "yes"'),
+        ("outcomes[0] (code SYSANSMACH)", "not_same_day", "true or false"),
+        id="not-same-day-not-boolean",
     ),
     # wrong types
     pytest.param(
@@ -1032,7 +1165,18 @@ def test_round_trip_of_merged_rules(write_rules, tmp_path: Path) -> None:
                 "max_attempts = [ { count = 2, within = { days = 1, hours = 1 } } ]\n"
                 "max_recalls = 0"
             )
-            + '[[plans]]\nid = "default"\ncan_recall = false\n'
+            + _plan(
+                'max_attempts = [ { count = 2, per = "day" } ]\n'
+                "lead_max_attempts = [ { count = 5, within = { hours = 12 } }, "
+                '{ count = 3, per = "day" } ]\n'
+                'closed_dates = ["2027-01-01", "2026-12-25"]'
+            ).replace('id = "x"', 'id = "y"')  # after "x": the export lists plans by id
+            + _outcome(
+                'code = "LATER"\nkind = "user"\nrecall = "after"\n'
+                "recall_after = { hours = 1 }\nnot_same_day = true"
+            )
+            + _outcome('code = "SYSANSMACH"\nnot_same_day = false')
+            + '[[plans]]\nid = "default"\ncan_recall = false\nmax_attempts = []\n'
         )
     )
     path = tmp_path / "export.toml"
@@ -1042,3 +1186,9 @@ def test_round_trip_of_merged_rules(write_rules, tmp_path: Path) -> None:
     assert again.plans["x"].timezone == "America/Chicago"
     assert again.sip_codes[450].builtin is False
     assert again.sip_codes[486].builtin is True
+    assert again.plans["y"].closed_dates == {date(2026, 12, 25), date(2027, 1, 1)}
+    assert again.plans["y"].lead_max_attempts[1] == AttemptCap(3, per="day")
+    assert again.outcomes["LATER"].not_same_day is True
+    assert again.outcomes["SYSANSMACH"].not_same_day is False
+    # An emptied shipped field stays empty (not the shipped value again).
+    assert again.plans["default"].max_attempts == ()

@@ -381,7 +381,8 @@ def _text(result: dict[str, Any], rejects_written: bool = False) -> str:
 
     row("events", lambda s: s["events"])
     keys: dict[str, list[str]] = {}
-    for section in ("actions", "reasons", "sources", "recalls_by_sip_class"):
+    sections = ("actions", "reasons", "sources", "recalls_by_sip_class", "recalls_by_adjustment")
+    for section in sections:
         keys[section] = sorted({key for _, s in summaries for key in s[section]})
         for key in keys[section]:
             row(f"{section.replace('_', ' ')}: {key}", lambda s, a=section, k=key: s[a].get(k, 0))

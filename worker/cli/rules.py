@@ -162,7 +162,10 @@ def render(loaded: Rules) -> str:
             recall = f"after {outcome.recall_after}"
         elif outcome.recall == "callback":  # at the event's callback_at, else after recall_after
             recall = f"callback/{outcome.recall_after}"
-        lines.append(f"  {outcome.code:<11} {outcome.kind:<6} {recall:<12} {outcome.description}")
+        lockout = "  [not same day]" if outcome.not_same_day else ""
+        lines.append(
+            f"  {outcome.code:<11} {outcome.kind:<6} {recall:<12} {outcome.description}{lockout}"
+        )
     for plan in loaded.plans.values():
         lines += ["", f"Plan {plan.id}"]
         lines.append(f"  can_recall:     {'yes' if plan.can_recall else 'no'}")
@@ -174,6 +177,10 @@ def render(loaded: Rules) -> str:
         lines.append(f"  calling_hours:  {shown}")
         caps = ", ".join(str(cap) for cap in plan.max_attempts)
         lines.append(f"  max_attempts:   {caps or '-'}")
+        caps = ", ".join(str(cap) for cap in plan.lead_max_attempts)
+        lines.append(f"  lead_max_attempts: {caps or '-'}")
+        closed = ", ".join(day.isoformat() for day in sorted(plan.closed_dates))
+        lines.append(f"  closed_dates:   {closed or '-'}")
         lines.append(
             f"  max_recalls:    {plan.max_recalls if plan.max_recalls is not None else '-'}"
         )

@@ -16,14 +16,17 @@ from typing import Any, Literal
 import pendulum
 
 from worker.domain.events import CallResult
-from worker.domain.rules import CallingHours, Duration, Outcome, Plan, Rules
+from worker.domain.rules import AttemptCap, CallingHours, Duration, Outcome, Plan, Rules
 
 __all__ = [
     "APPLYING_ACTIONS",
     "Decision",
     "PendingRecall",
     "PhoneHistory",
+    "adjust_due",
     "decide",
+    "local_midnight",
+    "local_text",
     "next_opening",
     "phone_zone",
 ]
@@ -53,6 +56,8 @@ class PhoneHistory:
     ``attempts`` are the times of earlier call results (any order); ``system_recalls`` counts the
     system recalls scheduled for the phone so far; ``seen_event_ids`` answers whether this event
     was already processed (the worker passes the id it found, replay a per-phone set).
+    ``lead_attempts`` are the times of the call results on the lead's other phones (what
+    ``lead_max_attempts`` counts besides the phone's own); only needed when the plan has such caps.
     """
 
     attempts: tuple[datetime, ...] = ()
@@ -60,6 +65,7 @@ class PhoneHistory:
     system_recalls: int = 0
     pending: PendingRecall | None = None
     seen_event_ids: Container[str] = frozenset()
+    lead_attempts: tuple[datetime, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,7 +321,8 @@ def _offsets(low: int, high: int, tz: pendulum.Timezone) -> list[tuple[int, int,
     return pieces
 
 
-def _local(moment: datetime) -> str:
+def local_text(moment: datetime) -> str:
+    """``moment`` on its zone's wall clock, for explanations (``Wed 2026-01-14 10:00 GMT``)."""
     # Keyed by zone and fold too: equal instants in two zones read differently, and datetimes of
     # one zone compare by wall clock alone, so a repeated hour's two halves would be one key.
     return _local_text(moment, moment.tzinfo, moment.fold)
@@ -333,40 +340,162 @@ def _window_end(attempt: datetime, zone: pendulum.Timezone, within: Duration) ->
     return within.add_to(attempt.astimezone(zone))
 
 
-def _respect_caps_and_hours(
+@lru_cache(maxsize=65_536)
+def local_midnight(ordinal: int, zone: pendulum.Timezone) -> datetime:
+    """The first instant of local date ``ordinal`` in ``zone``.
+
+    Midnight itself, or, where the clocks skip midnight that day, the end of the gap; where
+    midnight is read twice, its first occurrence.
+    """
+    wall = datetime.fromordinal(ordinal)
+    first: datetime = zone.convert(wall.replace(fold=0))
+    if first.replace(tzinfo=None) != wall:  # in a gap: the first instant after it
+        first = zone.convert(wall.replace(fold=1))
+    return first
+
+
+def _day_bounds(moment: datetime, zone: pendulum.Timezone) -> tuple[float, datetime]:
+    """The start (epoch seconds) of ``moment``'s local date and the next local midnight."""
+    ordinal = moment.astimezone(zone).toordinal()
+    return local_midnight(ordinal, zone).timestamp(), local_midnight(ordinal + 1, zone)
+
+
+def _cap_allows(
+    cap: AttemptCap,
+    due: datetime,
+    attempts: tuple[datetime, ...],
+    stamps: list[float],
+    zone: pendulum.Timezone,
+) -> datetime:
+    """The earliest instant at or after ``due`` at which ``attempts`` leave room under ``cap``.
+
+    ``stamps`` are the attempts' epoch seconds, worked out once for all caps.
+    """
+    within = cap.within
+    if within is None:  # per local calendar day
+        # Moving to the next midnight may meet a day that is full too (calls booked ahead).
+        for _ in range(len(stamps) + 1):
+            start, after = _day_bounds(due, zone)
+            end = after.timestamp()
+            if sum(start <= stamp < end for stamp in stamps) < cap.count:
+                break
+            due = after
+        return due
+    # Only attempts whose window can still be open at `due` count; skipping the rest before any
+    # zone arithmetic keeps a long history cheap.
+    horizon = due.timestamp() - within.longest_seconds
+    recent = [a for a, stamp in zip(attempts, stamps, strict=True) if stamp > horizon]
+    if len(recent) < cap.count:
+        return due
+    # An attempt holds a place in the window until its end; count-1 may stay, so wait for the
+    # count-th latest end. Ends, not attempts, are sorted: adding calendar days need not keep
+    # the order of times inside a repeated DST hour.
+    ends = sorted((_window_end(attempt, zone, within) for attempt in recent), reverse=True)
+    return max(due, ends[cap.count - 1])
+
+
+def _open_at(due: datetime, plan: Plan, zone: pendulum.Timezone) -> tuple[datetime, date | None]:
+    """The first instant at or after ``due`` in the calling hours and not on a closed date.
+
+    Also returns the last closed date skipped, if any (for the explanation).
+    """
+    skipped = None
+    for _ in range(len(plan.closed_dates) + 1):
+        if plan.calling_hours is not None:
+            due = next_opening(due, plan.calling_hours)
+        if not plan.closed_dates:
+            break
+        day = due.astimezone(zone).date()
+        if day not in plan.closed_dates:
+            break
+        skipped = day
+        due = local_midnight(day.toordinal() + 1, zone)
+    return due, skipped
+
+
+def _moved(adjustments: list[str], name: str) -> None:
+    if name not in adjustments:
+        adjustments.append(name)
+
+
+def adjust_due(
     due: datetime,
     plan: Plan,
     attempts: tuple[datetime, ...],
     zone: pendulum.Timezone,
     adjustments: list[str],
     notes: list[str],
+    *,
+    lead_attempts: tuple[datetime, ...] = (),
+    not_on: date | None = None,
 ) -> datetime:
-    """Move ``due`` later as the plan's attempt caps and then its calling hours require."""
-    stamps = [attempt.timestamp() for attempt in attempts] if plan.max_attempts else []
-    for cap in plan.max_attempts:
-        # Only attempts whose window can still be open at `due` count; skipping the rest
-        # before any zone arithmetic keeps a long history cheap.
-        horizon = due.timestamp() - cap.within.longest_seconds
-        recent = [a for a, stamp in zip(attempts, stamps, strict=True) if stamp > horizon]
-        if len(recent) < cap.count:
-            continue
-        # An attempt holds a place in the window until its end; count-1 may stay, so wait
-        # for the count-th latest end. Ends, not attempts, are sorted: adding calendar days
-        # need not keep the order of times inside a repeated DST hour.
-        ends = sorted((_window_end(a, zone, cap.within) for a in recent), reverse=True)
-        allowed = ends[cap.count - 1]
-        if allowed > due:
-            due = allowed
-            if "max_attempts" not in adjustments:
-                adjustments.append("max_attempts")
-            notes.append(f"moved to {_local(due)} by the cap of {cap}")
+    """Move ``due`` to the earliest instant at or after it that every limit of ``plan`` allows.
 
-    if plan.calling_hours is not None:
-        opening = next_opening(due, plan.calling_hours)
+    The limits (DESIGN.md section 2, step 7): ``max_attempts`` over the phone's ``attempts``,
+    ``lead_max_attempts`` over those and the lead's other phones' ``lead_attempts`` (``attempts``
+    includes the call being decided, where there is one), never on the local date ``not_on``
+    (the call's, when its outcome says ``not_same_day``), and the calling hours without the
+    closed dates. Moving for one limit may break another, so they are applied in turn until none
+    moves it. Each adjustment is named in ``adjustments`` once, in the order first applied;
+    ``notes`` say what moved it and to when. ``due`` is an instant in ``zone``; so is the result.
+    """
+    if not_on is None and not plan.settles_slowly:
+        # Rolling caps and calling hours alone (the replay's hot path) settle in one pass: a
+        # later instant keeps every rolling window it met.
+        if plan.max_attempts:
+            stamps = [attempt.timestamp() for attempt in attempts]
+            for cap in plan.max_attempts:
+                allowed = _cap_allows(cap, due, attempts, stamps, zone)
+                if allowed > due:
+                    due = allowed
+                    _moved(adjustments, "max_attempts")
+                    notes.append(f"moved to {local_text(due)} by the cap of {cap}")
+        if plan.calling_hours is not None:
+            opening = next_opening(due, plan.calling_hours)
+            if opening != due:
+                due = opening
+                adjustments.append("calling_hours")
+                notes.append(f"moved to the next calling hours, {local_text(due)}")
+        return due
+    stamps = [attempt.timestamp() for attempt in attempts] if plan.max_attempts else []
+    lead: tuple[datetime, ...] = ()
+    lead_stamps: list[float] = []
+    if plan.lead_max_attempts:
+        lead = (*attempts, *lead_attempts)
+        lead_stamps = [attempt.timestamp() for attempt in lead]
+    caps = (
+        ("max_attempts", "the cap", plan.max_attempts, attempts, stamps),
+        ("lead_max_attempts", "the lead's cap", plan.lead_max_attempts, lead, lead_stamps),
+    )
+    # Each pass can only move `due` later, until one moves it no more; the bound keeps a
+    # contradictory plan from looping.
+    for _ in range(64):
+        start = due
+        for name, whose, limits, counted, counted_stamps in caps:
+            for cap in limits:
+                allowed = _cap_allows(cap, due, counted, counted_stamps, zone)
+                if allowed > due:
+                    due = allowed
+                    _moved(adjustments, name)
+                    notes.append(f"moved to {local_text(due)} by {whose} of {cap}")
+        if not_on is not None:
+            after = local_midnight(not_on.toordinal() + 1, zone)
+            if due < after:
+                due = after
+                _moved(adjustments, "not_same_day")
+                notes.append(f"moved to {local_text(due)}: not on the day of the call")
+        opening, closed = _open_at(due, plan, zone)
         if opening != due:
             due = opening
-            adjustments.append("calling_hours")
-            notes.append(f"moved to the next calling hours, {_local(due)}")
+            _moved(adjustments, "calling_hours")
+            if closed is not None:
+                notes.append(
+                    f"moved to {local_text(due)}, past the closed date {closed.isoformat()}"
+                )
+            else:
+                notes.append(f"moved to the next calling hours, {local_text(due)}")
+        if due == start:
+            break
     return due
 
 
@@ -391,16 +520,18 @@ def decide(event: CallResult, rules: Rules, history: PhoneHistory, now: datetime
         last = _utc_iso(history.last_applied_at)
         text = f"older than the last applied result ({last})"
         pending = history.pending
-        if pending is None or not plan.max_attempts:
+        if pending is None or not (plan.max_attempts or plan.lead_max_attempts):
             return plain("stale", "stale", text)
         # It changes no decision, but it was a call: the pending recall must still respect the
-        # caps with it counted, as it would have had the calls arrived in order.
+        # caps with it counted, as it would have had the calls arrived in order. (Its own
+        # not_same_day was applied when it was decided; this call decides no recall.)
         zone = timezone(phone_zone(rules, event))
         due = pending.due_at.astimezone(zone)
         notes: list[str] = []
-        moved = _respect_caps_and_hours(
-            due, plan, (*history.attempts, event.occurred_at), zone, [], notes
-        )
+        moved = adjust_due(
+            due, plan, (*history.attempts, event.occurred_at), zone, [], notes,
+            lead_attempts=history.lead_attempts,
+        )  # fmt: skip
         if moved == due:
             return plain("stale", "stale", text)
         return Decision(
@@ -419,7 +550,7 @@ def decide(event: CallResult, rules: Rules, history: PhoneHistory, now: datetime
         and event.occurred_at < supersedes.due_at
     ):
         # A pending callback is a promise to the customer: a system rule does not move it.
-        booked = _local(supersedes.due_at.astimezone(timezone(phone_zone(rules, event))))
+        booked = local_text(supersedes.due_at.astimezone(timezone(phone_zone(rules, event))))
         text = (
             f"{verdict.text}, but the callback for {booked} ({supersedes.rule}) is pending:"
             " no recall; the callback keeps its time"
@@ -450,7 +581,7 @@ def decide(event: CallResult, rules: Rules, history: PhoneHistory, now: datetime
         personal = f" (agent {agent})" if agent is not None else ""
         if event.callback_at is not None:
             due = event.callback_at.astimezone(zone)
-            reason, text = "callback", f"{text}{personal} for {_local(due)}"
+            reason, text = "callback", f"{text}{personal} for {local_text(due)}"
         else:
             due = verdict.after.add_to(occurred)
             warnings = (*warnings, "callback_at_missing")
@@ -480,9 +611,12 @@ def decide(event: CallResult, rules: Rules, history: PhoneHistory, now: datetime
         due = now.astimezone(zone)
         notes.append("already due when decided, so due now")
 
-    due = _respect_caps_and_hours(
-        due, plan, (*history.attempts, event.occurred_at), zone, adjustments, notes
-    )
+    outcome = rules.outcomes.get(event.outcome_code) if event.outcome_code else None
+    due = adjust_due(
+        due, plan, (*history.attempts, event.occurred_at), zone, adjustments, notes,
+        lead_attempts=history.lead_attempts,
+        not_on=occurred.date() if outcome is not None and outcome.not_same_day else None,
+    )  # fmt: skip
 
     return Decision(
         event.event_id,

@@ -13,17 +13,20 @@ from typing import Any
 
 from worker.domain.engine import Decision, PendingRecall, PhoneHistory
 from worker.domain.events import CallResult
-from worker.domain.rules import Rules
+from worker.domain.rules import Duration, Rules
 
 __all__ = ["NewRecall", "PhoneState", "Transition", "attempt_lookback", "decision_json"]
 
 
 def attempt_lookback(rules: Rules) -> timedelta:
-    """How far back attempt caps can look: the longest window of any plan, plus a DST day."""
+    """How far back attempt caps can look: the longest window of any plan, plus a DST day.
+
+    A per-day cap looks back to the local midnight of its day: a day, plus the DST day.
+    """
     longest = timedelta(0)
     for plan in rules.plans.values():
-        for cap in plan.max_attempts:
-            window = cap.within
+        for cap in (*plan.max_attempts, *plan.lead_max_attempts):
+            window = cap.within or Duration(days=1)
             span = timedelta(days=window.days + 1, hours=window.hours, minutes=window.minutes)
             longest = max(longest, span)
     return longest
@@ -54,6 +57,9 @@ class Transition:
     scheduled: NewRecall | None = None
     #: (recall id, new due time) when a late call moved the pending recall later.
     rescheduled: tuple[str, datetime] | None = None
+    #: The pending recalls of the lead's other phones that this call pushed over a lead cap,
+    #: moved later: (phone id, recall id, new due time).
+    moved: tuple[tuple[str, str, datetime], ...] = ()
 
 
 @dataclass(slots=True)
@@ -77,14 +83,18 @@ class PhoneState:
     attempts: list[datetime] = field(default_factory=list)
     #: Event ids taken for this phone, with their times (a dict, so old ones can be forgotten).
     seen: dict[str, datetime] = field(default_factory=dict)
+    #: The zone its pending recall was decided in (the event's, else the plan's): where a lead
+    #: cap re-checks it. Not stored: the store reads it from the deciding event when needed.
+    zone: str | None = None
 
-    def history(self) -> PhoneHistory:
+    def history(self, lead_attempts: tuple[datetime, ...] = ()) -> PhoneHistory:
         return PhoneHistory(
             attempts=tuple(self.attempts),
             last_applied_at=self.last_result_at,
             system_recalls=self.system_recalls,
             pending=self.pending,
             seen_event_ids=self.seen,
+            lead_attempts=lead_attempts,
         )
 
     def take(self, event: CallResult, decision: Decision) -> Transition:

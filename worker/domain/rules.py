@@ -9,10 +9,11 @@ refused whole, with one line naming the file, the entry and the field.
 from __future__ import annotations
 
 import hashlib
+import re
 import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from functools import cache
 from pathlib import Path
 from types import MappingProxyType
@@ -144,17 +145,30 @@ class Outcome:
     description: str
     recall: RecallPolicy
     recall_after: Duration | None
+    #: Whatever rule sets the recall's time, it never falls on the call's local date.
+    not_same_day: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class AttemptCap:
-    """At most ``count`` attempts in any rolling window of length ``within``."""
+    """At most ``count`` attempts in any rolling window ``within``, or per local calendar day.
+
+    Exactly one of ``within`` and ``per`` is set (``per`` is ``"day"``: the phone's zone).
+    """
 
     count: int
-    within: Duration
+    within: Duration | None = None
+    per: Literal["day"] | None = None
+
+    def to_table(self) -> dict[str, Any]:
+        if self.within is not None:
+            return {"count": self.count, "within": self.within.to_table()}
+        return {"count": self.count, "per": self.per}
 
     def __str__(self) -> str:
-        return f"{self.count} attempts in {self.within}"
+        if self.within is not None:
+            return f"{self.count} attempts in {self.within}"
+        return f"{self.count} attempts per {self.per}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +196,19 @@ class Plan:
     calling_hours: CallingHours | None
     max_attempts: tuple[AttemptCap, ...]
     max_recalls: int | None
+    #: Caps counting the attempts on every phone of the lead.
+    lead_max_attempts: tuple[AttemptCap, ...] = ()
+    #: Local dates on which the plan does not call at all.
+    closed_dates: frozenset[date] = frozenset()
+    #: Whether the engine's limits may need more than one pass to settle (per-day or lead caps,
+    #: closed dates): worked out once, every decision asks.
+    settles_slowly: bool = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        slow = bool(self.lead_max_attempts or self.closed_dates) or any(
+            cap.per is not None for cap in self.max_attempts
+        )
+        object.__setattr__(self, "settles_slowly", slow)
 
     @property
     def rule(self) -> str:
@@ -265,6 +292,8 @@ class Rules:
                         if outcome.recall_after
                         else {}
                     ),
+                    # Always written: an operator may have lifted a shipped row's lockout.
+                    "not_same_day": outcome.not_same_day,
                 }
                 for _, outcome in sorted(self.outcomes.items())
             ],
@@ -284,10 +313,11 @@ def _plan_table(plan: Plan) -> dict[str, Any]:
         }
     if plan.calling_hours is not None:
         table["calling_hours"] = plan.calling_hours.describe()
-    if plan.max_attempts:
-        table["max_attempts"] = [
-            {"count": cap.count, "within": cap.within.to_table()} for cap in plan.max_attempts
-        ]
+    # Written even when empty: the export is loaded over the shipped defaults again, where an
+    # omitted field would take the shipped plan's value.
+    table["max_attempts"] = [cap.to_table() for cap in plan.max_attempts]
+    table["lead_max_attempts"] = [cap.to_table() for cap in plan.lead_max_attempts]
+    table["closed_dates"] = [day.isoformat() for day in sorted(plan.closed_dates)]
     if plan.max_recalls is not None:
         table["max_recalls"] = plan.max_recalls
     return table
@@ -407,7 +437,7 @@ def _read_file(path: Path) -> dict[str, Any]:
 
 _TOP_KEYS = ("defaults", "sip_codes", "outcomes", "plans")
 _SIP_KEYS = ("code", "description", "active", "recall", "recall_after")
-_OUTCOME_KEYS = ("code", "kind", "description", "recall", "recall_after")
+_OUTCOME_KEYS = ("code", "kind", "description", "recall", "recall_after", "not_same_day")
 _PLAN_KEYS = (
     "id",
     "can_recall",
@@ -415,6 +445,8 @@ _PLAN_KEYS = (
     "system_recalls",
     "calling_hours",
     "max_attempts",
+    "lead_max_attempts",
+    "closed_dates",
     "max_recalls",
 )
 
@@ -571,6 +603,8 @@ def _read_outcome_row(entry: _Entry) -> dict[str, Any]:
         if row.get("recall") in ("never", "inherit"):
             raise entry.error("recall_after", f"given, but recall is {row['recall']!r}")
         row["recall_after"] = entry.duration("recall_after")
+    if entry.has("not_same_day"):
+        row["not_same_day"] = entry.boolean("not_same_day")
     return row
 
 
@@ -590,8 +624,11 @@ def _read_plan_row(entry: _Entry) -> dict[str, Any]:
         }
     if entry.has("calling_hours"):
         row["calling_hours"] = _calling_hours(entry)
-    if entry.has("max_attempts"):
-        row["max_attempts"] = _attempt_caps(entry)
+    for caps in ("max_attempts", "lead_max_attempts"):
+        if entry.has(caps):
+            row[caps] = _attempt_caps(entry, caps)
+    if entry.has("closed_dates"):
+        row["closed_dates"] = _closed_dates(entry)
     if entry.has("max_recalls"):
         row["max_recalls"] = entry.integer("max_recalls", 0)
     return row
@@ -637,19 +674,57 @@ def _clock(text: str) -> int | None:
     return value
 
 
-def _attempt_caps(entry: _Entry) -> tuple[AttemptCap, ...]:
-    caps = entry.table["max_attempts"]
+def _attempt_caps(entry: _Entry, name: str) -> tuple[AttemptCap, ...]:
+    caps = entry.table[name]
     if not isinstance(caps, list):
-        raise entry.error("max_attempts", f"must be an array of tables, got {_type_name(caps)}")
+        raise entry.error(name, f"must be an array of tables, got {_type_name(caps)}")
     result = []
     for index, raw in enumerate(caps):
-        cap = _Entry(entry.file, f"{entry.where}: max_attempts[{index}]", raw, ("count", "within"))
+        where = f"{entry.where}: {name}[{index}]"
+        cap = _Entry(entry.file, where, raw, ("count", "within", "per"))
         cap.check_keys()
-        for required in ("count", "within"):
-            if not cap.has(required):
-                raise cap.error(required, "required")
-        result.append(AttemptCap(count=cap.integer("count", 1), within=cap.duration("within")))
+        if not cap.has("count"):
+            raise cap.error("count", "required")
+        count = cap.integer("count", 1)
+        if cap.has("within") and cap.has("per"):
+            raise cap.error("per", "given with within: a cap is either rolling or per day")
+        if cap.has("per"):
+            per = cap.string("per")
+            if per != "day":
+                raise cap.error("per", f"must be 'day', got {per!r}")
+            result.append(AttemptCap(count=count, per="day"))
+        elif cap.has("within"):
+            result.append(AttemptCap(count=count, within=cap.duration("within")))
+        else:
+            raise cap.error("within", "required (or per = 'day')")
     return tuple(result)
+
+
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def _closed_dates(entry: _Entry) -> frozenset[date]:
+    values = entry.table["closed_dates"]
+    if not isinstance(values, list):
+        raise entry.error(
+            "closed_dates", f"must be an array of dates like '2026-12-25', got {_type_name(values)}"
+        )
+    days: dict[date, int] = {}
+    for index, value in enumerate(values):
+        name = f"closed_dates[{index}]"
+        # TOML's own local date (closed_dates = [2026-12-25]) is a date too.
+        day = value if isinstance(value, date) and not isinstance(value, datetime) else None
+        if isinstance(value, str) and _ISO_DATE.fullmatch(value):
+            try:
+                day = date.fromisoformat(value)
+            except ValueError:  # 2026-02-30
+                day = None
+        if day is None:
+            raise entry.error(name, f"must be a date like '2026-12-25', got {value!r}")
+        if day in days:
+            raise entry.error(name, f"duplicate of closed_dates[{days[day]}] ({day.isoformat()})")
+        days[day] = index
+    return frozenset(days)
 
 
 # --- building the merged rules ------------------------------------------------------------------
@@ -688,6 +763,7 @@ def _build(draft: _Draft, sources: tuple[str, ...]) -> Rules:
             description=row["description"],
             recall=row["recall"],
             recall_after=recall_after,
+            not_same_day=row.get("not_same_day", False),
         )
 
     plans: dict[str, Plan] = {}
@@ -711,6 +787,8 @@ def _build(draft: _Draft, sources: tuple[str, ...]) -> Rules:
             calling_hours=row.get("calling_hours"),
             max_attempts=row.get("max_attempts", ()),
             max_recalls=row.get("max_recalls"),
+            lead_max_attempts=row.get("lead_max_attempts", ()),
+            closed_dates=row.get("closed_dates", frozenset()),
         )
 
     return Rules(

@@ -9,17 +9,28 @@ would have.
 
 Leads never affect each other and a ``Timeline`` may hold the phones of many leads at once (a
 replay holds them all); what it must hold whole is a lead: every phone of a lead whose events it
-takes, so that rules counting a lead's calls see all of them.
+takes, so that rules counting a lead's calls see all of them (``lead_max_attempts``: a call
+counts against the lead's caps when its own recall is decided, and the pending recalls of the
+lead's other phones that it pushes over a cap move later).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, MutableMapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from worker.domain.engine import APPLYING_ACTIONS, Decision, PendingRecall, decide
+from worker.domain.engine import (
+    APPLYING_ACTIONS,
+    Decision,
+    PendingRecall,
+    adjust_due,
+    decide,
+    local_text,
+    phone_zone,
+    timezone,
+)
 from worker.domain.events import CallResult
 from worker.domain.phone import PhoneState, Transition
 from worker.domain.rules import Rules
@@ -91,6 +102,15 @@ class Timeline:
         #: The event id is the idempotency key across all phones: the time of the copy taken.
         #: The very datetime object of that copy, so that ``take`` tells it from its duplicates.
         self.known_ids: dict[str, datetime] = {}
+        #: Only plans with lead caps look at a lead's other phones: without any, nothing below
+        #: is kept or looked up (the replay's hot path).
+        self.lead_caps = any(plan.lead_max_attempts for plan in rules.plans.values())
+        #: lead id -> the ids of the phones that have belonged to it (a phone's lead may change:
+        #: members are checked against the phone's lead when read).
+        self.leads: dict[str, set[str]] = {}
+        if self.lead_caps:
+            for state in self.phones.values():
+                self.leads.setdefault(state.lead_id, set()).add(state.phone_id)
 
     def phone(self, event: CallResult) -> PhoneState:
         """The state of ``event``'s phone, new if the timeline has not seen the phone yet."""
@@ -99,7 +119,18 @@ class Timeline:
             state = self.phones[event.phone_id] = PhoneState(
                 event.phone_id, event.lead_id, event.plan_id
             )
+            if self.lead_caps:
+                self.leads.setdefault(event.lead_id, set()).add(event.phone_id)
         return state
+
+    def _others(self, lead_id: str, phone_id: str) -> list[PhoneState]:
+        """The lead's phones other than ``phone_id``."""
+        phones = self.phones
+        return [
+            phones[other]
+            for other in sorted(self.leads.get(lead_id, ()))
+            if other != phone_id and phones[other].lead_id == lead_id
+        ]
 
     def take(self, event: CallResult, now: datetime | None) -> Step:
         """Decide ``event`` against its phone's history and move the phone on.
@@ -111,7 +142,7 @@ class Timeline:
         return self._take(event, now, 0, None if first is event.occurred_at else first)
 
     def take_all(self, events: Sequence[CallResult], now: datetime | None) -> list[Step]:
-        """Take a batch: each phone's events in event-time order (ties in the order given).
+        """Take a batch in event-time order (ties in the order given).
 
         Of copies of one event id in the batch, the earliest in event time (then in the order
         given) is taken and the others are duplicates. Returns the steps in the order taken.
@@ -119,9 +150,9 @@ class Timeline:
         first_copy: dict[str, int] = {}
         for index in sorted(range(len(events)), key=lambda i: events[i].occurred_at):
             first_copy.setdefault(events[index].event_id, index)
-        order = sorted(
-            range(len(events)), key=lambda i: (events[i].phone_id, events[i].occurred_at)
-        )
+        # In event-time order across phones, as a replay takes them: a lead's caps count the
+        # calls of its other phones made before each one.
+        order = sorted(range(len(events)), key=lambda i: events[i].occurred_at)
         steps: list[Step] = []
         for index in order:
             event = events[index]
@@ -152,8 +183,59 @@ class Timeline:
                 fired = (recall_id, pending.due_at)
         if copy_of is not None:
             state.seen.setdefault(event.event_id, copy_of)
-        decision = decide(event, self.rules, state.history(), now or event.occurred_at)
-        return Step(index, event, decision, state.take(event, decision), fired)
+        history = state.history()
+        if self.lead_caps:
+            plan = self.rules.plans.get(event.plan_id)
+            if plan is not None and plan.lead_max_attempts:
+                others = self._others(event.lead_id, event.phone_id)
+                lead = tuple(when for other in others for when in other.attempts)
+                history = state.history(lead)
+        decision = decide(event, self.rules, history, now or event.occurred_at)
+        transition = state.take(event, decision)
+        if self.lead_caps and decision.action not in ("duplicate", "reject"):
+            if transition.scheduled is not None:
+                state.zone = phone_zone(self.rules, event)
+            self.leads.setdefault(state.lead_id, set()).add(state.phone_id)
+            moved = self._move_siblings(event)
+            if moved:
+                text = "; ".join(
+                    f"the lead's caps moved the pending recall of phone {phone_id} to "
+                    f"{local_text(due)}"
+                    for phone_id, _, due in moved
+                )
+                noted = replace(decision, explanation=f"{decision.explanation}; {text}")
+                if state.last_decision is decision:
+                    state.last_decision = noted
+                decision = noted
+                transition = replace(transition, moved=moved)
+        return Step(index, event, decision, transition, fired)
+
+    def _move_siblings(self, event: CallResult) -> tuple[tuple[str, str, datetime], ...]:
+        """Move later the pending recalls of the lead's other phones that ``event`` pushed over
+        their plan's lead caps (each phone's own plan and zone); return (phone, recall, due).
+
+        A recall already due when the call happened is left alone: it has fired (a simulated
+        clock fires it first) or is firing.
+        """
+        moved = []
+        lead = [*self._others(event.lead_id, event.phone_id), self.phones[event.phone_id]]
+        for other in lead[:-1]:
+            pending, recall_id = other.pending, other.pending_recall_id
+            plan = self.rules.plans.get(other.plan_id)
+            if pending is None or recall_id is None or plan is None or not plan.lead_max_attempts:
+                continue
+            if pending.due_at <= event.occurred_at:
+                continue
+            zone = timezone(other.zone or plan.timezone)
+            counted = tuple(when for phone in lead if phone is not other for when in phone.attempts)
+            due = pending.due_at.astimezone(zone)
+            later = adjust_due(
+                due, plan, tuple(other.attempts), zone, [], [], lead_attempts=counted
+            )
+            if later != due:
+                other.pending = replace(pending, due_at=later)
+                moved.append((other.phone_id, recall_id, later))
+        return tuple(moved)
 
     def forget_before(self, moment: datetime) -> None:
         """Drop attempts and event ids older than ``moment`` (keeps a long replay's memory flat).
@@ -219,6 +301,8 @@ class Timeline:
         if before is not None:
             state.last_result_at, state.last_event_id = before.occurred_at, before.event_id
             state.lead_id, state.plan_id = before.lead_id, before.plan_id
+            if self.lead_caps:
+                self.leads.setdefault(state.lead_id, set()).add(phone_id)
             state.last_decision = before.decision
             if before.recall_state == "fired":  # before the late call
                 state.eligible, state.eligible_at = True, before.fired_at

@@ -12,6 +12,8 @@ from typing import Any
 __all__ = ["bar_chart", "nice_ticks", "render_report"]
 
 COLOURS = ("#2b6cb0", "#dd6b20")
+#: The adjustments a recall may get, in the order the engine applies them.
+ADJUSTMENTS = ("retry_after", "max_attempts", "lead_max_attempts", "not_same_day", "calling_hours")
 # Recall delay buckets for the distribution chart: (label, upper bound in minutes).
 DELAY_BUCKETS = (
     ("<15m", 15), ("15-30m", 30), ("30-60m", 60), ("1-2h", 120), ("2-4h", 240), ("4-8h", 480),
@@ -170,6 +172,11 @@ def render_report(result: dict[str, Any], files: Sequence[Path]) -> str:
         summaries.append(result["compare"]["summary"])
         names.append("compare")
     reasons = sorted({key for s in summaries for key in s["reasons"]})
+    # The order the engine applies them in (DESIGN.md section 7), any other after.
+    moved = sorted(
+        {key for s in summaries for key in s["recalls_by_adjustment"]},
+        key=lambda name: (ADJUSTMENTS.index(name) if name in ADJUSTMENTS else 99, name),
+    )
     hours = [f"{hour:02d}" for hour in range(24)]
     charts = [
         bar_chart(
@@ -194,8 +201,19 @@ def render_report(result: dict[str, Any], files: Sequence[Path]) -> str:
             "recalls",
         ),
     ]
+    if moved:  # a history no rule moved gets no empty chart
+        charts.insert(
+            1,
+            bar_chart(
+                "Recalls moved, by adjustment",
+                moved,
+                [[s["recalls_by_adjustment"].get(name, 0) for name in moved] for s in summaries],
+                "adjustment",
+                "recalls",
+            ),
+        )
     rows: list[tuple[str, list[Any]]] = [("events", [s["events"] for s in summaries])]
-    for section in ("actions", "sources", "recalls_by_sip_class"):
+    for section in ("actions", "sources", "recalls_by_sip_class", "recalls_by_adjustment"):
         for key in sorted({k for s in summaries for k in s[section]}):
             label = f"{section.replace('_', ' ')}: {key}"
             rows.append((label, [s[section].get(key, 0) for s in summaries]))

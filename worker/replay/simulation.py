@@ -49,6 +49,8 @@ class Summary:
     reasons: Counter[str] = field(default_factory=Counter)
     sources: Counter[str] = field(default_factory=Counter)
     recalls_by_sip_class: Counter[str] = field(default_factory=Counter)
+    #: Recalls moved by each adjustment (a recall moved by two counts under both).
+    adjustments: Counter[str] = field(default_factory=Counter)
     recalls_by_local_hour: Counter[int] = field(default_factory=Counter)
     delay_minutes: Counter[int] = field(default_factory=Counter)
     fired: int = 0
@@ -65,6 +67,8 @@ class Summary:
         if decision.action != "recall" or decision.due_at is None:
             return
         self.recalls_by_sip_class[f"{event.sip_code // 100}xx"] += 1
+        if decision.adjustments:
+            self.adjustments.update(decision.adjustments)
         # Reporting only, no schedule arithmetic: the standard library's C code is much faster.
         delay = (decision.due_at.timestamp() - event.occurred_at.timestamp()) / 60
         minutes = int(delay) if delay < _DAY_MINUTES else int(delay // 60) * 60
@@ -78,6 +82,7 @@ class Summary:
         self.reasons.update(other.reasons)
         self.sources.update(other.sources)
         self.recalls_by_sip_class.update(other.recalls_by_sip_class)
+        self.adjustments.update(other.adjustments)
         self.recalls_by_local_hour.update(other.recalls_by_local_hour)
         self.delay_minutes.update(other.delay_minutes)
         self.fired += other.fired
@@ -105,6 +110,7 @@ class Summary:
             "reasons": dict(self.reasons.most_common()),
             "sources": dict(self.sources.most_common()),
             "recalls_by_sip_class": dict(sorted(self.recalls_by_sip_class.items())),
+            "recalls_by_adjustment": dict(self.adjustments.most_common()),
             "recall_delay_s": {"median": median, "p95": p95},
             "recalls_fired": self.fired,
             "dead_letters": self.dead_letters,
@@ -149,6 +155,8 @@ class Simulation:
         if transition.rescheduled is not None:
             recall_id, due_at = transition.rescheduled
             heapq.heappush(self.due, (due_at.timestamp(), recall_id, event.phone_id, due_at))
+        for phone_id, recall_id, due_at in transition.moved:  # the lead's other phones
+            heapq.heappush(self.due, (due_at.timestamp(), recall_id, phone_id, due_at))
         if transition.scheduled is not None:
             scheduled = transition.scheduled
             heapq.heappush(

@@ -146,6 +146,18 @@ def _load_phones(
     missing = {pid for pid in phone_ids if pid not in states}
     states.update((pid, new(pid)) for pid in missing)
     phone_ids = [pid for pid in phone_ids if pid not in missing]
+    lead_caps = any(plan.lead_max_attempts for plan in rules.plans.values())
+    if lead_caps:
+        # Caps counting every phone of a lead need the lead's other phones too: their state,
+        # pending recall and attempts. The leads' locks cover them (every batch takes its
+        # leads' locks first); they are written only where a cap moves their recall.
+        leads = sorted({event.lead_id for event in events})
+        for among in where_in(session, Phone.lead_id, leads):
+            query = select(*columns).where(among).order_by(Phone.phone_id)
+            for row in session.execute(query).mappings():
+                if row["phone_id"] not in states:
+                    states[row["phone_id"]] = PhoneState(**row)
+                    phone_ids.append(row["phone_id"])
 
     pending_ids = [s.pending_recall_id for s in states.values() if s.pending_recall_id]
     for among in where_in(session, Recall.recall_id, pending_ids):
@@ -154,6 +166,16 @@ def _load_phones(
         ).where(among, Recall.state.in_(WAITING))
         for phone_id, due_at, source, rule, reason, agent in session.execute(query):
             states[phone_id].pending = PendingRecall(due_at, source, rule, reason, agent)
+    if lead_caps:
+        # A lead cap re-checks a pending recall in its phone's zone: the deciding event's.
+        deciding = {
+            s.pending_recall_id: s for s in states.values() if s.pending and s.pending_recall_id
+        }
+        for among in where_in(session, ProcessedEvent.event_id, sorted(deciding)):
+            query = select(ProcessedEvent.event_id, ProcessedEvent.payload).where(among)
+            for event_id, payload in session.execute(query):
+                zone = payload.get("timezone")
+                deciding[event_id].zone = zone if isinstance(zone, str) else None
 
     lookback = attempt_lookback(rules)
     if lookback:
@@ -376,8 +398,11 @@ def _apply_events(
                 wall, decision.action, decision.reason, event.to_json(), decision.to_json(),
             )
         )  # fmt: skip
+        # A late call's own phone, or the lead's other phones pushed over a lead cap.
+        moved = [(rid, due) for _, rid, due in transition.moved]
         if transition.rescheduled is not None:
-            recall_id, due_at = transition.rescheduled
+            moved.append(transition.rescheduled)
+        for recall_id, due_at in moved:
             if recall_id in recall_rows:
                 recall_rows[recall_id]["due_at"] = due_at
             else:

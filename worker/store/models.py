@@ -86,6 +86,8 @@ class Phone(Base):
     """A lead phone's current state: eligibility, the pending recall and the last decision."""
 
     __tablename__ = "phones"
+    #: A lead's other phones, for the caps counting every phone of a lead (lead_max_attempts).
+    __table_args__ = (Index("ix_phones_lead", "lead_id"),)
 
     phone_id: Mapped[str] = mapped_column(ID, primary_key=True)
     lead_id: Mapped[str] = mapped_column(ID)
