@@ -673,6 +673,7 @@ def test_rules_history_and_diff_through_the_command_line(
             {"field": "kind", "old": None, "new": "user"},
             {"field": "description", "old": None, "new": ""},
             {"field": "recall", "old": None, "new": "after"},
+            {"field": "not_same_day", "old": None, "new": False},
             {"field": "recall_after", "old": None, "new": {"days": 2}},
         ]},
         {"section": "plans", "entry": "default", "change": "changed", "fields": [
