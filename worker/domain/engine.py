@@ -439,9 +439,11 @@ def adjust_due(
     moves it. Each adjustment is named in ``adjustments`` once, in the order first applied;
     ``notes`` say what moved it and to when. ``due`` is an instant in ``zone``; so is the result.
     """
-    if not_on is None and not plan.settles_slowly:
-        # Rolling caps and calling hours alone (the replay's hot path) settle in one pass: a
-        # later instant keeps every rolling window it met.
+    if not plan.settles_slowly:
+        # Rolling caps, not_same_day and calling hours alone (the replay's hot path) settle in
+        # one pass, taken in the loop's order below: each allows every instant after one it
+        # allows (a later instant keeps every rolling window it met, and stays past the call's
+        # date), so a second pass would move nothing.
         if plan.max_attempts:
             stamps = [attempt.timestamp() for attempt in attempts]
             for cap in plan.max_attempts:
@@ -450,6 +452,12 @@ def adjust_due(
                     due = allowed
                     _moved(adjustments, "max_attempts")
                     notes.append(f"moved to {local_text(due)} by the cap of {cap}")
+        if not_on is not None:
+            after = local_midnight(not_on.toordinal() + 1, zone)
+            if due < after:
+                due = after
+                adjustments.append("not_same_day")
+                notes.append(f"moved to {local_text(due)}: not on the day of the call")
         if plan.calling_hours is not None:
             opening = next_opening(due, plan.calling_hours)
             if opening != due:
