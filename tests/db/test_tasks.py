@@ -236,3 +236,34 @@ def test_a_process_that_recorded_its_rules_records_them_again_once_others_were(
         other.version,
         mine.version,
     ]
+
+
+def test_the_tasks_count_a_leads_calls_on_every_phone_across_messages(
+    database: str, monkeypatch: pytest.MonkeyPatch, write_rules: Callable[..., Path]
+) -> None:
+    """Lead caps through the worker's own tasks: a single message, then a list, one lead."""
+    use_rules(
+        monkeypatch,
+        write_rules(
+            '[[plans]]\nid = "leadcap"\ntimezone = "UTC"\n'
+            "lead_max_attempts = [ { count = 2, within = { hours = 3 } } ]\n"
+        ),
+    )
+    first_call = (datetime.now(UTC) - timedelta(hours=1)).replace(microsecond=0)
+    second_call = first_call + timedelta(minutes=10)
+    lead = {"plan_id": "leadcap", "lead_id": "L-shared"}
+    assert process_call_result(event("c1", "A1", **lead, occurred_at=first_call.isoformat())) == {
+        "recall": 1
+    }
+    assert process_call_results(
+        [event("c2", "A2", **lead, occurred_at=second_call.isoformat())]
+    ) == {"recall": 1}
+
+    # Two calls of the lead in three hours: a third waits until the first leaves the window.
+    allowed = first_call + timedelta(hours=3)
+    decisions = {row.event_id: row.decision for row in rows(ProcessedEvent)}
+    assert decisions["c2"]["adjustments"] == ["lead_max_attempts"]
+    assert datetime.fromisoformat(decisions["c2"]["due_at"]) == allowed
+    # The lead's other phone was waiting for an earlier recall: the second call moved it too.
+    recalls = {row.recall_id: row.due_at for row in rows(Recall)}
+    assert recalls == {"c1": allowed, "c2": allowed}
