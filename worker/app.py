@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -143,6 +144,17 @@ def _check_database(**_: Any) -> None:
     from worker.runtime import metrics
 
     metrics.start(settings)
+
+
+@worker_init.connect
+def _freeze_before_fork(**_: Any) -> None:
+    # Connected last, so it runs once the checks above have loaded what the worker needs: the
+    # objects the pool processes inherit are moved out of the collector's reach, so a collection
+    # in a pool process no longer writes to their pages and copies them (Python's gc.freeze
+    # documentation). The worker's processes then share those pages: make bench's
+    # pending_1m_worker_rss_mb (the sum of their PSS) is the figure that shows it.
+    gc.collect()
+    gc.freeze()
 
 
 @worker_process_shutdown.connect
