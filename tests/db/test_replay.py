@@ -650,6 +650,40 @@ def test_the_summary_and_the_report_count_the_recalls_each_adjustment_moved(
     assert "recalls by adjustment: lead_max_attempts" in text.output
 
 
+def test_the_summary_and_the_report_show_callbacks(tmp_path: Path, rules_file: Path) -> None:
+    """Callbacks booked, pending (a system result before the booked time), missing and ignored
+    appear in the decisions, the summary's reasons and the report's chart of reasons."""
+    callback = {"outcome_code": "CALLBACK"}
+    events = [
+        # Booked for 15:00; the busy line at 11:00 is suppressed: the callback stays pending.
+        ev("k1", "K", t("10:00"), **callback, callback_at=t("15:00")),
+        ev("k2", "K", t("11:00")),
+        # No booked time: the outcome's recall_after (a day) is the fallback.
+        ev("m1", "M", t("10:00"), **callback),
+        # A booked time on a result that is not a callback is ignored.
+        ev("n1", "N", t("10:00"), callback_at=t("18:00")),
+    ]
+    path = write_lines(tmp_path / "callbacks.jsonl", events)
+    report = tmp_path / "report.html"
+    out = tmp_path / "decisions.jsonl"
+    common = ("--dry-run", "--rules", rules_file, "--now", t("00:00", 20))
+
+    result = replay_json(path, *common, "--report", report, "--output", out)
+
+    decided = {d["event_id"]: (d["reason"], d["due_at"], d["warnings"]) for d in read_jsonl(out)}
+    assert decided == {
+        "k1": ("callback", t("15:00"), []),
+        "k2": ("callback_pending", None, []),
+        "m1": ("user_recall", t("10:00", 15), ["callback_at_missing"]),
+        "n1": ("sip_recall", t("10:15"), ["callback_at_ignored"]),
+    }
+    reasons = result["summary"]["reasons"]
+    assert (reasons["callback"], reasons["callback_pending"]) == (1, 1)
+    page = report.read_text(encoding="utf-8")
+    (chart,) = [c for c in page.split("<svg")[1:] if "Decisions by reason" in c]
+    assert {"callback", "callback_pending"} <= set(svg_texts(chart, "label"))
+
+
 # --- 5. supersede and firing on the simulated clock ----------------------------------------------
 
 
