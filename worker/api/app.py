@@ -70,7 +70,9 @@ def create_app(settings: Settings) -> Litestar:
         # Litestar's own copy of the document, behind the same authentication as /openapi.json.
         path="/schema",
         render_plugins=[JsonRenderPlugin()],
-        openapi_router=Router("/schema", route_handlers=[], guards=[allow(ANY_ROLE)]),
+        openapi_router=Router(
+            "/schema", route_handlers=[], guards=[allow(ANY_ROLE)], include_in_schema=False
+        ),
     )
     return Litestar(
         route_handlers=[

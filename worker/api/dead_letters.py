@@ -14,7 +14,7 @@ from litestar.params import Parameter
 from litestar.status_codes import HTTP_200_OK
 
 from worker.api.auth import EDITORS, VIEWERS, allow
-from worker.api.errors import Unprocessable
+from worker.api.errors import Unprocessable, documented
 from worker.api.models import DeadLetter, ReplayRequest, ReplaySummary, shaped
 from worker.runtime.rules_cache import current_rules
 from worker.store.database import session_scope
@@ -24,7 +24,7 @@ from worker.store.queries import dead_letters, dead_letters_problem
 __all__ = ["router"]
 
 
-@get("/", sync_to_thread=True, guards=[allow(VIEWERS)])
+@get("/", sync_to_thread=True, guards=[allow(VIEWERS)], responses=documented(401, 403))
 def list_letters(
     state: State,
     limit: Annotated[int, Parameter(ge=1, le=10_000)] = 1000,
@@ -36,7 +36,13 @@ def list_letters(
     return [shaped(row, DeadLetter) for row in rows]
 
 
-@post("/replay", sync_to_thread=True, status_code=HTTP_200_OK, guards=[allow(EDITORS)])
+@post(
+    "/replay",
+    sync_to_thread=True,
+    status_code=HTTP_200_OK,
+    guards=[allow(EDITORS)],
+    responses=documented(401, 403, 422),
+)
 def replay(state: State, data: ReplayRequest | None = None) -> ReplaySummary:
     """Run the dead letters (``ids``, else every new one) through validation and the rules in
     force again; those that pass are decided and stored, the rest stay with their new reason."""
@@ -51,4 +57,8 @@ def replay(state: State, data: ReplayRequest | None = None) -> ReplaySummary:
     return shaped(result, ReplaySummary)
 
 
-router = Router("/v1/dead-letters", route_handlers=[list_letters, replay], tags=["dead letters"])
+router = Router(
+    "/v1/dead-letters",
+    route_handlers=[list_letters, replay],
+    tags=["dead letters"],
+)

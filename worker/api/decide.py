@@ -12,7 +12,7 @@ from litestar.params import Parameter
 from litestar.status_codes import HTTP_200_OK
 
 from worker.api.auth import DIALERS, allow
-from worker.api.errors import Unprocessable
+from worker.api.errors import Unprocessable, documented
 from worker.api.models import Decision, shaped
 from worker.domain.events import InvalidEvent
 from worker.domain.intake import Refused, decide_alone, parse_instant
@@ -37,7 +37,7 @@ class _EventBody(Operation):
         )
 
 
-@post("/", status_code=HTTP_200_OK, operation_class=_EventBody)
+@post("/", status_code=HTTP_200_OK, operation_class=_EventBody, responses=documented(401, 403, 422))
 async def decide(
     request: Request[Any, Any, Any],
     state: State,

@@ -13,11 +13,12 @@ from typing import Any
 
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi.datastructures import ResponseSpec
 from litestar.status_codes import HTTP_422_UNPROCESSABLE_ENTITY, HTTP_500_INTERNAL_SERVER_ERROR
 
 from worker.api.models import Error
 
-__all__ = ["Unprocessable", "exception_handlers"]
+__all__ = ["Unprocessable", "documented", "exception_handlers"]
 
 log = logging.getLogger("recall.api")
 
@@ -26,6 +27,25 @@ class Unprocessable(HTTPException):
     """A request well formed but refused by the rules of the product (422, one-line reason)."""
 
     status_code = HTTP_422_UNPROCESSABLE_ENTITY
+
+
+#: What each error status means, for the OpenAPI document.
+_MEANINGS = {
+    400: "The request cannot be read (a parameter of the wrong type, a body that is not JSON).",
+    401: "No token, or not a valid one (`Authorization: Bearer <token>`).",
+    403: "The token's role may not do this.",
+    404: "Not found.",
+    422: "Refused, with the one-line reason the matching `recall` command gives.",
+    503: "The database does not answer.",
+}
+
+
+def documented(*statuses: int) -> dict[int, ResponseSpec]:
+    """The error responses ``statuses`` (each an ``Error``) for a handler's ``responses``."""
+    return {
+        status: ResponseSpec(data_container=Error, description=_MEANINGS[status])
+        for status in statuses
+    }
 
 
 def one_line(text: str) -> str:

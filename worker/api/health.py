@@ -11,7 +11,7 @@ from sqlalchemy import text
 
 from config.settings import mask_url
 from worker.api.auth import VIEWERS, allow
-from worker.api.errors import one_line
+from worker.api.errors import documented, one_line
 from worker.api.models import Error, Health, Status, shaped
 from worker.runtime.logs import mask_secrets
 from worker.runtime.status import collect
@@ -19,7 +19,7 @@ from worker.runtime.status import collect
 __all__ = ["healthz", "status_router"]
 
 
-@get("/healthz", sync_to_thread=True, tags=["health"])
+@get("/healthz", sync_to_thread=True, tags=["health"], security=[{}], responses=documented(503))
 def healthz(state: State) -> Response[Health | Error]:
     """200 ``{"status": "ok"}`` when the database answers, else 503 with the reason."""
     try:
@@ -39,7 +39,7 @@ def healthz(state: State) -> Response[Health | Error]:
     return Response(Health(status="ok"))
 
 
-@get("/", sync_to_thread=True)
+@get("/", sync_to_thread=True, responses=documented(401, 403))
 def status(state: State) -> Status:
     """The ``recall status --json`` figures: broker, database, workers, queues, recalls, dead
     letters, and the problems that make the system unhealthy (none: healthy)."""
@@ -50,5 +50,8 @@ def status(state: State) -> Status:
 
 
 status_router = Router(
-    "/v1/status", route_handlers=[status], guards=[allow(VIEWERS)], tags=["status"]
+    "/v1/status",
+    route_handlers=[status],
+    guards=[allow(VIEWERS)],
+    tags=["status"],
 )

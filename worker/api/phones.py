@@ -10,7 +10,7 @@ from litestar.exceptions import NotFoundException
 from litestar.params import Parameter
 
 from worker.api.auth import DIALERS, allow
-from worker.api.errors import Unprocessable
+from worker.api.errors import Unprocessable, documented
 from worker.api.models import Phone, PhonesPage, shaped
 from worker.store.database import session_scope
 from worker.store.queries import phone, phones_page
@@ -21,7 +21,7 @@ __all__ = ["router"]
 MAX_PAGE, DEFAULT_PAGE = 1000, 100
 
 
-@get("/{phone_id:str}", sync_to_thread=True)
+@get("/{phone_id:str}", sync_to_thread=True, responses=documented(401, 403, 404))
 def show_phone(state: State, phone_id: str) -> Phone:
     """One lead phone: eligibility, pending recall and last decision (404 if never seen)."""
     with session_scope(state.engine) as session:
@@ -31,7 +31,7 @@ def show_phone(state: State, phone_id: str) -> Phone:
     return shaped(found, Phone)
 
 
-@get("/", sync_to_thread=True)
+@get("/", sync_to_thread=True, responses=documented(401, 403, 422))
 def list_phones(
     state: State,
     plan_id: str | None = None,
@@ -39,7 +39,10 @@ def list_phones(
     limit: Annotated[int, Parameter(ge=1, le=MAX_PAGE)] = DEFAULT_PAGE,
     cursor: Annotated[
         str | None,
-        Parameter(description="The next_cursor of the page before; absent for the first page."),
+        Parameter(
+            description="The next_cursor of the page before; absent for the first page.",
+            pattern=r"^[A-Za-z0-9_-]*$",
+        ),
     ] = None,
 ) -> PhonesPage:
     """Phones in id order, a page at a time, of one plan and/or eligible or not."""
@@ -54,5 +57,8 @@ def list_phones(
 
 
 router = Router(
-    "/v1/phones", route_handlers=[show_phone, list_phones], guards=[allow(DIALERS)], tags=["phones"]
+    "/v1/phones",
+    route_handlers=[show_phone, list_phones],
+    guards=[allow(DIALERS)],
+    tags=["phones"],
 )

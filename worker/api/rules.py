@@ -14,6 +14,7 @@ from litestar.exceptions import NotFoundException
 from litestar.params import Parameter
 
 from worker.api.auth import VIEWERS, allow
+from worker.api.errors import documented
 from worker.api.models import RulesDiff, RulesVersion, RulesVersionText, shaped
 from worker.domain.rules_diff import diff_exports
 from worker.runtime.rules_cache import current_rules
@@ -33,7 +34,7 @@ def _with_text(row: VersionInForce) -> RulesVersionText:
     return shaped({**row.to_json(), "rules": row.rules}, RulesVersionText)
 
 
-@get("/", sync_to_thread=True)
+@get("/", sync_to_thread=True, responses=documented(401, 403))
 def rules_in_force(state: State) -> RulesVersionText:
     """The rules in force: the newest version of the history, with its complete text.
 
@@ -55,7 +56,7 @@ def rules_in_force(state: State) -> RulesVersionText:
     )
 
 
-@get("/versions", sync_to_thread=True)
+@get("/versions", sync_to_thread=True, responses=documented(401, 403))
 def versions(state: State) -> list[RulesVersion]:
     """Every version in force so far, newest first (``recall rules history --json``)."""
     with session_scope(state.engine) as session:
@@ -71,13 +72,13 @@ def _find(state: State, prefix: str) -> VersionInForce:
             raise NotFoundException(str(error)) from None
 
 
-@get("/versions/{version:str}", sync_to_thread=True)
+@get("/versions/{version:str}", sync_to_thread=True, responses=documented(401, 403, 404))
 def version(state: State, version: str) -> RulesVersionText:
     """One version (12 hex digits, or a unique prefix), with its complete text."""
     return _with_text(_find(state, version))
 
 
-@get("/diff", sync_to_thread=True)
+@get("/diff", sync_to_thread=True, responses=documented(401, 403, 404))
 def diff(
     state: State,
     from_: Annotated[str, Parameter(query="from", description="A version or a unique prefix.")],

@@ -70,6 +70,8 @@ def _with_recalls(session: Session, rows: Sequence[Phone]) -> list[dict[str, Any
 
 def phone(session: Session, phone_id: str) -> dict[str, Any] | None:
     """The contract's JSON form of one phone, or None if it was never seen."""
+    if "\x00" in phone_id:  # no id holds one (PostgreSQL text cannot), and it cannot be sent
+        return None
     row = session.get(Phone, phone_id)
     return None if row is None else _with_recalls(session, [row])[0]
 
@@ -94,7 +96,11 @@ def _cursor_of(phone_id: str) -> str:
 
 def _after(cursor: str) -> str:
     try:
-        return base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        padded = (cursor + "=" * (-len(cursor) % 4)).encode()
+        after = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
+        if "\x00" in after:
+            raise ValueError(after)
+        return after
     except (binascii.Error, UnicodeDecodeError, ValueError):
         raise ValueError(f"cursor: not a cursor this service gave: {cursor[:40]!r}") from None
 
@@ -113,6 +119,8 @@ def phones_page(
     resumes after that phone, so a page costs the same wherever it is, and phones added meanwhile
     are neither skipped nor repeated. A cursor that cannot be read raises ValueError.
     """
+    if plan_id is not None and "\x00" in plan_id:  # no plan id holds one
+        return [], None
     where = []
     if plan_id is not None:
         where.append(Phone.plan_id == plan_id)
