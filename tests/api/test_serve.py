@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import re
+import shutil
 import socket
+import ssl
 import stat
 import subprocess
 import sys
@@ -21,9 +23,9 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from tests.api.conftest import Server, server_env
+from tests.api.conftest import Server, auth, run_serve, server_env
 from tests.helpers import one_line_error
-from tests.servers import PostgresServer, free_port
+from tests.servers import PostgresServer, free_port, wait_for
 from tests.workers import ROOT
 from worker.api.tokens import find_token, load_tokens
 from worker.cli import main
@@ -204,3 +206,32 @@ def test_tokens_new_refuses_a_bad_name_or_role() -> None:
     bad_role = CliRunner().invoke(main, ["tokens", "new", "x", "--role", "boss"])
     assert bad_role.exit_code == 2
     assert "Traceback" not in bad_role.output
+
+
+def test_it_serves_https_with_its_own_certificate(tmp_path: Path, tokens_file: Path) -> None:
+    if shutil.which("openssl") is None:
+        pytest.skip("no openssl to make a certificate with")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    port = free_port()
+    env = {"RECALL_HOME": str(tmp_path / "home"), "RECALL_API_TOKENS": str(tokens_file)}
+    log = tmp_path / "serve.log"
+    args = ("--port", str(port), "--ssl-certfile", str(cert), "--ssl-keyfile", str(key))
+    server = Server(run_serve(env, log, *args), f"https://127.0.0.1:{port}", log)
+    context = ssl.create_default_context(cafile=str(cert))
+    try:
+        wait_for(
+            lambda: httpx.get(server.url + "/healthz", verify=context).status_code == 200,
+            60,
+            "recall serve over https",
+        )
+        answer = httpx.get(server.url + "/v1/rules", headers=auth("viewer"), verify=context)
+        assert answer.status_code == 200
+        assert f"https://127.0.0.1:{port}" in server.output()
+    finally:
+        server.stop()
