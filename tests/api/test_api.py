@@ -19,7 +19,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from tests.api.conftest import TOKENS, Server
-from tests.helpers import EVENT_DEFAULTS, SKEW_S, at, reset_process_state
+from tests.helpers import DECISION_KEYS, EVENT_DEFAULTS, SKEW_S, at, reset_process_state
 from worker.cli import main
 from worker.domain.engine import Decision
 from worker.domain.rules import Rules, load_rules
@@ -366,4 +366,6 @@ def test_the_openapi_document_describes_every_endpoint(api: Server) -> None:
         "phone_id", "lead_id", "plan_id", "eligible", "eligible_at", "pending_recall",
         "last_result_at", "last_decision",
     ]  # fmt: skip
-    assert set(schemas["Decision"]["properties"]) == set(Decision.__slots__) - {"extra"} or True
+    some = Decision("e1", "P1", "suppress", None, None, None, "no_failure")
+    assert list(schemas["Decision"]["properties"]) == list(some.to_json())
+    assert set(schemas["Decision"]["properties"]) == DECISION_KEYS

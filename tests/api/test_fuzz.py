@@ -6,9 +6,8 @@ schema for it (status codes, content types, bodies, headers).
 
 Left out: the check that every request the document allows is accepted (2xx). The document
 cannot say all the contract's rules: an event body is any JSON object there (``parse_event``
-judges it, with the contract's reasons), and a cursor is any text of its alphabet (only the ones
-this service gave are read). Those answer 422 with a one-line reason, as the tests of
-test_api.py check.
+judges it, with the contract's reasons), and a cursor is any text (only the ones this
+service gave are read). Those answer 422 with a one-line reason, as test_api.py checks.
 """
 
 from __future__ import annotations

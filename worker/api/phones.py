@@ -40,8 +40,8 @@ def list_phones(
     cursor: Annotated[
         str | None,
         Parameter(
-            description="The next_cursor of the page before; absent for the first page.",
-            pattern=r"^[A-Za-z0-9_-]*$",
+            description="The next_cursor of the page before (opaque); absent for the first page."
+            " One this service did not give is refused (422)."
         ),
     ] = None,
 ) -> PhonesPage:
