@@ -72,6 +72,7 @@ ENVIRONMENT = (
     "RECALL_METRICS_PORT",
     "RECALL_METRICS_ADDRESS",
     "RECALL_LOG_FORMAT",
+    "RECALL_API_TOKENS",
 )
 
 
@@ -120,6 +121,10 @@ class Settings:
     metrics_address: str = "127.0.0.1"
     #: "text" (default) or "json" (one JSON object per log line).
     log_format: str = LOG_FORMATS[0]
+    #: The API tokens file of `recall serve` (TOML, hashes only; worker/api/tokens.py). Unset on
+    #: the embedded default: RECALL_HOME/api-tokens.toml, made on first start; unset elsewhere,
+    #: the service refuses to start.
+    api_tokens: Path | None = None
 
     @property
     def embedded(self) -> bool:
@@ -174,6 +179,7 @@ class Settings:
             metrics_address=text("metrics_address")
             or (DEFAULTS["metrics_address"] if embedded else "0.0.0.0"),
             log_format=_choice(env, "RECALL_LOG_FORMAT", LOG_FORMATS),
+            api_tokens=Path(text("api_tokens")) if text("api_tokens") else None,
         )
 
 

@@ -45,6 +45,7 @@ DOCKERIGNORE = DEPLOY / "Dockerfile.dockerignore"
 
 METRICS_PORT = 9547
 FLOWER_PORT = 5555
+API_PORT = 8080
 RECALL_HOME = "/var/lib/recall"
 BEAT_SCHEDULE = f"{RECALL_HOME}/celerybeat-schedule"
 IMAGE = "recall-scheduler"
@@ -948,7 +949,7 @@ def test_dockerfile_entrypoint_command_ports_and_no_healthcheck() -> None:
     assert tuple(entrypoint) == IMAGE_ENTRYPOINT
     assert cmd == ["worker"]
     exposed = {p for i in final if i.keyword == "EXPOSE" for p in i.arguments.split()}
-    assert {str(METRICS_PORT), str(FLOWER_PORT)} <= exposed
+    assert {str(METRICS_PORT), str(FLOWER_PORT), str(API_PORT)} <= exposed
     # `recall status --json` judges the whole system, not one container (see the comment).
     assert not [i for i in dockerfile() if i.keyword == "HEALTHCHECK"]
 
@@ -976,9 +977,9 @@ def test_metrics_port_matches_the_settings_default() -> None:
 
 def test_compose_has_every_service() -> None:
     services = compose_services()
-    expected = {"redis", "postgres", "migrate", "worker", "dispatcher", "flower"}
+    expected = {"redis", "postgres", "migrate", "worker", "dispatcher", "flower", "api"}
     assert expected <= set(services)
-    for name in ("migrate", "worker", "dispatcher", "flower"):
+    for name in ("migrate", "worker", "dispatcher", "flower", "api"):
         service = services[name]
         assert ours(service.get("image")) or "build" in service, name
         assert service.get("command"), name
@@ -992,7 +993,7 @@ def test_compose_environment_is_shared() -> None:
     assert env["RECALL_BROKER_URL"].startswith("redis://")
     assert env["RECALL_DATABASE_URL"].startswith("postgresql+psycopg://")
     assert env["RECALL_METRICS_PORT"] == str(METRICS_PORT)
-    for name in ("migrate", "worker", "dispatcher", "flower"):
+    for name in ("migrate", "worker", "dispatcher", "flower", "api"):
         service_env = compose_services()[name]["environment"]
         assert {key: service_env[key] for key in env} == env, name
 
@@ -1074,6 +1075,8 @@ EXPECTED_KINDS = {
     "dispatcher-deployment.yaml": {"Deployment"},
     "flower-deployment.yaml": {"Deployment"},
     "flower-service.yaml": {"Service"},
+    "api-deployment.yaml": {"Deployment"},
+    "api-service.yaml": {"Service"},
     "kustomization.yaml": {"Kustomization"},
 }
 
@@ -1104,7 +1107,7 @@ def test_kustomization_lists_everything_but_the_secret_example() -> None:
 
 def test_kubernetes_workloads_are_locked_down() -> None:
     workloads = [(p, o) for p, o in k8s_objects() if pod_spec(o) is not None]
-    assert len(workloads) == 4
+    assert len(workloads) == 5
     for path, obj in workloads:
         spec = pod_spec(obj)
         assert spec is not None
@@ -1228,6 +1231,38 @@ def test_kubernetes_flower_auth_comes_from_the_secret() -> None:
     )
 
 
+def test_kubernetes_api_is_probed_on_healthz_and_reads_its_tokens_from_the_secret() -> None:
+    api = k8s_object("Deployment", "recall-api")
+    spec = pod_spec(api)
+    assert spec is not None
+    (container,) = spec["containers"]
+    argv = tuple(_argv(container.get("command")) + _argv(container.get("args")))
+    assert argv[:2] == ("recall", "serve")
+    assert argv[argv.index("--port") + 1] == str(API_PORT)
+    assert argv[argv.index("--host") + 1] == "0.0.0.0"
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert ports["http"] == API_PORT
+    for probe in ("readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/healthz", "port": "http"}, probe
+    env = {variable["name"]: variable for variable in container["env"]}
+    tokens = Path(env["RECALL_API_TOKENS"]["value"])
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    mount = mounts[str(tokens.parent)]
+    assert mount["readOnly"] is True
+    volume = {v["name"]: v for v in spec["volumes"]}[mount["name"]]
+    secret = k8s_object("Secret", volume["secret"]["secretName"])
+    (item,) = volume["secret"]["items"]
+    assert item["path"] == tokens.name
+    assert item["key"] in secret["stringData"]
+    service = k8s_object("Service", "recall-api")
+    assert service["spec"].get("type", "ClusterIP") == "ClusterIP"
+    assert (
+        service["spec"]["selector"].items() <= api["spec"]["template"]["metadata"]["labels"].items()
+    )
+    (port,) = service["spec"]["ports"]
+    assert port["targetPort"] == "http"
+
+
 def test_keda_scales_the_workers_on_the_call_results_list() -> None:
     (scaled,) = [o for _, o in k8s_objects() if o["kind"] == "ScaledObject"]
     target = scaled["spec"]["scaleTargetRef"]
@@ -1254,6 +1289,7 @@ def test_systemd_units_parse() -> None:
         "recall-dispatcher.service",
         "recall-flower.service",
         "recall-migrate.service",
+        "recall-api.service",
     }
     for path in units:
         parsed = unit(path)
@@ -1267,7 +1303,7 @@ def test_systemd_migrations_come_first() -> None:
     migrate = unit(SYSTEMD / "recall-migrate.service")["Service"]
     assert migrate["Type"] == "oneshot"
     assert shlex.split(migrate["ExecStart"])[1:] == ["db", "upgrade"]
-    for name in ("recall-worker@.service", "recall-dispatcher.service"):
+    for name in ("recall-worker@.service", "recall-dispatcher.service", "recall-api.service"):
         section = unit(SYSTEMD / name)["Unit"]
         assert "recall-migrate.service" in section["Requires"].split(), name
         assert "recall-migrate.service" in section["After"].split(), name
@@ -1294,6 +1330,28 @@ def test_systemd_flower_gets_basic_auth_from_the_env_file() -> None:
     assert re.fullmatch(r"[^:,]+:[^,]+", env["FLOWER_BASIC_AUTH"])
     assert env["RECALL_BROKER_URL"].startswith("redis://")
     assert env["RECALL_DATABASE_URL"].startswith("postgresql+psycopg://")
+
+
+def test_systemd_api_needs_its_tokens_and_listens_on_loopback() -> None:
+    api = unit(SYSTEMD / "recall-api.service")["Service"]
+    assert api["EnvironmentFile"].lstrip("-") == "/etc/recall/recall.env"
+    argv = shlex.split(api["ExecStart"])
+    assert argv[1:2] == ["serve"]
+    assert argv[argv.index("--host") + 1] == "127.0.0.1"
+    assert argv[argv.index("--forwarded-allow-ips") + 1] == "127.0.0.1"
+    assert env_file(SYSTEMD / "recall.env.example")["RECALL_API_TOKENS"].endswith(".toml")
+
+
+def test_compose_api_needs_its_tokens_and_is_checked_on_healthz() -> None:
+    api = compose_services()["api"]
+    argv = _compose_service_argv(api, _argv(api["command"]))
+    assert argv[:2] == ["recall", "serve"]
+    tokens = api["environment"]["RECALL_API_TOKENS"]
+    mounts = {volume["target"]: volume for volume in api["volumes"] if isinstance(volume, dict)}
+    assert mounts[tokens]["read_only"] is True
+    assert any(str(port) == f"127.0.0.1:{API_PORT}:{API_PORT}" for port in api["ports"])
+    assert any("/healthz" in part for part in api["healthcheck"]["test"])
+    assert api["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
 
 
 # --- Prometheus -------------------------------------------------------------------------------

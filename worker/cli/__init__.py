@@ -50,6 +50,14 @@ main.lazy_commands.update(
             "worker.cli.services:status",
             "Workers, queues, recalls and dead letters at a glance; exit 1 when unhealthy.",
         ),
+        "serve": (
+            "worker.cli.serve:serve",
+            "Run the HTTP API (JSON, described at /openapi.json) on HOST:PORT.",
+        ),
+        "tokens": (
+            "worker.cli.serve:tokens",
+            "API tokens for `recall serve`: make a new one (its hash goes in RECALL_API_TOKENS).",
+        ),
         "db": (
             "worker.cli.services:db",
             "Database schema management.",

@@ -13,7 +13,8 @@ import click
 import orjson
 
 from config.settings import SettingsError
-from worker.domain.events import MAX_YEAR, MIN_YEAR
+from worker.domain.events import InvalidEvent
+from worker.domain.intake import parse_instant
 from worker.domain.rules import Rules, RulesError, load_rules
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -130,14 +131,9 @@ def parse_now(text: str | None) -> datetime:
     if text is None:
         return datetime.now(UTC)
     try:
-        moment = datetime.fromisoformat(text)
-    except ValueError:
-        raise CommandError(f"--now: not an ISO-8601 date and time: {text!r}") from None
-    if moment.tzinfo is None:
-        raise CommandError(f"--now: no UTC offset in {text!r}")
-    if not MIN_YEAR <= moment.year <= MAX_YEAR:
-        raise CommandError(f"--now: year must be {MIN_YEAR}-{MAX_YEAR}, got {text!r}")
-    return moment
+        return parse_instant(text, "--now")
+    except InvalidEvent as error:
+        raise CommandError(str(error)) from None
 
 
 def plural(count: int, noun: str) -> str:

@@ -17,10 +17,8 @@ from worker.cli.common import (
     read_rules,
     rules_option,
 )
-from worker.domain.engine import Decision, PhoneHistory
-from worker.domain.engine import decide as decide_event
-from worker.domain.events import InvalidEvent, parse_event_json
-from worker.domain.intake import Rejected, check_clock
+from worker.domain.engine import Decision
+from worker.domain.intake import Refused, decide_alone
 
 
 @click.command()
@@ -42,19 +40,9 @@ def decide(
     rules = read_rules(rules_path)
     now = parse_now(now_text) if now_text is not None else None
     try:
-        event = parse_event_json(event_file.read())
-    except InvalidEvent as error:
-        raise CommandError(f"invalid event: {error}") from None
-    if now is None:
-        now = event.occurred_at
-    elif event.plan_id in rules.plans:  # else the decision says unknown_plan, as accept does
-        try:
-            check_clock(event, now, get_settings().clock_skew_s)
-        except Rejected as error:
-            raise CommandError(f"{error.reason}: {error.detail}") from None
-    decision = decide_event(event, rules, PhoneHistory(), now)
-    if decision.action == "reject":
-        raise CommandError(f"{decision.reason}: {decision.explanation}")
+        event, decision = decide_alone(event_file.read(), rules, now, get_settings().clock_skew_s)
+    except Refused as error:
+        raise CommandError(str(error)) from None
     if as_json:
         echo_json(decision.to_json())
     else:

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-from sqlalchemy.orm import Session
 
 from config.settings import get_settings, mask_url
 from worker.cli.common import (
@@ -282,42 +281,25 @@ def dead_letters_list(include_replayed: bool, limit: int, as_json: bool) -> None
 @json_option
 def dead_letters_replay(ids: tuple[int, ...], rules_path: Path | None, as_json: bool) -> None:
     """Run the dead letters through validation and the rules again (e.g. after a rules fix)."""
-    from worker.store.ingest import replay_dead_letters
-    from worker.store.rules_versions import record_rules_version, source_of
+    from worker.store.ingest import replay_dead_letters_in_force
+    from worker.store.queries import dead_letters_problem
 
     rules = read_rules(rules_path)
     ready_database(migrate=False)
     now = datetime.now(UTC)
     with session_scope() as session:
-        _refuse_unknown_letters(session, ids)
-        # In the rules history before anything is decided with them (and before any lead lock).
-        record_rules_version(session, rules, source_of(rules, "dead-letters"), now)
-        report, refused = replay_dead_letters(
-            session, rules, now, ids or None, skew_s=get_settings().clock_skew_s
+        problem = dead_letters_problem(session, ids)
+        if problem is not None:
+            raise CommandError(problem)
+        result = replay_dead_letters_in_force(
+            session, rules, now, ids, skew_s=get_settings().clock_skew_s
         )
-    taken = len(report.decisions)
     if as_json:
-        echo_json({"taken": taken, "still_refused": refused, "actions": report.counts()})
+        echo_json(result)
         return
-    click.echo(f"{plural(taken, 'dead letter')} taken, {refused:,} still refused")
-
-
-def _refuse_unknown_letters(session: Session, ids: tuple[int, ...]) -> None:
-    """``--id``: a letter that does not exist, or was replayed already, is an error."""
-    from worker.store.queries import dead_letter_states
-
-    if not ids:
-        return
-    found = dead_letter_states(session, ids)
-    missing = sorted(set(ids) - set(found))
-    replayed = sorted(i for i in set(ids) & set(found) if found[i] != "new")
-    problems = []
-    if missing:
-        problems.append(f"no dead letter with id {', '.join(map(str, missing))}")
-    if replayed:
-        problems.append(f"already replayed: {', '.join(map(str, replayed))}")
-    if problems:
-        raise CommandError("; ".join(problems) + " (see `recall dead-letters list --all`)")
+    click.echo(
+        f"{plural(result['taken'], 'dead letter')} taken, {result['still_refused']:,} still refused"
+    )
 
 
 @click.command()

@@ -11,8 +11,11 @@ from datetime import UTC, datetime
 
 import orjson
 
+from worker.domain.engine import Decision, PhoneHistory, decide
 from worker.domain.events import (
     MAX_EVENT_BYTES,
+    MAX_YEAR,
+    MIN_YEAR,
     CallResult,
     InvalidEvent,
     parse_event,
@@ -20,7 +23,17 @@ from worker.domain.events import (
 )
 from worker.domain.rules import Rules
 
-__all__ = ["AheadOfClock", "Rejected", "accept", "check_clock", "event_id_of", "raw_text"]
+__all__ = [
+    "AheadOfClock",
+    "Refused",
+    "Rejected",
+    "accept",
+    "check_clock",
+    "decide_alone",
+    "event_id_of",
+    "parse_instant",
+    "raw_text",
+]
 
 
 def raw_text(raw: object) -> str:
@@ -79,6 +92,20 @@ def _ahead(seconds: float) -> str:
     return f"{seconds:,.0f} s"
 
 
+def parse_instant(text: str, name: str) -> datetime:
+    """A deciding clock given by a person or a client (``--now``, ``?now=``): ISO-8601 with an
+    offset. Raises ``InvalidEvent`` naming ``name`` when it is not one."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidEvent(name, f"not an ISO-8601 date and time: {text!r}") from None
+    if moment.tzinfo is None:
+        raise InvalidEvent(name, f"no UTC offset in {text!r}")
+    if not MIN_YEAR <= moment.year <= MAX_YEAR:
+        raise InvalidEvent(name, f"year must be {MIN_YEAR}-{MAX_YEAR}, got {text!r}")
+    return moment
+
+
 def check_clock(event: CallResult, now: datetime, skew_s: int) -> None:
     """Refuse ``event`` if it occurred more than ``skew_s`` seconds after ``now``.
 
@@ -127,3 +154,34 @@ def accept(raw: object, rules: Rules, now: datetime, skew_s: int) -> CallResult:
         raise Rejected("unknown_plan", f"plan_id: plan {event.plan_id!r} is not in the rules")
     check_clock(event, now, skew_s)
     return event
+
+
+class Refused(ValueError):
+    """An event ``decide_alone`` cannot decide: ``str()`` is the one-line reason."""
+
+
+def decide_alone(
+    payload: bytes | str, rules: Rules, now: datetime | None, skew_s: int
+) -> tuple[CallResult, Decision]:
+    """One event (JSON text) decided against ``rules`` alone: no history, no database.
+
+    What ``recall decide`` and ``POST /v1/decide`` both do. ``now`` None decides as of the
+    event's own ``occurred_at`` (so the same event and rules always give the same decision);
+    a given ``now`` refuses an event more than ``skew_s`` seconds after it. A malformed event,
+    an unknown plan or a clock refusal raises ``Refused`` with the line both print.
+    """
+    try:
+        event = parse_event_json(payload)
+    except InvalidEvent as error:
+        raise Refused(f"invalid event: {error}") from None
+    if now is None:
+        now = event.occurred_at
+    elif event.plan_id in rules.plans:  # else the decision says unknown_plan, as accept does
+        try:
+            check_clock(event, now, skew_s)
+        except Rejected as error:
+            raise Refused(f"{error.reason}: {error.detail}") from None
+    decision = decide(event, rules, PhoneHistory(), now)
+    if decision.action == "reject":
+        raise Refused(f"{decision.reason}: {decision.explanation}")
+    return event, decision

@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -23,8 +24,9 @@ from worker.domain.rules import Rules
 from worker.store.dead_letters import Letter, record_dead_letters
 from worker.store.decisions import apply_events
 from worker.store.models import DeadLetter
+from worker.store.rules_versions import record_rules_version, source_of
 
-__all__ = ["IngestReport", "ingest", "replay_dead_letters"]
+__all__ = ["IngestReport", "ingest", "replay_dead_letters", "replay_dead_letters_in_force"]
 
 
 @dataclass
@@ -111,3 +113,15 @@ def replay_dead_letters(
             continue
         letter.status, letter.replayed_at = "replayed", now
     return IngestReport(apply_events(session, taken, rules, now).decisions), refused
+
+
+def replay_dead_letters_in_force(
+    session: Session, rules: Rules, now: datetime, ids: Sequence[int] | None, *, skew_s: int
+) -> dict[str, Any]:
+    """``replay_dead_letters`` as ``recall dead-letters replay`` and the API run it: ``rules``
+    recorded in the rules history first, as in force since ``now`` (before anything is decided
+    with them, and before any lead lock). Returns the JSON summary both print:
+    ``{"taken", "still_refused", "actions"}``."""
+    record_rules_version(session, rules, source_of(rules, "dead-letters"), now)
+    report, refused = replay_dead_letters(session, rules, now, ids or None, skew_s=skew_s)
+    return {"taken": len(report.decisions), "still_refused": refused, "actions": report.counts()}

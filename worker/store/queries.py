@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -22,6 +24,7 @@ __all__ = [
     "held_recalls",
     "phone",
     "phones",
+    "phones_page",
     "recall_counts",
     "summary",
 ]
@@ -67,6 +70,8 @@ def _with_recalls(session: Session, rows: Sequence[Phone]) -> list[dict[str, Any
 
 def phone(session: Session, phone_id: str) -> dict[str, Any] | None:
     """The contract's JSON form of one phone, or None if it was never seen."""
+    if "\x00" in phone_id:  # no id holds one (PostgreSQL text cannot), and it cannot be sent
+        return None
     row = session.get(Phone, phone_id)
     return None if row is None else _with_recalls(session, [row])[0]
 
@@ -83,6 +88,51 @@ def phones(session: Session, which: PhoneFilter, limit: int) -> list[dict[str, A
     """Phones in id order: all, the dial-eligible ones, or those waiting for a recall."""
     query = select(Phone).where(*_phones_where(which)).order_by(Phone.phone_id).limit(limit)
     return _with_recalls(session, session.scalars(query).all())
+
+
+def _cursor_of(phone_id: str) -> str:
+    return base64.urlsafe_b64encode(phone_id.encode()).decode().rstrip("=")
+
+
+def _after(cursor: str) -> str:
+    try:
+        padded = (cursor + "=" * (-len(cursor) % 4)).encode()
+        after = base64.b64decode(padded, altchars=b"-_", validate=True).decode()
+        if "\x00" in after:
+            raise ValueError(after)
+        return after
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise ValueError(f"cursor: not a cursor this service gave: {cursor[:40]!r}") from None
+
+
+def phones_page(
+    session: Session,
+    *,
+    plan_id: str | None,
+    eligible: bool | None,
+    limit: int,
+    cursor: str | None,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """One page of phones in id order, and the cursor of the next page (None after the last).
+
+    Keyset paging: ``cursor`` (opaque: the last phone id of the page before, URL-safe base64)
+    resumes after that phone, so a page costs the same wherever it is, and phones added meanwhile
+    are neither skipped nor repeated. A cursor that cannot be read raises ValueError.
+    """
+    if plan_id is not None and "\x00" in plan_id:  # no plan id holds one
+        return [], None
+    where = []
+    if plan_id is not None:
+        where.append(Phone.plan_id == plan_id)
+    if eligible is not None:
+        where.append(Phone.eligible.is_(eligible))
+    if cursor is not None:
+        where.append(Phone.phone_id > _after(cursor))
+    query = select(Phone).where(*where).order_by(Phone.phone_id).limit(limit + 1)
+    rows = session.scalars(query).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return _with_recalls(session, rows), _cursor_of(rows[-1].phone_id) if more else None
 
 
 def count_phones(session: Session, which: PhoneFilter) -> int:
@@ -236,3 +286,21 @@ def dead_letter_states(session: Session, ids: Sequence[int]) -> dict[int, str]:
     """The status (``new``, ``replayed``) of each of the dead letters ``ids`` that exists."""
     query = select(DeadLetter.id, DeadLetter.status).where(DeadLetter.id.in_(ids))
     return {row.id: row.status for row in session.execute(query)}
+
+
+def dead_letters_problem(session: Session, ids: Sequence[int]) -> str | None:
+    """Why the dead letters ``ids`` cannot be replayed (one that does not exist, or was replayed
+    already), in one line; None when they all can be (or ``ids`` is empty: all that are new)."""
+    if not ids:
+        return None
+    found = dead_letter_states(session, ids)
+    missing = sorted(set(ids) - set(found))
+    replayed = sorted(i for i in set(ids) & set(found) if found[i] != "new")
+    problems = []
+    if missing:
+        problems.append(f"no dead letter with id {', '.join(map(str, missing))}")
+    if replayed:
+        problems.append(f"already replayed: {', '.join(map(str, replayed))}")
+    if not problems:
+        return None
+    return "; ".join(problems) + " (see `recall dead-letters list --all`)"
