@@ -86,7 +86,8 @@ def history(as_json: bool) -> None:
     """List the rules versions in force so far, newest first, from the database.
 
     Each with when it came into force and where from: the worker's rules file (or the shipped
-    defaults), an applied replay, a dead-letters replay, and its author and comment if any.
+    defaults), an edit through the API or the console, an applied replay, a dead-letters replay,
+    and its author and comment if any. The newest from a file or an edit is in force.
     """
     from worker.cli.services import ready_database
     from worker.store.database import session_scope
