@@ -319,6 +319,35 @@ def test_a_broken_file_is_refused_and_the_version_in_force_stays(
     assert len(rows(get_engine())) == 2
 
 
+def test_a_process_started_with_a_broken_file_decides_with_the_version_in_force(
+    database: str,
+    monkeypatch: pytest.MonkeyPatch,
+    write_rules: Callable[..., Path],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A pool process replaced while the file is broken: it has no good file, the history has."""
+    path = write_rules(BUSY.format(20))
+    start_process(monkeypatch, path)
+    process_call_results([call("f1")])
+    edited = edit(get_engine(), BUSY.format(40))
+
+    path.write_text("[[plans]\n", encoding="utf-8")
+    start_process(monkeypatch, path)
+    with caplog.at_level(logging.ERROR, logger="worker.runtime.rules_cache"):
+        process_call_results([call("f2")])
+        process_call_result(call("f3"))
+    assert decided_by("f2") == decided_by("f3") == edited.version
+    assert caplog.text.count("rules file refused: ") == 1  # read again only when it changes
+    assert f"{path}: not valid TOML" in caplog.text
+    assert len(rows(get_engine())) == 2
+
+    # Fixed: a change of the file, recorded and in force.
+    rewrite(path, BUSY.format(30))
+    monkeypatch.setattr(rules_cache, "POLL_S", 0.0)
+    process_call_results([call("f4")])
+    assert decided_by("f4") == load_rules(path).version
+
+
 # --- a running worker ---------------------------------------------------------------------------
 
 

@@ -52,6 +52,8 @@ class _RulesCache:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._rules: Rules | None = None
+        #: Why the file does not load, while this process never had good rules from it.
+        self._error: RulesError | None = None
         self._stamp: tuple[float, ...] = ()
         self._checked = 0.0
 
@@ -60,30 +62,41 @@ class _RulesCache:
         path = get_settings().rules_path
         return [DEFAULT_RULES_PATH] + ([path] if path is not None else [])
 
+    def _known(self) -> Rules:
+        if self._rules is None:
+            assert self._error is not None
+            raise self._error
+        return self._rules
+
     def get(self) -> Rules:
+        """The file's rules; raises ``RulesError`` while it never loaded (read again when it
+        changes, not on every call)."""
         with self._lock:
             monotonic = time.monotonic()
-            if self._rules is not None and monotonic - self._checked < RELOAD_CHECK_S:
-                return self._rules
+            known = self._rules is not None or self._error is not None
+            if known and monotonic - self._checked < RELOAD_CHECK_S:
+                return self._known()
             self._checked = monotonic
             paths = self._paths()
             try:
                 stamp = tuple(path.stat().st_mtime for path in paths)
             except OSError:
                 stamp = ()
-            if self._rules is not None and stamp == self._stamp:
-                return self._rules
+            if known and stamp == self._stamp:
+                return self._known()
             try:
                 rules = load_rules(paths[1] if len(paths) > 1 else None)
             except RulesError as error:
+                self._stamp = stamp
                 if self._rules is None:
+                    log.error("rules file refused: %s", error)
+                    self._error = error
                     raise
                 log.error("rules not reloaded, keeping the last good rules: %s", error)
-                self._stamp = stamp
                 return self._rules
             if self._rules is not None:
                 log.info("rules reloaded from %s", " + ".join(rules.sources))
-            self._rules, self._stamp = rules, stamp
+            self._rules, self._stamp, self._error = rules, stamp, None
             return rules
 
 
@@ -111,7 +124,7 @@ KEEP_VERSIONS = 8
 class _Seen:
     """What a process knows of one database's history, as of a committed transaction."""
 
-    file_version: str  # this process's file version, as reconciled with the history
+    file_version: str | None  # this process's file version, as reconciled with the history
     newest_id: int | None  # the newest row's id then
     row: VersionInForce  # the version in force
     rules: Rules  # its rules
@@ -132,32 +145,44 @@ def rules_in_force(session: Session, now: datetime) -> Rules:
     its version with the history (at start, after the file changed), is recorded as a new version
     if it differs from the last version recorded from that file; then the newest id tells whether
     the version in force changed. What a transaction recorded is remembered once it commits.
-    Raises ``RulesError`` when there are no good rules to decide with (the task retries).
+    A process whose rules file never loaded decides with the version in force too. Raises
+    ``RulesError`` when there are no good rules to decide with (the task retries).
     """
-    file_rules = current_rules()
+    file_error: RulesError | None = None
+    try:
+        file_rules: Rules | None = current_rules()
+    except RulesError as error:
+        # A process that never had good rules from its file (a pool process started while it
+        # was broken): the version in force decides, if there is one.
+        file_rules, file_error = None, error
     engine = session.get_bind()
     assert isinstance(engine, Engine), "sessions are bound to an engine"
     clock = time.monotonic()
     seen = _seen.get(engine)
+    known_file = seen.file_version if seen is not None else None
+    file_version = file_rules.version if file_rules is not None else known_file
     if (
         seen is not None
-        and seen.file_version == file_rules.version
+        and seen.file_version == file_version
         and clock - seen.checked < min(POLL_S, RECHECK_S)
     ):
         return seen.rules
     recorded = seen.recorded if seen is not None else clock
-    if seen is None or seen.file_version != file_rules.version:
+    if file_rules is not None and (seen is None or seen.file_version != file_version):
         source = source_of(file_rules)
-        if last_from(session, source) != file_rules.version and record_rules_version(
+        if last_from(session, source) != file_version and record_rules_version(
             session, file_rules, source, now
         ):
             recorded = clock
     newest = newest_id(session)
-    if seen is not None and seen.newest_id == newest and seen.file_version == file_rules.version:
+    if seen is not None and seen.newest_id == newest and seen.file_version == file_version:
         row, rules = seen.row, seen.rules
     else:
         found = in_force(session)
         if found is None:  # a history without a workers' row (only replays'): the file's rules
+            if file_rules is None:
+                assert file_error is not None
+                raise file_error  # nothing to decide with: the task retries
             record_rules_version(session, file_rules, source_of(file_rules), now)
             found, recorded = in_force(session), clock
             assert found is not None
@@ -165,7 +190,7 @@ def rules_in_force(session: Session, now: datetime) -> Rules:
         newest = newest_id(session)
     if row.id != newest and clock - recorded >= RECHECK_S and reassert_in_force(session, now):
         recorded, newest = clock, newest_id(session)
-    update = _Seen(file_rules.version, newest, row, rules, clock, recorded)
+    update = _Seen(file_version, newest, row, rules, clock, recorded)
 
     def remember(_session: Session) -> None:
         with _lock:
@@ -180,14 +205,14 @@ def rules_in_force(session: Session, now: datetime) -> Rules:
 
 
 def _rules_of(
-    row: VersionInForce, file_rules: Rules, seen: _Seen | None
+    row: VersionInForce, file_rules: Rules | None, seen: _Seen | None
 ) -> tuple[VersionInForce, Rules]:
     """``row`` and its Rules: the file's own when they are that version, else its stored text.
 
     A text that no longer loads (it cannot, unless the checks of a newer release refuse it) is
     refused with a logged line, and the version in force before stays in force in this process.
     """
-    if row.version == file_rules.version:
+    if file_rules is not None and row.version == file_rules.version:
         return row, file_rules
     with _lock:
         loaded = _loaded.get(row.version)
