@@ -263,10 +263,11 @@ def _user() -> str:
 )
 @json_option
 def phones_claim(plan_id: str, limit: int, lease_s: int, as_json: bool) -> None:
-    """Claim dial-eligible phones of a plan, as a dialer's hopper does, each under a lease.
+    """Lease eligible phones of a plan, as a dialer's hopper takes them.
 
-    Callbacks come first, then the phones eligible longest. No other claim gets a phone until
-    its lease ends or a call result for it arrives. The claimant is recorded as cli:<user>.
+    Each phone comes with a lease id and the time its lease ends. Callbacks come first, then the
+    phones eligible longest. No other claim gets a phone until its lease ends or a call result
+    for it arrives. The claimant is recorded as cli:<user>.
     """
     from worker.store.claims import claim_phones
 
