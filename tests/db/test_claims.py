@@ -23,12 +23,14 @@ from sqlalchemy.orm import Session
 
 from tests.helpers import EVENT_DEFAULTS, SKEW_S, at, json_of, one_line_error, reset_process_state
 from worker.cli import main
+from worker.domain.events import parse_event
 from worker.domain.rules import Rules, load_rules
 from worker.store import queries
 from worker.store.claims import Claimed, claim_phones, release_claim
+from worker.store.decisions import apply_events
 from worker.store.ingest import ingest
 from worker.store.models import Phone
-from worker.store.recalls import fire_recalls
+from worker.store.recalls import fire_due, fire_recalls
 
 # Calls at 10:00 UTC on an always-open plan: a 486 recalls at 10:15, a callback at its time.
 NOW = at("2026-01-14T10:01:00+00:00")
@@ -218,6 +220,13 @@ def test_a_call_result_ends_the_lease_and_a_new_recall_fires_afresh(
     leased, _ = claim(db_engine, AFTER, lease_s=3600)
     called = at("2026-01-14T11:01:00+00:00")
 
+    # A result older than the phone's last one (stale) is not the call the lease was for.
+    with transaction(db_engine) as session:
+        old = event("P", event_id="P-0", occurred_at="2026-01-14T09:00:00+00:00")
+        (decision,) = ingest(session, [old], rules, called, task="t", skew_s=SKEW_S).decisions
+    assert decision.action == "stale"
+    assert row(db_engine, "P").lease_id == leased.lease_id
+
     with transaction(db_engine) as session:
         result = event("P", event_id="P-2", occurred_at="2026-01-14T11:00:00+00:00")
         (decision,) = ingest(session, [result], rules, called, task="t", skew_s=SKEW_S).decisions
@@ -254,6 +263,28 @@ def test_a_recall_firing_ends_a_lease_left_on_the_phone(db_engine: Engine, rules
     assert (stored.eligible, stored.eligible_reason) == (True, "sip_recall")
     assert (stored.lease_id, stored.leased_until, stored.leased_to) == (None, None, None)
     assert ids(claim(db_engine, at("2026-01-14T10:16:00+00:00"))) == ["P"]
+
+
+def test_a_replays_firings_say_why_the_phone_is_eligible(db_engine: Engine, rules: Rules) -> None:
+    """On the simulated clock recalls fire in the timeline, or at the end of the replay."""
+    events = [
+        event("P"),  # a 486: due 10:15
+        event("C", "personal"),  # a callback: due 10:05
+        # An id already taken for another phone is a duplicate, but P's recall fires before it.
+        event("Q", event_id="X"),
+        event("P", event_id="X", occurred_at="2026-01-14T11:00:00+00:00"),
+    ]
+    with transaction(db_engine) as session:
+        apply_events(session, [parse_event(payload) for payload in events], rules, None)
+        assert fire_due(session, at("2026-01-14T10:10:00+00:00")) == 1  # C's callback
+
+    assert (row(db_engine, "P").eligible_reason, row(db_engine, "P").eligible_at) == (
+        "sip_recall", at("2026-01-14T10:15:00+00:00"),
+    )  # fmt: skip
+    claimed = claim(db_engine, AFTER)
+    assert [(c.phone_id, c.reason, c.agent) for c in claimed] == [
+        ("C", "callback", "agent-7"), ("P", "sip_recall", None),
+    ]  # fmt: skip
 
 
 # --- limits --------------------------------------------------------------------------------------
