@@ -57,5 +57,12 @@ bench-ingest: install
 bench-replay: install
 	$(BIN)/python bench/replay.py --events 1000000
 
+## event-schema: regenerate docs/event.schema.json (the event contract as a JSON Schema) from
+## worker.domain.events.EventSchema, after a change to it
+.PHONY: event-schema
+event-schema: install
+	$(BIN)/python -c 'import json; from worker.domain.events import event_json_schema;'\
+	' print(json.dumps(event_json_schema(), indent=2, ensure_ascii=False))' > docs/event.schema.json
+
 clean:
 	rm -rf $(VENV) .recall .mypy_cache .pytest_cache .ruff_cache
