@@ -15,7 +15,7 @@ from worker.domain.intake import event_id_of
 from worker.names import BATCH_TASK, SINGLE_TASK
 from worker.runtime.batching import BufferedTask
 from worker.runtime.metrics import record
-from worker.runtime.rules_cache import current_rules, record_rules_in_force
+from worker.runtime.rules_cache import rules_in_force
 from worker.store.dead_letters import Letter, record_dead_letters
 from worker.store.ingest import ingest
 
@@ -51,8 +51,7 @@ def _ingest(
     try:
         with task.transaction() as session:
             now = task.now()
-            rules = current_rules()
-            record_rules_in_force(session, rules, now)  # before any decision made with them
+            rules = rules_in_force(session, now)  # recorded before any decision made with them
             report = ingest(
                 session, payloads, rules, now, task=task.name, skew_s=get_settings().clock_skew_s
             )

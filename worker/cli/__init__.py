@@ -20,7 +20,8 @@ main.lazy_commands.update(
         "rules": (
             "worker.cli.rules:rules",
             "Check, show or export the effective rules (the defaults with your file merged over),"
-            " or read the versions in force so far and what changed between two.",
+            " read the versions in force so far and what changed between two, or preview a"
+            " change.",
         ),
         "sample": (
             "worker.cli.sample:sample",

@@ -25,7 +25,13 @@ from worker.cli.outputs import writes_files
 from worker.domain.rules import Rules
 from worker.replay.apply import apply, running_replay
 from worker.replay.parallel import ShareFailed, default_shares, replay_in_shares
-from worker.replay.simulation import Comparison, JsonLinesWriter, Summary, simulate
+from worker.replay.simulation import (
+    Comparison,
+    JsonLinesWriter,
+    Summary,
+    simulate,
+    what_if_json,
+)
 from worker.replay.sorting import Rejection, fewer_collections, sorted_events
 from worker.replay.sources import SourceError, check_files
 
@@ -332,35 +338,17 @@ def _result(
     comparison: Comparison | None,
     rules: Rules,
 ) -> dict[str, Any]:
+    what_if = what_if_json(summary, pending, comparison, rules)
     result: dict[str, Any] = {
         "mode": "dry-run" if dry_run else "applied",
-        "rules": " + ".join(rules.sources),
-        "rules_version": rules.version,
+        "rules": what_if.pop("rules"),
+        "rules_version": what_if.pop("rules_version"),
         "elapsed_s": round(elapsed, 3),
         "events_per_s": round(summary.events / elapsed) if elapsed > 0 else None,
-        "summary": _summary_json(summary, pending),
+        "summary": what_if.pop("summary"),
         "rejections_sample": [rejection.to_json() for rejection in rejections],
     }
-    if comparison is not None:
-        other = comparison.simulation
-        result["compare"] = {
-            "rules": " + ".join(other.rules.sources),
-            "rules_version": other.rules.version,
-            "summary": _summary_json(other.summary, comparison.pending),
-            "differing_decisions": comparison.differing,
-            "sample": [difference.to_json() for difference in comparison.sample],
-        }
-    return result
-
-
-def _summary_json(summary: Summary, pending: int) -> dict[str, Any]:
-    """One rule set's summary, with what the text and the HTML report need besides."""
-    return {
-        **summary.to_json(),
-        "recalls_pending": pending,
-        "recalls_by_local_hour": {str(h): summary.recalls_by_local_hour[h] for h in range(24)},
-        "delay_minutes_histogram": {str(k): v for k, v in sorted(summary.delay_minutes.items())},
-    }
+    return {**result, **what_if}
 
 
 def _text(result: dict[str, Any], rejects_written: bool = False) -> str:

@@ -1,24 +1,32 @@
-"""``recall rules check|show|export|history|diff``: the effective rules, and their history.
+"""``recall rules check|show|export|history|diff|preview``: the effective rules, their history.
 
-``history`` and ``diff`` read the rules versions the database keeps (DESIGN.md section 9); the
-other commands need no database (and load no SQLAlchemy).
+``history``, ``diff`` and ``preview`` read the rules versions and call results the database
+keeps (DESIGN.md section 9); the other commands need no database (and load no SQLAlchemy).
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import click
 
-from worker.cli.common import CommandError, echo_json, json_option, read_rules, rules_option
+from worker.cli.common import (
+    CommandError,
+    echo_json,
+    json_option,
+    parse_now,
+    read_rules,
+    rules_option,
+)
 from worker.cli.outputs import writes_files
 from worker.domain.rules import Rules
 
 
 @click.group()
 def rules() -> None:
-    """Check, show or export the effective rules (the defaults with your file merged over), or
-    read the versions in force so far and what changed between two."""
+    """Check, show or export the effective rules (the defaults with your file merged over), read
+    the versions in force so far and what changed between two, or preview a change."""
 
 
 @rules.command()
@@ -78,7 +86,8 @@ def history(as_json: bool) -> None:
     """List the rules versions in force so far, newest first, from the database.
 
     Each with when it came into force and where from: the worker's rules file (or the shipped
-    defaults), an applied replay, a dead-letters replay, and its author and comment if any.
+    defaults), an edit through the API or the console, an applied replay, a dead-letters replay,
+    and its author and comment if any. The newest from a file or an edit is in force.
     """
     from worker.cli.services import ready_database
     from worker.store.database import session_scope
@@ -140,6 +149,61 @@ def diff(old: str, new: str, as_json: bool) -> None:
         click.echo(f"{change.section} {change.entry}: {change.change}")
         for field in change.fields:
             click.echo(f"  {field}")
+
+
+@rules.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option(
+    "--days",
+    type=click.IntRange(1, 366),
+    default=7,
+    show_default=True,
+    help="Look back over the call results of this many days.",
+)
+@click.option("--now", "now_text", metavar="ISO", help="End of the window (default: now).")
+@json_option
+def preview(file: Path, days: int, now_text: str | None, as_json: bool) -> None:
+    """What the rules FILE (merged over the shipped defaults, as RECALL_RULES is) would have
+    decided, against the version in force, over the call results the database holds.
+
+    The events that occurred in the last --days days are replayed dry, in event-time order,
+    under both (as `recall replay --compare` does): the summaries side by side and the decisions
+    that differ. Nothing is written.
+    """
+    from worker.cli.replay import _text
+    from worker.cli.services import ready_database
+    from worker.domain.rules import RulesError
+    from worker.replay.preview import preview_rules
+    from worker.store.database import session_scope
+    from worker.store.rules_versions import in_force, rules_of
+
+    proposed = read_rules(file)
+    now = parse_now(now_text)
+    ready_database(migrate=False)
+    started = time.monotonic()
+    with session_scope() as session:
+        row = in_force(session)
+        if row is None:
+            raise CommandError(
+                "no rules version in force yet: a worker records its rules when it starts"
+                " (recall rules history)"
+            )
+        try:
+            current = rules_of(row)
+        except RulesError as error:
+            raise CommandError(str(error)) from None
+        result = preview_rules(session, proposed, current, days=days, now=now)
+    if as_json:
+        echo_json(result)
+        return
+    elapsed = time.monotonic() - started
+    events = result["summary"]["events"]
+    shown = {**result, "elapsed_s": elapsed, "events_per_s": round(events / max(elapsed, 1e-9))}
+    click.echo(
+        f"preview of {file} against the version in force {row.version} ({row.source}), over the"
+        f" call results of {result['since']} to {result['until']}"
+    )
+    click.echo(_text({**shown, "rejections_sample": []}))
 
 
 def render(loaded: Rules) -> str:

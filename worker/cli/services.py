@@ -22,7 +22,7 @@ from worker.cli.common import (
 )
 from worker.names import WORKER_QUEUES
 from worker.replay.sources import SourceError, UnreadableRow, check_files, iter_records
-from worker.runtime.status import Status, broker_error, check_broker, collect
+from worker.runtime.status import Status, broker_error, check_broker, collect, rules_note
 from worker.store.database import (
     DatabaseNotReady,
     database_url,
@@ -345,11 +345,26 @@ def _status_text(result: Status) -> str:
                 f" {plural(running, 'replay')} running"
             )
     letters = data["dead_letters_new"]
+    state = data["rules_in_force"]
+    if state is None:
+        in_force_line = "unknown"
+    elif state["version"] is None:
+        in_force_line = (
+            "none recorded yet (a worker records its rules file's version when it starts)"
+        )
+    else:
+        by = f" by {state['author']}" if state["author"] else ""
+        said = f" ({state['comment']})" if state["comment"] else ""
+        in_force_line = (
+            f"{state['version']} since {state['in_force_since']}, from {state['source']}{by}{said}"
+        )
     lines = [
         f"status          {'healthy' if result.healthy else 'UNHEALTHY'}",
         f"broker          {data['broker']}",
         f"database        {data['database']}",
         f"rules           {data['rules']}",
+        f"rules in force  {in_force_line}",
+        *([f"                {note}"] if state and (note := rules_note(state)) else []),
         f"workers         {len(result.workers)}: {', '.join(result.workers) or '-'}",
         "queues          "
         + (", ".join(f"{name} {depth}" for name, depth in result.queues.items()) or "-"),

@@ -12,7 +12,7 @@ import hashlib
 import re
 import tomllib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from functools import cache
 from pathlib import Path
@@ -37,6 +37,8 @@ __all__ = [
     "SipRule",
     "is_valid_timezone",
     "load_rules",
+    "rules_from_export",
+    "rules_from_text",
 ]
 
 DEFAULT_RULES_PATH = Path(__file__).resolve().parents[2] / "config" / "default_rules.toml"
@@ -435,6 +437,14 @@ def _read_file(path: Path) -> dict[str, Any]:
         raise RulesError(f"{path}: not valid TOML: {error}") from None
 
 
+def _read_text(name: str, text: str) -> dict[str, Any]:
+    # What _read_file says of a file holding ``text`` (tomllib reads the same characters).
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as error:
+        raise RulesError(f"{name}: not valid TOML: {error}") from None
+
+
 _TOP_KEYS = ("defaults", "sip_codes", "outcomes", "plans")
 _SIP_KEYS = ("code", "description", "active", "recall", "recall_after")
 _OUTCOME_KEYS = ("code", "kind", "description", "recall", "recall_after", "not_same_day")
@@ -481,9 +491,13 @@ def _sip_code(entry: _Entry) -> int | str:
     return code
 
 
-def _merge_file(draft: _Draft, path: Path, *, builtin: bool) -> None:
+def _merge_file(
+    draft: _Draft, path: Path | str, *, builtin: bool, data: dict[str, Any] | None = None
+) -> None:
+    """Merge the rules file ``path`` (or ``data``, the TOML of the rules named ``path``)."""
     file = str(path)
-    data = _read_file(path)
+    if data is None:
+        data = _read_file(Path(path))
     unknown = sorted(set(data) - set(_TOP_KEYS))
     if unknown:
         raise RulesError(f"{file}: {unknown[0]}: unknown section (allowed: {', '.join(_TOP_KEYS)})")
@@ -813,3 +827,45 @@ def load_rules(path: Path | str | None = None, *, defaults: Path = DEFAULT_RULES
         _merge_file(draft, Path(path), builtin=False)
         sources.append(str(path))
     return _build(draft, tuple(sources))
+
+
+def rules_from_text(text: str, name: str, *, defaults: Path = DEFAULT_RULES_PATH) -> Rules:
+    """``load_rules`` of a rules file named ``name`` that holds ``text``, merged over the defaults.
+
+    Checked exactly as ``recall rules check`` checks a file: the same ``RulesError`` line, the
+    file named ``name`` in it.
+    """
+    draft = _Draft()
+    _merge_file(draft, defaults, builtin=True)
+    _merge_file(draft, name, builtin=False, data=_read_text(name, text))
+    return _build(draft, (str(defaults), name))
+
+
+def rules_from_export(text: str, name: str) -> Rules:
+    """The rules a complete export holds (``recall rules export``, a version's stored text).
+
+    Loaded as they are, not merged over today's shipped defaults, so that a version stored before
+    the defaults changed loads back to the same version. A SIP row is built-in when today's
+    shipped defaults have its code. ``name`` is what ``sources`` holds, and names the text in an
+    error.
+    """
+    draft = _Draft()
+    _merge_file(draft, name, builtin=True, data=_read_text(name, text))
+    rules = _build(draft, (name,))
+    shipped = _shipped()
+
+    def marked(rows: Mapping[Any, SipRule], known: Mapping[Any, SipRule]) -> Mapping[Any, SipRule]:
+        return MappingProxyType(
+            {code: replace(row, builtin=code in known) for code, row in rows.items()}
+        )
+
+    return replace(
+        rules,
+        sip_codes=marked(rules.sip_codes, shipped.sip_codes),
+        sip_classes=marked(rules.sip_classes, shipped.sip_classes),
+    )
+
+
+@cache
+def _shipped() -> Rules:
+    return load_rules()

@@ -33,6 +33,8 @@ __all__ = [
     "Summary",
     "finish",
     "simulate",
+    "summary_json",
+    "what_if_json",
 ]
 
 
@@ -277,3 +279,35 @@ def simulate(
     if comparison is not None:
         comparison.pending = finish(comparison.simulation, until)
     return simulation.summary, finish(simulation, until), comparison
+
+
+def summary_json(summary: Summary, pending: int) -> dict[str, Any]:
+    """One rule set's summary, with what the text and the HTML report need besides."""
+    return {
+        **summary.to_json(),
+        "recalls_pending": pending,
+        "recalls_by_local_hour": {str(h): summary.recalls_by_local_hour[h] for h in range(24)},
+        "delay_minutes_histogram": {str(k): v for k, v in sorted(summary.delay_minutes.items())},
+    }
+
+
+def what_if_json(
+    summary: Summary, pending: int, comparison: Comparison | None, rules: Rules
+) -> dict[str, Any]:
+    """The rules, their summary and, when comparing, the other rules' and the differences: what
+    ``recall replay --json`` prints of a simulation (and the rules preview returns)."""
+    result: dict[str, Any] = {
+        "rules": " + ".join(rules.sources),
+        "rules_version": rules.version,
+        "summary": summary_json(summary, pending),
+    }
+    if comparison is not None:
+        other = comparison.simulation
+        result["compare"] = {
+            "rules": " + ".join(other.rules.sources),
+            "rules_version": other.rules.version,
+            "summary": summary_json(other.summary, comparison.pending),
+            "differing_decisions": comparison.differing,
+            "sample": [difference.to_json() for difference in comparison.sample],
+        }
+    return result

@@ -8,6 +8,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from config.settings import Settings, mask_url
 from worker.domain.rules import RulesError, load_rules
@@ -22,8 +23,9 @@ from worker.store.database import (
 )
 from worker.store.models import RUNNING_WITHIN_S, DeadLetter
 from worker.store.queries import held_recalls, recall_counts
+from worker.store.rules_versions import EDIT_SOURCES, in_force
 
-__all__ = ["Status", "broker_error", "check_broker", "collect"]
+__all__ = ["Status", "broker_error", "check_broker", "collect", "rules_note", "rules_state"]
 
 # How late the oldest pending recall may be before the system counts as unhealthy: the
 # dispatcher re-sends a lost recall after RECALL_REDISPATCH_AFTER_S, so minutes mean it is down.
@@ -47,6 +49,8 @@ class Status:
     oldest_held_due_at: datetime | None = None
     replays_running: int | None = None
     dead_letters_new: int | None = None
+    #: ``rules_state``: the version in force and whether the rules file differs (None: unknown).
+    rules_in_force: dict[str, Any] | None = None
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -60,6 +64,7 @@ class Status:
             "broker": self.broker,
             "database": self.database,
             "rules": self.rules,
+            "rules_in_force": self.rules_in_force,
             "workers": self.workers,
             "queues": self.queues,
             "recalls": {
@@ -107,7 +112,54 @@ def check_broker(app: Any, timeout: float) -> Any:
     return connection
 
 
-def _database(status: Status, now: datetime) -> None:
+def rules_state(session: Session, settings: Settings) -> dict[str, Any]:
+    """Which rules decide: the version in force (DESIGN.md section 9) and where it came from, and
+    whether the rules file (``settings.rules_path``, else the shipped defaults) is another version.
+
+    ``version``, ``source``, ``author``, ``comment``, ``in_force_since`` (ISO-8601): the version
+    in force, all null before any was recorded. ``file``: the ``RECALL_RULES`` path (null: the
+    shipped defaults); ``file_version`` its version (null when it does not load, and
+    ``file_error`` says why); ``file_differs``: a version is in force and the file is another
+    (an edit through the API or the console is newer, or the workers read another file).
+    """
+    row = in_force(session)
+    path = settings.rules_path
+    try:
+        file_version: str | None = load_rules(path).version
+        file_error = None
+    except RulesError as error:
+        file_version, file_error = None, str(error)
+    return {
+        "version": row.version if row else None,
+        "source": row.source if row else None,
+        "author": row.author if row else None,
+        "comment": row.comment if row else None,
+        "in_force_since": row.in_force_since.isoformat() if row else None,
+        "file": str(path) if path is not None else None,
+        "file_version": file_version,
+        "file_differs": row is not None and file_version not in (None, row.version),
+        "file_error": file_error,
+    }
+
+
+def rules_note(state: dict[str, Any]) -> str | None:
+    """The line that says the rules file is not the version in force (``rules_state``), if so."""
+    if not state["file_differs"]:
+        return None
+    file = f"RECALL_RULES file {state['file']}" if state["file"] else "the shipped defaults"
+    verb = "is" if state["file"] else "are"
+    why = (
+        "an edit through the API or the console is newer"
+        if state["source"] in EDIT_SOURCES
+        else "another rules file is in force"
+    )
+    return (
+        f"{file} {verb} version {state['file_version']}, not the version in force"
+        f" {state['version']} ({why}; the version in force decides)"
+    )
+
+
+def _database(status: Status, now: datetime, settings: Settings) -> None:
     try:
         ensure_migrated(get_engine())
         with session_scope() as session:
@@ -116,6 +168,7 @@ def _database(status: Status, now: datetime) -> None:
             status.dead_letters_new = session.scalar(
                 select(func.count()).select_from(DeadLetter).where(DeadLetter.status == "new")
             )
+            status.rules_in_force = rules_state(session, settings)
     except DatabaseNotReady as error:
         status.problems.append(str(error))
         return
@@ -178,6 +231,6 @@ def collect(settings: Settings, app: Any, *, timeout: float = 2.0) -> Status:
     status = Status(broker=broker, database=mask_url(database_url(settings)), rules=rules_text)
     if rules_problem:
         status.problems.append(rules_problem)
-    _database(status, now)
+    _database(status, now, settings)
     _broker(status, app, (*WORKER_QUEUES, settings.notify_queue), timeout)
     return status
