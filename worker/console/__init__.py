@@ -70,17 +70,18 @@ class Console:
             httponly=True,
             samesite="lax",
             path="/console",
+            exclude=API_PATHS,
         )
         router = Router(
             "/console",
             route_handlers=[pages.router, _static()],
-            middleware=[sessions.middleware],
             exception_handlers={HTTPException: _error_page},
             include_in_schema=False,
         )
         return cls(
             route_handlers=[root, router],
-            middleware=[secure_cookies],
+            # Sessions at the app's level (Litestar copies a router's, and the cipher cannot be).
+            middleware=[secure_cookies, sessions.middleware],
             csrf_config=CSRFConfig(
                 secret=derived_key(key, "csrf").hex(),
                 cookie_name="recall_csrf",

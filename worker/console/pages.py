@@ -43,7 +43,15 @@ from worker.store.database import session_scope
 from worker.store.ingest import replay_dead_letters_in_force
 from worker.store.models import ProcessedEvent
 from worker.store.queries import dead_letters, phone
-from worker.store.rules_versions import EDIT_NAME, in_force, put_rules, rules_history, rules_of
+from worker.store.rules_versions import (
+    EDIT_NAME,
+    in_force,
+    put_rules,
+    record_rules_version,
+    rules_history,
+    rules_of,
+    source_of,
+)
 
 __all__ = ["router"]
 
@@ -93,7 +101,9 @@ def _page(
 ) -> Template:
     state = rules_state(session, request.app.state.settings)
     if state["version"] is None:  # nothing recorded yet: the file's rules will be
-        state = {**state, "version": current_rules().version, "source": "not yet recorded"}
+        rules = current_rules()
+        where = source_of(rules)
+        state = {**state, "version": rules.version, "source": f"{where} (not yet recorded)"}
     return Template(
         template_name=f"{name}.html",
         context={
@@ -131,8 +141,8 @@ def login(request: Request[Any, Any, Any], data: Form) -> Template | Redirect:
         error, status = "That token is not valid.", 401
     else:
         error = (
-            f"The token {token.name!r} is a dialer's: it is for the API only. Sign in with a"
-            " viewer's or an editor's token."
+            f"The token {token.name} has the role dialer: it is for the API only. Sign in with"
+            " the token of a viewer or an editor."
         )
         status = 403
     return Template(
@@ -466,6 +476,9 @@ def save(request: Request[Any, Any, Any], state: State, data: Form) -> Template 
                 request, session, current, text, back=back, days=days,
                 notice="Write a comment: it is kept with the version, saying why.",
             )  # fmt: skip
+        if in_force(session) is None:  # the rules the edit was made on, first in the history
+            now = datetime.now(UTC)
+            record_rules_version(session, current.rules, source_of(current.rules), now)
         try:
             put_rules(
                 session, text, author=who.name, comment=comment, now=datetime.now(UTC),
