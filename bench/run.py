@@ -20,11 +20,15 @@ How each figure is taken (see docs/PERFORMANCE.md):
   the last due time (from the database).
 - ``fire_lateness_p99_s``: recalls due at a steady 200 a second; p99 of fired minus due.
 - ``engine_decide_us``: ``bench/engine.py``'s median cost of one decision.
+- ``sql_claim_phones_per_s``, ``sql_claim_p99_ms``: ``bench/claims.py``: eligible phones written
+  in bulk, then 8 processes, each with its own connection, running ``claim_phones`` 10 phones at a
+  time until all are leased; phones leased per second (from a common start to the last empty
+  claim) and the p99 latency of one claim.
 - ``cli_decide_x_python``: the median wall time of ``recall decide`` on one event over the median
   of ``python -c "import pendulum, orjson, tomllib, click"``, 5 of each, interleaved, same run
   (the command's start-up against the interpreter's with the libraries it cannot do without).
 
-``--only PART`` (repeatable: ingestion, recalls, replay, engine, cli) takes some of them;
+``--only PART`` (repeatable: ingestion, recalls, claims, replay, engine, cli) takes some of them;
 ``make bench-ingest`` is ``--only ingestion``.
 
 Speed is reported, never asserted: the quick run fails only on errors.
@@ -53,6 +57,7 @@ sys.path.insert(0, str(ROOT))
 import redis  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
+from bench.claims import measure as measure_claims  # noqa: E402
 from bench.replay import measure, tree_memory_kib  # noqa: E402
 from config.settings import Settings  # noqa: E402
 from tests.servers import PostgresServer, redis_for_tests  # noqa: E402
@@ -74,10 +79,11 @@ class Sizes:
     pending: int
     burst: int
     steady_s: int
+    claims: int
 
 
-FULL = Sizes(20_000, 5_000, 100_000, 1_000_000, 1_000_000, 100_000, 60)
-QUICK = Sizes(1_000, 300, 5_000, 20_000, 20_000, 2_000, 10)
+FULL = Sizes(20_000, 5_000, 100_000, 1_000_000, 1_000_000, 100_000, 60, 100_000)
+QUICK = Sizes(1_000, 300, 5_000, 20_000, 20_000, 2_000, 10, 2_000)
 # (key, target text, check on the value and the results) — checks report, they never fail.
 TARGETS: list[tuple[str, str, Callable[[float, dict[str, Any]], bool] | None]] = [
     ("celery_noop_per_s", "(baseline)", None),
@@ -89,6 +95,8 @@ TARGETS: list[tuple[str, str, Callable[[float, dict[str, Any]], bool] | None]] =
     ("pending_1m_redis_mb", "<= 64", lambda v, r: v <= 64),
     ("burst_100k_all_eligible_s", "<= 30", lambda v, r: v <= 30),
     ("fire_lateness_p99_s", "<= 2", lambda v, r: v <= 2),
+    ("sql_claim_phones_per_s", "(report)", None),
+    ("sql_claim_p99_ms", "(report)", None),
     ("engine_decide_us", "(report)", None),
     ("cli_decide_x_python", "<= 3", lambda v, r: v <= 3),
 ]
@@ -303,6 +311,11 @@ def recalls(bench: Bench, sizes: Sizes, results: dict[str, Any]) -> None:
             results["steady_recalls"] = count
 
 
+def claims(bench: Bench, sizes: Sizes, results: dict[str, Any]) -> None:
+    with bench.database() as url:
+        results.update(measure_claims(url, sizes.claims))
+
+
 def engine(quick: bool, results: dict[str, Any]) -> None:
     args = ["--leads", "300"] if quick else []
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "engine.py"), *args],
@@ -344,7 +357,7 @@ def cli(results: dict[str, Any]) -> None:
     results["cli_decide_x_python"] = round(decide_s / python_s, 2)
 
 
-PARTS = ("ingestion", "recalls", "replay", "engine", "cli")
+PARTS = ("ingestion", "recalls", "claims", "replay", "engine", "cli")
 
 
 def main() -> None:
@@ -357,7 +370,7 @@ def main() -> None:
     sizes = QUICK if args.quick else FULL
     results: dict[str, Any] = {}
     started = time.monotonic()
-    if parts & {"ingestion", "recalls"}:
+    if parts & {"ingestion", "recalls", "claims"}:
         tmp = Path(tempfile.mkdtemp(prefix="recall-bench-"))
         postgres = PostgresServer()
         try:
@@ -369,6 +382,8 @@ def main() -> None:
                     ingestion(bench, sizes, results)
                 if "recalls" in parts:
                     recalls(bench, sizes, results)
+                if "claims" in parts:
+                    claims(bench, sizes, results)
         finally:
             postgres.stop()
     if "replay" in parts:

@@ -53,6 +53,14 @@ class Server:
         headers = auth(role) if role else {}
         return httpx.post(self.url + path, headers=headers, timeout=30, **kwargs)  # type: ignore[arg-type]
 
+    def put(self, path: str, role: str | None = "editor", **kwargs: object) -> httpx.Response:
+        headers = auth(role) if role else {}
+        return httpx.put(self.url + path, headers=headers, timeout=30, **kwargs)  # type: ignore[arg-type]
+
+    def delete(self, path: str, role: str | None = "dialer", **kwargs: object) -> httpx.Response:
+        headers = auth(role) if role else {}
+        return httpx.delete(self.url + path, headers=headers, timeout=30, **kwargs)  # type: ignore[arg-type]
+
     def stop(self) -> None:
         if self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGTERM)

@@ -42,6 +42,8 @@ ENDPOINTS: list[tuple[str, str, dict[str, Any], tuple[str, ...]]] = [
     ("GET", "/v1/rules/versions", {}, ("viewer", "editor")),
     ("GET", "/v1/rules/versions/0", {}, ("viewer", "editor")),
     ("GET", "/v1/rules/diff?from=0&to=0", {}, ("viewer", "editor")),
+    ("PUT", "/v1/rules", {"json": {"rules": "", "comment": "none"}}, ("editor",)),
+    ("POST", "/v1/rules/preview", {"json": {"rules": "", "days": 1}}, ("viewer", "editor")),
     ("GET", "/v1/dead-letters", {}, ("viewer", "editor")),
     ("POST", "/v1/dead-letters/replay", {"json": {"ids": [999]}}, ("editor",)),
 ]
@@ -265,6 +267,11 @@ def test_rules_in_force_before_and_after_versions_are_recorded(
         "author": None,
         "comment": None,
         "rules": default_rules.export_text(),
+        "file": None,
+        "file_version": default_rules.version,
+        "file_differs": False,
+        "file_error": None,
+        "note": None,
     }
     assert api.get("/v1/rules/versions").json() == []
 
@@ -358,7 +365,7 @@ def test_the_openapi_document_describes_every_endpoint(api: Server) -> None:
     assert set(paths) == {
         "/healthz", "/v1/status", "/v1/phones", "/v1/phones/{phone_id}", "/v1/decide",
         "/v1/rules", "/v1/rules/versions", "/v1/rules/versions/{version}", "/v1/rules/diff",
-        "/v1/dead-letters", "/v1/dead-letters/replay",
+        "/v1/rules/preview", "/v1/dead-letters", "/v1/dead-letters/replay",
     }  # fmt: skip
     assert "requestBody" in paths["/v1/decide"]["post"]
     schemas = document.json()["components"]["schemas"]
@@ -369,3 +376,89 @@ def test_the_openapi_document_describes_every_endpoint(api: Server) -> None:
     some = Decision("e1", "P1", "suppress", None, None, None, "no_failure")
     assert list(schemas["Decision"]["properties"]) == list(some.to_json())
     assert set(schemas["Decision"]["properties"]) == DECISION_KEYS
+
+
+BUSY_SOONER = "[[sip_codes]]\ncode = 486\nrecall_after = { minutes = 5 }\n"
+
+
+def test_an_edit_is_a_new_version_in_force_with_its_author(
+    api: Server, filled: dict[str, Decision], default_rules: Rules, write_rules: Any, cli: Any
+) -> None:
+    proposed = load_rules(write_rules(BUSY_SOONER))
+
+    answer = api.put("/v1/rules", json={"rules": BUSY_SOONER, "comment": "busy sooner"})
+
+    assert answer.status_code == 200, answer.text
+    saved = answer.json()
+    assert (saved["version"], saved["source"]) == (proposed.version, "api")
+    assert (saved["author"], saved["comment"]) == ("editor", "busy sooner")
+    assert saved["rules"] == proposed.export_text()
+    in_force = api.get("/v1/rules").json()
+    assert (in_force["version"], in_force["author"]) == (proposed.version, "editor")
+    # The service's own rules are the shipped defaults: another version now, and it says so.
+    assert (in_force["file_version"], in_force["file_differs"]) == (default_rules.version, True)
+    assert "an edit through the API or the console is newer" in in_force["note"]
+    history = cli("rules", "history", "--json")
+    assert next(row["author"] for row in orjson.loads(history.stdout_bytes)) == "editor"
+    # Decisions through the API are made with the version in force.
+    decided = api.post("/v1/decide", role="dialer", json=event(event_id="d1")).json()
+    assert (decided["rules_version"], decided["due_at"]) == (
+        proposed.version,
+        "2026-01-14T10:05:00+00:00",
+    )
+    # The same rules again: no new version.
+    again = api.put("/v1/rules", json={"rules": BUSY_SOONER, "comment": "once more"})
+    assert again.json()["comment"] == "busy sooner"
+    assert len(api.get("/v1/rules/versions").json()) == 1
+
+
+def test_a_broken_edit_is_refused_with_the_line_rules_check_prints(
+    api: Server, write_rules: Any, cli: Any
+) -> None:
+    broken = "[[sip_codes]]\ncode = 486\nrecall_after = { weeks = 1 }\n"
+    checked = cli("rules", "check", "--rules", str(write_rules(broken)))
+    assert checked.exit_code != 0
+
+    answer = api.put("/v1/rules", json={"rules": broken, "comment": "weekly"})
+
+    assert answer.status_code == 422
+    line = checked.output.strip().removeprefix("error: ")
+    assert answer.json()["detail"] == line.replace(str(write_rules(broken)), "rules.toml")
+    blank = api.put("/v1/rules", json={"rules": BUSY_SOONER, "comment": "  "})
+    assert (blank.status_code, blank.json()["detail"]) == (422, "comment: must not be empty")
+    assert api.put("/v1/rules", json={"rules": BUSY_SOONER}).status_code == 400
+    assert api.get("/v1/rules/versions").json() == []
+
+
+def test_the_preview_is_the_what_if_rules_preview_prints(
+    api: Server,
+    filled: dict[str, Decision],
+    db_engine: Engine,
+    default_rules: Rules,
+    write_rules: Any,
+    cli: Any,
+) -> None:
+    path = write_rules(BUSY_SOONER)
+    with Session(db_engine) as session, session.begin():  # as a worker does when it starts
+        record_rules_version(session, default_rules, source_of(default_rules), NOW)
+
+    answer = api.post("/v1/rules/preview", role="viewer", json={"rules": BUSY_SOONER, "days": 366})
+
+    assert answer.status_code == 200, answer.text
+    shown = answer.json()
+    ran = cli("rules", "preview", str(path), "--days", "366", "--json")
+    assert ran.exit_code == 0, ran.output
+    printed = orjson.loads(ran.stdout)
+    assert shown["mode"] == "preview"
+    # Both over the same stored events (the API's clock and the command's differ by a moment).
+    assert shown["compare"].pop("rules").endswith(" + rules.toml")
+    assert printed["compare"].pop("rules").endswith(f" + {path}")
+    for result in (shown, printed):
+        del result["since"], result["until"]
+    assert shown == printed
+    assert shown["summary"]["events"] == 4
+    assert shown["compare"]["differing_decisions"] >= 1
+    refused = api.post("/v1/rules/preview", json={"rules": "[[plans]]\n", "days": 7})
+    assert refused.status_code == 422
+    too_far = api.post("/v1/rules/preview", json={"rules": BUSY_SOONER, "days": 400})
+    assert too_far.status_code == 400

@@ -1016,7 +1016,7 @@ def test_fire_recalls_makes_the_phone_eligible_once(db_engine: Engine, rules: Ru
     fired = fire(db_engine, ["e1"], now)
 
     assert fired == [
-        Fired("e1", "P1", "L1", "default", DUE_486, now, "sip_code", "sip:486"),
+        Fired("e1", "P1", "L1", "default", DUE_486, now, "sip_code", "sip:486", None, "sip_recall"),
     ]
     assert fired[0].to_json() == {
         "type": "phone_eligible",

@@ -16,7 +16,7 @@ from litestar.status_codes import HTTP_200_OK
 from worker.api.auth import EDITORS, VIEWERS, allow
 from worker.api.errors import Unprocessable, documented
 from worker.api.models import DeadLetter, ReplayRequest, ReplaySummary, shaped
-from worker.runtime.rules_cache import current_rules
+from worker.api.rules import rules_now
 from worker.store.database import session_scope
 from worker.store.ingest import replay_dead_letters_in_force
 from worker.store.queries import dead_letters, dead_letters_problem
@@ -47,12 +47,13 @@ def replay(state: State, data: ReplayRequest | None = None) -> ReplaySummary:
     """Run the dead letters (``ids``, else every new one) through validation and the rules in
     force again; those that pass are decided and stored, the rest stay with their new reason."""
     ids = (data.ids if data is not None else None) or []
+    rules = rules_now(state)
     with session_scope(state.engine) as session:
         problem = dead_letters_problem(session, ids)
         if problem is not None:
             raise Unprocessable(problem)
         result = replay_dead_letters_in_force(
-            session, current_rules(), datetime.now(UTC), ids, skew_s=state.settings.clock_skew_s
+            session, rules, datetime.now(UTC), ids, skew_s=state.settings.clock_skew_s
         )
     return shaped(result, ReplaySummary)
 

@@ -1,7 +1,9 @@
-"""``POST /v1/decide``: one event against the rules in force alone, as ``recall decide`` does."""
+"""``POST /v1/decide``: one event against the rules in force alone (the version the workers decide
+with), as ``recall decide`` does against its rules file."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -14,9 +16,9 @@ from litestar.status_codes import HTTP_200_OK
 from worker.api.auth import DIALERS, allow
 from worker.api.errors import Unprocessable, documented
 from worker.api.models import Decision, shaped
+from worker.api.rules import rules_now
 from worker.domain.events import InvalidEvent
 from worker.domain.intake import Refused, decide_alone, parse_instant
-from worker.runtime.rules_cache import current_rules
 
 __all__ = ["router"]
 
@@ -55,8 +57,9 @@ async def decide(
     except InvalidEvent as error:
         raise Unprocessable(str(error)) from None
     payload = await request.body()
+    rules = await asyncio.to_thread(rules_now, state)
     try:
-        _, decision = decide_alone(payload, current_rules(), moment, state.settings.clock_skew_s)
+        _, decision = decide_alone(payload, rules, moment, state.settings.clock_skew_s)
     except Refused as error:
         raise Unprocessable(str(error)) from None
     return shaped(decision.to_json(), Decision)

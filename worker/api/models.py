@@ -24,6 +24,9 @@ __all__ = [
     "ReplayRequest",
     "ReplaySummary",
     "RulesDiff",
+    "RulesEdit",
+    "RulesInForce",
+    "RulesPreviewRequest",
     "RulesVersion",
     "RulesVersionText",
     "Status",
@@ -109,6 +112,36 @@ class RulesVersionText(RulesVersion):
     """A version with its complete text (``recall rules export`` of it)."""
 
     rules: str
+
+
+class RulesInForce(RulesVersionText):
+    """The rules in force, and this service's rules file (``RECALL_RULES``, null: the shipped
+    defaults) with its version, and whether it differs from the version in force (``note`` says
+    so in one line; ``file_error`` why the file does not load)."""
+
+    file: str | None
+    file_version: str | None
+    file_differs: bool
+    file_error: str | None
+    note: str | None
+
+
+# A rules file is a few hundred lines; a megabyte is far beyond any real one.
+MAX_RULES_CHARS = 1_000_000
+
+
+class RulesEdit(msgspec.Struct, forbid_unknown_fields=True):
+    """A whole rules file (TOML, merged over the shipped defaults) and why it changes."""
+
+    rules: Annotated[str, msgspec.Meta(max_length=MAX_RULES_CHARS)]
+    comment: Annotated[str, msgspec.Meta(min_length=1, max_length=2000)]
+
+
+class RulesPreviewRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """Proposed rules (a whole rules file) and how many days of stored call results to replay."""
+
+    rules: Annotated[str, msgspec.Meta(max_length=MAX_RULES_CHARS)]
+    days: Annotated[int, msgspec.Meta(ge=1, le=366)] = 7
 
 
 class FieldChange(msgspec.Struct):

@@ -41,7 +41,7 @@ main.lazy_commands.update(
         ),
         "phones": (
             "worker.cli.services:phones",
-            "Show lead phones: eligibility, pending recall and last decision.",
+            "Lead phones: eligibility, pending recall and last decision; claims of eligible ones.",
         ),
         "dead-letters": (
             "worker.cli.services:dead_letters",

@@ -179,7 +179,7 @@ def db_upgrade() -> None:
 
 @click.group()
 def phones() -> None:
-    """Show lead phones: eligibility, pending recall and last decision."""
+    """Lead phones: eligibility, pending recall and last decision; claims of eligible ones."""
 
 
 @phones.command("show")
@@ -237,6 +237,57 @@ def phones_list(eligible: bool, waiting: bool, limit: int, as_json: bool) -> Non
             click.echo(f"{row['phone_id']:<24} {row['plan_id']:<12} {state:<9} {due}")
     if total > len(rows):
         click.echo(f"showing {len(rows):,} of {plural(total, 'phone')} (--limit)", err=True)
+
+
+def _user() -> str:
+    """Who runs the command: the login name, else the user id (a container may have no name)."""
+    import getpass
+    import os
+
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return str(os.getuid())
+
+
+@phones.command("claim")
+@click.option("--plan", "plan_id", required=True, help="The plan (campaign) to claim phones of.")
+@click.option("--limit", default=10, show_default=True, help="At most this many phones (1-1000).")
+@click.option(
+    "--lease",
+    "lease_s",
+    default=300,
+    show_default=True,
+    help="Seconds each phone stays leased to this claim (1-86400).",
+)
+@json_option
+def phones_claim(plan_id: str, limit: int, lease_s: int, as_json: bool) -> None:
+    """Lease eligible phones of a plan, as a dialer's hopper takes them.
+
+    Each phone comes with a lease id and the time its lease ends. Callbacks come first, then the
+    phones eligible longest. No other claim gets a phone until its lease ends or a call result
+    for it arrives. The claimant is recorded as cli:<user>.
+    """
+    from worker.store.claims import claim_phones
+
+    ready_database(migrate=False)
+    try:
+        with session_scope() as session:
+            claimed = claim_phones(session, plan_id, limit=limit, lease_s=lease_s,
+                                   now=datetime.now(UTC), claimant=f"cli:{_user()}")  # fmt: skip
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+    if as_json:
+        echo_json([claim.to_json() for claim in claimed])
+        return
+    for claim in claimed:
+        why = claim.reason or "-"
+        if claim.agent:
+            why += f" ({claim.agent})"
+        until = claim.leased_until.isoformat()
+        click.echo(f"{claim.phone_id:<24} {why:<24} lease {claim.lease_id} until {until}")
+    if not claimed:
+        click.echo(f"no phone of plan {plan_id!r} is eligible and unclaimed", err=True)
 
 
 @click.group("dead-letters")

@@ -71,6 +71,10 @@ class PhoneState:
     plan_id: str
     eligible: bool = False
     eligible_at: datetime | None = None
+    #: Why it is eligible: the fired recall's reason and a personal callback's agent (claims
+    #: hand out callbacks first, and say whose they are).
+    eligible_reason: str | None = None
+    eligible_agent: str | None = None
     generation: int = 0
     pending_recall_id: str | None = None
     pending: PendingRecall | None = None
@@ -115,6 +119,7 @@ class PhoneState:
         self.generation += 1
         self.lead_id, self.plan_id = event.lead_id, event.plan_id
         self.eligible, self.eligible_at = False, None
+        self.eligible_reason = self.eligible_agent = None
         if not keep:
             self.pending_recall_id, self.pending = None, None
         self.last_result_at = event.occurred_at
@@ -149,6 +154,8 @@ class PhoneState:
         if recall_id is None:
             return None
         self.eligible, self.eligible_at = True, at
+        if self.pending is not None:
+            self.eligible_reason, self.eligible_agent = self.pending.reason, self.pending.agent
         self.pending_recall_id, self.pending = None, None
         return recall_id
 

@@ -296,6 +296,7 @@ class Timeline:
             state.seen.pop(stored.event.event_id, None)
             self.known_ids.pop(stored.event.event_id, None)
         state.eligible, state.eligible_at = False, None
+        state.eligible_reason = state.eligible_agent = None
         state.pending_recall_id, state.pending = None, None
         state.last_result_at = state.last_event_id = state.last_decision = None
         if before is not None:
@@ -306,6 +307,9 @@ class Timeline:
             state.last_decision = before.decision
             if before.recall_state == "fired":  # before the late call
                 state.eligible, state.eligible_at = True, before.fired_at
+                if before.recall is not None:
+                    state.eligible_reason = before.recall.reason
+                    state.eligible_agent = before.recall.agent
             elif before.recall_state is not None:
                 state.pending_recall_id = before.recall_id or before.event_id
                 state.pending = before.recall

@@ -76,6 +76,8 @@ _PHONE_COLUMNS = (
     "plan_id",
     "eligible",
     "eligible_at",
+    "eligible_reason",
+    "eligible_agent",
     "generation",
     "pending_recall_id",
     "last_result_at",
@@ -310,12 +312,18 @@ _RECALL_COLUMNS = (
 )  # fmt: skip
 
 
+# The columns of a phone written: its state, and its lease, which every write ends (a call result
+# for the phone, or a recall firing, the simulated clock's firing included: store.claims).
+_PHONE_WRITE_COLUMNS = (*_PHONE_COLUMNS, "updated_at", "lease_id", "leased_until", "leased_to")
+
+
 def _phone_row(state: PhoneState, updated_at: datetime) -> tuple[Any, ...]:
-    """``state`` as the columns ``_PHONE_COLUMNS`` and ``updated_at`` of its row."""
+    """``state`` as the columns ``_PHONE_WRITE_COLUMNS`` of its row, with no lease."""
     return (
         state.phone_id, state.lead_id, state.plan_id, state.eligible, state.eligible_at,
-        state.generation, state.pending_recall_id, state.last_result_at, state.last_event_id,
-        decision_json(state.last_decision), state.system_recalls, updated_at,
+        state.eligible_reason, state.eligible_agent, state.generation, state.pending_recall_id,
+        state.last_result_at, state.last_event_id, decision_json(state.last_decision),
+        state.system_recalls, updated_at, None, None, None,
     )  # fmt: skip
 
 
@@ -437,7 +445,7 @@ def _apply_events(
 
     if new_phones:
         rows = [_phone_row(states[pid], wall) for pid in sorted(new_phones)]
-        if len(_insert_new_phones(session, (*_PHONE_COLUMNS, "updated_at"), rows)) < len(rows):
+        if len(_insert_new_phones(session, _PHONE_WRITE_COLUMNS, rows)) < len(rows):
             raise _PhonesAppeared
     insert_rows(session, ProcessedEvent, _EVENT_COLUMNS, event_rows)
     insert_rows(session, Attempt, _ATTEMPT_COLUMNS, [(r[0], r[1], r[4]) for r in event_rows])
@@ -469,7 +477,7 @@ def _apply_events(
     update_rows(
         session,
         Phone,
-        (*_PHONE_COLUMNS, "updated_at"),
+        _PHONE_WRITE_COLUMNS,
         [_phone_row(states[pid], wall) for pid in sorted(changed - new_phones)],
     )
     taken = decisions[len(redecided) :]

@@ -10,7 +10,20 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, Boolean, DateTime, Index, Integer, String, Text, TypeDecorator
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    ColumnElement,
+    DateTime,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    column,
+    literal_column,
+    text,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -82,12 +95,48 @@ class Attempt(Base):
     occurred_at: Mapped[datetime]
 
 
+#: The claim order's first key: callbacks (personal and anyone) before every other eligible phone;
+#: the claim index holds this very expression, so that the claim reads the index in order.
+CLAIM_RANK: ColumnElement[bool] = column("eligible_reason").is_distinct_from(
+    literal_column("'callback'")  # a literal, as in the index: a parameter would not match it
+)
+
+
 class Phone(Base):
     """A lead phone's current state: eligibility, the pending recall and the last decision."""
 
     __tablename__ = "phones"
-    #: A lead's other phones, for the caps counting every phone of a lead (lead_max_attempts).
-    __table_args__ = (Index("ix_phones_lead", "lead_id"),)
+    __table_args__ = (
+        #: A lead's other phones, for the caps counting every phone of a lead (lead_max_attempts).
+        Index("ix_phones_lead", "lead_id"),
+        # Unique when set; partial, so that it is no way to the (many) phones under no lease.
+        Index(
+            "ix_phones_lease_id",
+            "lease_id",
+            unique=True,
+            postgresql_where=text("lease_id IS NOT NULL"),
+            sqlite_where=text("lease_id IS NOT NULL"),
+        ),
+        # The claim's two sources (store.claims): eligible phones under no lease, in claim order,
+        # and those under a lease, by its end. Partial: a phone not eligible is in neither. Each
+        # condition is the claim's as the backend's SQL spells it (SQLite has no boolean type).
+        Index(
+            "ix_phones_claim_free",
+            "plan_id",
+            CLAIM_RANK,
+            "eligible_at",
+            "phone_id",
+            postgresql_where=text("eligible AND lease_id IS NULL"),
+            sqlite_where=text("eligible = 1 AND lease_id IS NULL"),
+        ),
+        Index(
+            "ix_phones_claim_leased",
+            "plan_id",
+            "leased_until",
+            postgresql_where=text("eligible AND lease_id IS NOT NULL"),
+            sqlite_where=text("eligible = 1 AND lease_id IS NOT NULL"),
+        ),
+    )
 
     phone_id: Mapped[str] = mapped_column(ID, primary_key=True)
     lead_id: Mapped[str] = mapped_column(ID)
@@ -102,6 +151,15 @@ class Phone(Base):
     last_decision: Mapped[dict[str, Any] | None]
     system_recalls: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[datetime]
+    #: Why the phone became eligible: the fired recall's reason (``callback``, ``sip_recall``
+    #: ...) and a personal callback's agent; cleared with the eligibility by the next decision.
+    eligible_reason: Mapped[str | None] = mapped_column(String(32))
+    eligible_agent: Mapped[str | None] = mapped_column(ID)
+    #: A dialer's claim on the eligible phone (``store.claims``): live while ``leased_until`` is
+    #: ahead; ended by a release, by a call result for the phone, or by a recall firing.
+    lease_id: Mapped[str | None] = mapped_column(String(32))
+    leased_until: Mapped[datetime | None]
+    leased_to: Mapped[str | None] = mapped_column(ID)
 
 
 class Recall(Base):

@@ -74,6 +74,8 @@ class Fired:
     rule: str
     #: The agent who owns a personal callback; None: anyone may take it.
     agent: str | None = None
+    #: The recall's reason (``callback``, ``sip_recall`` ...): the phone's ``eligible_reason``.
+    reason: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -127,7 +129,7 @@ def fire_recalls(
     # Read the recalls only now: ingestion may have moved (or rewritten) one while we waited.
     recalls: dict[str, Any] = {}
     columns = (Recall.recall_id, Recall.phone_id, Recall.lead_id, Recall.plan_id, Recall.due_at,
-               Recall.source, Recall.rule, Recall.agent)  # fmt: skip
+               Recall.source, Recall.rule, Recall.agent, Recall.reason)  # fmt: skip
     for among in where_in(session, Recall.recall_id, wanted):
         fresh = select(*columns).where(among, Recall.state == state)
         recalls.update((recall.recall_id, recall) for recall in session.execute(fresh))
@@ -152,6 +154,7 @@ def fire_recalls(
                 recall.source,
                 recall.rule,
                 recall.agent,
+                recall.reason,
             )
         )
     update_rows(
@@ -160,12 +163,16 @@ def fire_recalls(
         ("recall_id", "state", "fired_at"),
         [(f.recall_id, "fired", f.fired_at) for f in fired],
     )
+    # Why the phone is eligible (claims hand out callbacks first); a lease left from an earlier
+    # eligibility ends: the phone is eligible afresh.
     update_rows(
         session,
         Phone,
-        ("phone_id", "eligible", "eligible_at", "pending_recall_id", "updated_at"),
-        [(f.phone_id, True, f.fired_at, None, now) for f in fired],
-    )
+        ("phone_id", "eligible", "eligible_at", "eligible_reason", "eligible_agent",
+         "pending_recall_id", "updated_at", "lease_id", "leased_until", "leased_to"),
+        [(f.phone_id, True, f.fired_at, f.reason, f.agent, None, now, None, None, None)
+         for f in fired],
+    )  # fmt: skip
     for among in where_in(session, Recall.recall_id, early):
         session.execute(update(Recall).where(among).values(dispatched_at=None))
     return fired
