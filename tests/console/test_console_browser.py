@@ -140,8 +140,6 @@ def test_change_a_recall_time_preview_and_save(page: Page) -> None:
     expect(newest).to_contain_text("busy lines sooner")
     expect(newest).to_contain_text("editor")
     expect(newest).to_contain_text("console")
-    expect(page.locator("#rules-history tbody tr").nth(1)).to_contain_text("rules.toml")
-    expect(page.locator(".version").first).to_contain_text("{ minutes = 7 }")  # its diff
     # The rules file is now another version than the one in force: said on every page.
     expect(page.locator("#rules-file-differs")).to_contain_text("not the version in force")
     shot(page, "rules_history")

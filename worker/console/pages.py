@@ -24,6 +24,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_422_UNPROCESSABLE_ENTITY
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from worker.api.rules import rules_now
 from worker.console.edits import (
     EditError,
     edit_outcome,
@@ -47,7 +48,6 @@ from worker.store.rules_versions import (
     EDIT_NAME,
     in_force,
     put_rules,
-    record_rules_version,
     rules_history,
     rules_of,
     source_of,
@@ -476,9 +476,6 @@ def save(request: Request[Any, Any, Any], state: State, data: Form) -> Template 
                 request, session, current, text, back=back, days=days,
                 notice="Write a comment: it is kept with the version, saying why.",
             )  # fmt: skip
-        if in_force(session) is None:  # the rules the edit was made on, first in the history
-            now = datetime.now(UTC)
-            record_rules_version(session, current.rules, source_of(current.rules), now)
         try:
             put_rules(
                 session, text, author=who.name, comment=comment, now=datetime.now(UTC),
@@ -547,9 +544,10 @@ def letters(
 def replay_letters(request: Request[Any, Any, Any], state: State, data: Form) -> Template:
     """Replay the dead letters (one, ``id``, or every new one) through the rules in force."""
     ids = [int(data["id"])] if data.get("id", "").isdigit() else []
+    rules = rules_now(state)  # as the API's replay: the version in force, read only
     with session_scope(state.engine) as session:
         result = replay_dead_letters_in_force(
-            session, current_rules(), datetime.now(UTC), ids, skew_s=state.settings.clock_skew_s
+            session, rules, datetime.now(UTC), ids, skew_s=state.settings.clock_skew_s
         )
     with session_scope(state.engine) as session:
         rows = dead_letters(session, include_replayed=False, limit=1000)
