@@ -3,15 +3,19 @@
 Signing in (a wrong token, a dialer's refused), the session cookie, CSRF on every form, a viewer
 reading but not changing, a built-in SIP code's locked fields refused when forged, every change
 through the preview (a validation error shown, nothing saved; a stale preview previewed again),
-saving with a comment and seeing it first in the rules history with its author, and each page
-with its key content. The secret key's start-up refusal and the embedded default's key file.
+saving with a comment and seeing it first in the rules history with its author, a running worker
+deciding with it within seconds, and each page with its key content. The secret key's start-up
+refusal and the embedded default's key file.
 """
 
 from __future__ import annotations
 
+import itertools
 import stat
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -19,7 +23,9 @@ from sqlalchemy import Engine
 
 from tests.api.conftest import TOKENS, Server
 from tests.api.test_serve import refused
-from tests.console.conftest import Console, csrf_of, hidden, store_calls
+from tests.console.conftest import Console, csrf_of, hidden, recent, store_calls
+from tests.workers import WorkerProcess
+from worker.client import RecallClient
 from worker.domain.rules import Rules
 
 EDIT_486 = {"description": "Busy Here", "recall": "yes", "days": "0", "hours": "0",
@@ -111,6 +117,9 @@ def test_a_viewer_reads_every_page_but_changes_nothing(
         assert "Rules in force: version" in response.text
         assert "Preview the change" not in response.text  # no edit forms for a viewer
         assert "/console/sip-codes/new" not in response.text
+    searched = browser.get("/console/phones", params={"phone_id": "<script>x</script>"})
+    assert "No phone &lt;script&gt;x&lt;/script&gt; in the database." in searched.text
+    assert "<script>x" not in searched.text  # every value is escaped
     edit = browser.submit(page.text, "/console/sip-codes/486", EDIT_486)
     assert edit.status_code == 403
     save = browser.submit(page.text, "/console/save", {"text": "", "comment": "x"})
@@ -279,6 +288,61 @@ def test_inactive_codes_are_hidden_until_asked_for(
     assert "Show inactive codes (1 hidden)" in listed.text
     shown = browser.get("/console/sip-codes?inactive=true")
     assert 'id="sip-498"' in shown.text
+
+
+def test_a_running_worker_takes_a_console_edit_within_seconds(
+    server: Server,
+    database_url: str,
+    broker_url: str,
+    tmp_path: Path,
+    worker_process: Callable[..., WorkerProcess],
+    console_client: Callable[[str], Console],
+) -> None:
+    env = {
+        "RECALL_BROKER_URL": broker_url, "RECALL_DATABASE_URL": database_url,
+        "RECALL_HOME": str(tmp_path / "worker-home"), "RECALL_METRICS_PORT": "0",
+    }  # fmt: skip
+    worker = worker_process(env, "--concurrency", "1", name="console")
+    client = RecallClient(broker_url)
+    # A first call result: the worker records the rules it decides with (its file's).
+    client.publish(recent(event_id="w-first", phone_id="PW-FIRST", lead_id="LW-FIRST"))
+    wait_for_decision(server, "w-first", worker)
+    browser = console_client(server.url)
+    browser.login("editor")
+    page = browser.get("/console/sip-codes?code=486")
+    preview = browser.submit(page.text, "/console/sip-codes/486", EDIT_486)
+    saved = browser.submit(
+        preview.text,
+        "/console/save",
+        {"text": hidden(preview.text, "text"), "based_on": hidden(preview.text, "based_on"),
+         "comment": "busy lines sooner"},
+    )  # fmt: skip
+    edited_at = time.monotonic()
+    version = versions(server)[0]["version"]
+    assert f'id="version-in-force">{version}' in saved.text
+    try:
+        for number in itertools.count():
+            event_id = f"w{number}"
+            client.publish(recent(event_id=event_id, phone_id=f"PW{number}", lead_id=f"LW{number}"))
+            decision = wait_for_decision(server, event_id, worker)
+            if decision["rules_version"] == version:
+                break
+            assert time.monotonic() - edited_at < 15, worker.text()[-3000:]
+    finally:
+        client.app.close()
+    assert "SIP 486 Busy Here recalls after 7m" in decision["explanation"]
+
+
+def wait_for_decision(server: Server, event_id: str, worker: WorkerProcess) -> dict[str, Any]:
+    """The decision stored for ``event_id``, as the console's phone history shows it (30 s)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        phone = server.get(f"/v1/phones/P{event_id.upper()}")
+        if phone.status_code == 200 and phone.json()["last_decision"]["event_id"] == event_id:
+            last: dict[str, Any] = phone.json()["last_decision"]
+            return last
+        time.sleep(0.1)
+    raise AssertionError(worker.text()[-3000:])
 
 
 def test_production_without_a_secret_key_is_refused(
