@@ -24,6 +24,10 @@ How each figure is taken (see docs/PERFORMANCE.md):
   in bulk, then 8 processes, each with its own connection, running ``claim_phones`` 10 phones at a
   time until all are leased; phones leased per second (from a common start to the last empty
   claim) and the p99 latency of one claim.
+- ``api_claim_phones_per_s``, ``api_claim_p99_ms``, ``api_claim_x_sql``: the same load (8
+  processes, 10 phones a claim, as many fresh phones) through ``POST /v1/plans/{plan_id}/claims``
+  of two ``recall serve`` processes (the clients spread over them); its phones per second over the
+  SQL figure of the same run.
 - ``cli_decide_x_python``: the median wall time of ``recall decide`` on one event over the median
   of ``python -c "import pendulum, orjson, tomllib, click"``, 5 of each, interleaved, same run
   (the command's start-up against the interpreter's with the libraries it cannot do without).
@@ -97,6 +101,9 @@ TARGETS: list[tuple[str, str, Callable[[float, dict[str, Any]], bool] | None]] =
     ("fire_lateness_p99_s", "<= 2", lambda v, r: v <= 2),
     ("sql_claim_phones_per_s", "(report)", None),
     ("sql_claim_p99_ms", "(report)", None),
+    ("api_claim_phones_per_s", "(report)", None),
+    ("api_claim_p99_ms", "(report)", None),
+    ("api_claim_x_sql", ">= 0.5", lambda v, r: v >= 0.5),
     ("engine_decide_us", "(report)", None),
     ("cli_decide_x_python", "<= 3", lambda v, r: v <= 3),
 ]

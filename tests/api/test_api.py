@@ -7,8 +7,9 @@ bytes for phones and decisions (the contract shapes, DESIGN.md section 7).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,8 @@ ENDPOINTS: list[tuple[str, str, dict[str, Any], tuple[str, ...]]] = [
     ("GET", "/v1/phones/P1", {}, ("dialer", "viewer", "editor")),
     ("GET", "/v1/phones", {}, ("dialer", "viewer", "editor")),
     ("POST", "/v1/decide", {"json": EVENT_DEFAULTS}, ("dialer", "viewer", "editor")),
+    ("POST", "/v1/plans/default/claims", {"json": {"limit": 1}}, ("dialer",)),
+    ("DELETE", "/v1/claims/no-such-lease", {}, ("dialer",)),
     ("GET", "/v1/rules", {}, ("viewer", "editor")),
     ("GET", "/v1/rules/versions", {}, ("viewer", "editor")),
     ("GET", "/v1/rules/versions/0", {}, ("viewer", "editor")),
@@ -346,8 +349,9 @@ def test_status_is_recall_status_json(api: Server, filled: dict[str, Decision]) 
     assert data["dead_letters_new"] == 2
     assert set(data) == {
         "healthy", "problems", "broker", "database", "rules", "workers", "queues", "recalls",
-        "replays_running", "dead_letters_new",
+        "replays_running", "dead_letters_new", "rules_in_force",
     }  # fmt: skip
+    assert data["rules_in_force"]["file_differs"] is False
 
 
 def test_unknown_paths_and_methods_are_json_errors(api: Server) -> None:
@@ -366,6 +370,7 @@ def test_the_openapi_document_describes_every_endpoint(api: Server) -> None:
         "/healthz", "/v1/status", "/v1/phones", "/v1/phones/{phone_id}", "/v1/decide",
         "/v1/rules", "/v1/rules/versions", "/v1/rules/versions/{version}", "/v1/rules/diff",
         "/v1/rules/preview", "/v1/dead-letters", "/v1/dead-letters/replay",
+        "/v1/plans/{plan_id}/claims", "/v1/claims/{lease_id}",
     }  # fmt: skip
     assert "requestBody" in paths["/v1/decide"]["post"]
     schemas = document.json()["components"]["schemas"]
@@ -462,3 +467,59 @@ def test_the_preview_is_the_what_if_rules_preview_prints(
     assert refused.status_code == 422
     too_far = api.post("/v1/rules/preview", json={"rules": BUSY_SOONER, "days": 400})
     assert too_far.status_code == 400
+
+
+def test_a_claim_leases_the_eligible_phones_until_given_back_or_called(
+    api: Server, filled: dict[str, Decision], db_engine: Engine, default_rules: Rules, cli: Any
+) -> None:
+    claims = api.post("/v1/plans/default/claims", role="dialer", json={"limit": 5, "lease_s": 60})
+
+    assert claims.status_code == 200, claims.text
+    (claimed,) = claims.json()  # P3 alone is eligible; P1 waits for its recall
+    with Session(db_engine) as session:
+        shown = phone(session, "P3")
+    assert {key: claimed[key] for key in shown} == shown  # the phone's own shape, then the lease
+    assert list(claimed)[len(shown) :] == ["lease_id", "leased_until", "reason", "agent"]
+    assert (claimed["reason"], claimed["agent"]) == ("sip_recall", None)
+    leased_until = at(claimed["leased_until"])
+    assert timedelta(seconds=55) < leased_until - datetime.now(UTC) <= timedelta(seconds=60)
+    # Leased: no other claim gets it, whoever asks.
+    assert api.post("/v1/plans/default/claims", role="dialer", json={}).json() == []
+    assert orjson.loads(cli("phones", "claim", "--plan", "default", "--json").stdout) == []
+
+    given_back = api.delete(f"/v1/claims/{claimed['lease_id']}")
+    assert given_back.status_code == 204
+    assert api.delete(f"/v1/claims/{claimed['lease_id']}").status_code == 404
+    again = api.post("/v1/plans/default/claims", role="dialer", json={"limit": 1}).json()
+    assert [each["phone_id"] for each in again] == ["P3"]
+    assert again[0]["lease_id"] != claimed["lease_id"]
+
+    # A call result for the claimed phone ends its lease (and the phone waits for a new recall).
+    with Session(db_engine) as session, session.begin():
+        ingest(session, [event(event_id="e3b", phone_id="P3", lead_id="L3",
+                               occurred_at="2026-01-14T10:20:00+00:00")],
+               default_rules, FIRED_AT, task="test", skew_s=SKEW_S)  # fmt: skip
+    assert api.delete(f"/v1/claims/{again[0]['lease_id']}").status_code == 404
+    assert api.post("/v1/plans/default/claims", role="dialer", json={}).json() == []
+
+    unknown = api.post("/v1/plans/nowhere/claims", role="dialer", json={})
+    assert (unknown.status_code, unknown.json()["detail"]) == (
+        404,
+        "unknown plan 'nowhere': not in the rules in force",
+    )
+    for body in ({"limit": 0}, {"limit": 1001}, {"lease_s": 0}, {"lease_s": 86_401}, {"x": 1}):
+        assert api.post("/v1/plans/default/claims", role="dialer", json=body).status_code == 400
+
+
+def test_an_expired_lease_makes_the_phone_claimable_again(
+    api: Server, filled: dict[str, Decision]
+) -> None:
+    first = api.post("/v1/plans/default/claims", role="dialer", json={"lease_s": 1}).json()
+    assert [each["phone_id"] for each in first] == ["P3"]
+    assert api.post("/v1/plans/default/claims", role="dialer", json={}).json() == []
+
+    time.sleep(1.2)
+
+    second = api.post("/v1/plans/default/claims", role="dialer", json={}).json()
+    assert [each["phone_id"] for each in second] == ["P3"]
+    assert api.delete(f"/v1/claims/{first[0]['lease_id']}").status_code == 404

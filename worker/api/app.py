@@ -19,7 +19,7 @@ from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from config.settings import Settings
-from worker.api import dead_letters, decide, phones, rules
+from worker.api import claims, dead_letters, decide, phones, rules
 from worker.api.auth import ANY_ROLE, allow
 from worker.api.errors import exception_handlers
 from worker.api.health import healthz, status_router
@@ -82,6 +82,7 @@ def create_app(settings: Settings) -> Litestar:
             healthz,
             openapi_document,
             phones.router,
+            claims.router,
             decide.router,
             rules.router,
             dead_letters.router,

@@ -13,7 +13,11 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
+from worker.store.claims import MAX_CLAIM, MAX_LEASE_S
+
 __all__ = [
+    "Claim",
+    "ClaimRequest",
     "DeadLetter",
     "Decision",
     "Error",
@@ -77,6 +81,23 @@ class Phone(msgspec.Struct, forbid_unknown_fields=True):
     pending_recall: PendingRecall | None
     last_result_at: str | None
     last_decision: Decision | None
+
+
+class Claim(Phone, forbid_unknown_fields=True):
+    """A claimed phone: the phone, its lease, and why it is eligible (the fired recall's reason,
+    ``callback`` first) with a personal callback's agent."""
+
+    lease_id: str
+    leased_until: str
+    reason: str | None
+    agent: str | None
+
+
+class ClaimRequest(msgspec.Struct, forbid_unknown_fields=True):
+    """How many phones at most, and how long the lease holds them (seconds)."""
+
+    limit: Annotated[int, msgspec.Meta(ge=1, le=MAX_CLAIM)] = 10
+    lease_s: Annotated[int, msgspec.Meta(ge=1, le=MAX_LEASE_S)] = 300
 
 
 class PhonesPage(msgspec.Struct):
@@ -202,6 +223,20 @@ class RecallFigures(msgspec.Struct, forbid_unknown_fields=True):
     oldest_held_due_at: str | None
 
 
+class RulesState(msgspec.Struct, forbid_unknown_fields=True):
+    """Which rules decide: the version in force and where from, and the rules file beside it."""
+
+    version: str | None
+    source: str | None
+    author: str | None
+    comment: str | None
+    in_force_since: str | None
+    file: str | None
+    file_version: str | None
+    file_differs: bool
+    file_error: str | None
+
+
 class Status(msgspec.Struct, forbid_unknown_fields=True):
     """``recall status --json``: healthy when ``problems`` is empty."""
 
@@ -210,6 +245,8 @@ class Status(msgspec.Struct, forbid_unknown_fields=True):
     broker: str
     database: str
     rules: str
+    #: Null when the database does not answer.
+    rules_in_force: RulesState | None
     workers: list[str]
     queues: dict[str, int]
     recalls: RecallFigures

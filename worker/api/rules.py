@@ -39,6 +39,7 @@ from worker.store.rules_versions import (
     VersionInForce,
     find_version,
     in_force,
+    newest_id,
     put_rules,
     rules_history,
     rules_of,
@@ -123,15 +124,28 @@ def diff(
 # Versions loaded from the history's text, by version: each Rules keeps the engine's memos.
 _loaded: dict[str, Rules] = {}
 KEEP_VERSIONS = 8
+# The history's newest row id when the version in force was last read, and that version.
+_seen: tuple[int, str] | None = None
 
 
 def rules_now(state: State) -> Rules:
     """The rules in force, to decide with: the version the workers decide with (before any is
     recorded, this service's rules file, else the shipped defaults). Read only: the service never
-    records its own rules file, which is the workers' to put in force."""
+    records its own rules file, which is the workers' to put in force.
+
+    One small query (the newest row's id) while the history does not change; the version's text is
+    read and loaded only when a new row came in.
+    """
+    global _seen
     with session_scope(state.engine) as session:
+        newest = newest_id(session)
+        if newest is None:
+            return current_rules()
+        seen = _seen
+        if seen is not None and seen[0] == newest and seen[1] in _loaded:
+            return _loaded[seen[1]]
         row = in_force(session)
-    if row is None:
+    if row is None:  # only replays' rows so far
         return current_rules()
     rules = _loaded.get(row.version)
     if rules is None:
@@ -139,6 +153,7 @@ def rules_now(state: State) -> Rules:
         if len(_loaded) >= KEEP_VERSIONS:
             _loaded.clear()
         _loaded[row.version] = rules
+    _seen = (newest, row.version)
     return rules
 
 
