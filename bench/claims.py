@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -219,8 +220,14 @@ def api_services(url: str, plan_id: str, count: int = API_PROCESSES) -> Iterator
         rules = Path(home) / "rules.toml"
         rules.write_text(f'[[plans]]\nid = "{plan_id}"\ntimezone = "UTC"\n', encoding="utf-8")
         env = {key: value for key, value in os.environ.items() if not key.startswith("RECALL_")}
-        env.update(RECALL_HOME=home, RECALL_DATABASE_URL=url, RECALL_API_TOKENS=str(tokens),
-                   RECALL_RULES=str(rules), RECALL_BROKER_URL="redis://127.0.0.1:1/0")  # fmt: skip
+        env.update(
+            RECALL_HOME=home,
+            RECALL_DATABASE_URL=url,
+            RECALL_API_TOKENS=str(tokens),
+            RECALL_RULES=str(rules),
+            RECALL_BROKER_URL="redis://127.0.0.1:1/0",
+            RECALL_SECRET_KEY=secrets.token_hex(32),  # the console's: one for every process
+        )
         processes: list[subprocess.Popen[bytes]] = []
         urls: list[str] = []
         try:

@@ -6,7 +6,7 @@ import os
 import re
 import tempfile
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, dataclass, field, fields
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -73,6 +73,7 @@ ENVIRONMENT = (
     "RECALL_METRICS_ADDRESS",
     "RECALL_LOG_FORMAT",
     "RECALL_API_TOKENS",
+    "RECALL_SECRET_KEY",
 )
 
 
@@ -125,6 +126,10 @@ class Settings:
     #: the embedded default: RECALL_HOME/api-tokens.toml, made on first start; unset elsewhere,
     #: the service refuses to start.
     api_tokens: Path | None = None
+    #: The secret the operators' console signs and encrypts its session cookies with (every
+    #: process of `recall serve` must have the same). Unset on the embedded default: one made
+    #: under RECALL_HOME on first start; unset elsewhere, the console is off (the API runs).
+    secret_key: str | None = field(default=None, repr=False)
 
     @property
     def embedded(self) -> bool:
@@ -180,6 +185,7 @@ class Settings:
             or (DEFAULTS["metrics_address"] if embedded else "0.0.0.0"),
             log_format=_choice(env, "RECALL_LOG_FORMAT", LOG_FORMATS),
             api_tokens=Path(text("api_tokens")) if text("api_tokens") else None,
+            secret_key=text("secret_key") or None,
         )
 
 

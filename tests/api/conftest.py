@@ -71,10 +71,17 @@ class Server:
                 self.process.wait()
 
 
+#: The console's secret key of the test servers (outside the embedded default one is required).
+SECRET_KEY = "test-secret-key-of-the-console-0123456789abcdef"
+
+
 def server_env(env: dict[str, str]) -> dict[str, str]:
-    """The test process's environment without RECALL_*, then ``env``."""
+    """The test process's environment without RECALL_*, then ``env``; outside the embedded
+    default, the tests' RECALL_SECRET_KEY unless ``env`` says otherwise."""
     base = {key: value for key, value in os.environ.items() if not key.startswith("RECALL_")}
-    return {**base, **env, "PYTHONUNBUFFERED": "1"}
+    embedded = "RECALL_DATABASE_URL" not in env and "RECALL_BROKER_URL" not in env
+    secret = {} if embedded else {"RECALL_SECRET_KEY": SECRET_KEY}
+    return {**base, **secret, **env, "PYTHONUNBUFFERED": "1"}
 
 
 def run_serve(env: dict[str, str], log: Path, *args: str) -> subprocess.Popen[bytes]:

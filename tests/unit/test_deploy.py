@@ -1254,6 +1254,9 @@ def test_kubernetes_api_is_probed_on_healthz_and_reads_its_tokens_from_the_secre
     (item,) = volume["secret"]["items"]
     assert item["path"] == tokens.name
     assert item["key"] in secret["stringData"]
+    # The console's session secret, one for every replica, from the Secret.
+    key = env["RECALL_SECRET_KEY"]["valueFrom"]["secretKeyRef"]
+    assert key["key"] in k8s_object("Secret", key["name"])["stringData"]
     service = k8s_object("Service", "recall-api")
     assert service["spec"].get("type", "ClusterIP") == "ClusterIP"
     assert (
@@ -1340,6 +1343,7 @@ def test_systemd_api_needs_its_tokens_and_listens_on_loopback() -> None:
     assert argv[argv.index("--host") + 1] == "127.0.0.1"
     assert argv[argv.index("--forwarded-allow-ips") + 1] == "127.0.0.1"
     assert env_file(SYSTEMD / "recall.env.example")["RECALL_API_TOKENS"].endswith(".toml")
+    assert env_file(SYSTEMD / "recall.env.example")["RECALL_SECRET_KEY"]
 
 
 def test_compose_api_needs_its_tokens_and_is_checked_on_healthz() -> None:
@@ -1349,6 +1353,7 @@ def test_compose_api_needs_its_tokens_and_is_checked_on_healthz() -> None:
     tokens = api["environment"]["RECALL_API_TOKENS"]
     mounts = {volume["target"]: volume for volume in api["volumes"] if isinstance(volume, dict)}
     assert mounts[tokens]["read_only"] is True
+    assert api["environment"]["RECALL_SECRET_KEY"].startswith("${RECALL_SECRET_KEY:?")
     assert any(str(port) == f"127.0.0.1:{API_PORT}:{API_PORT}" for port in api["ports"])
     assert any("/healthz" in part for part in api["healthcheck"]["test"])
     assert api["depends_on"]["migrate"]["condition"] == "service_completed_successfully"

@@ -24,6 +24,7 @@ from worker.api.auth import ANY_ROLE, allow
 from worker.api.errors import exception_handlers
 from worker.api.health import healthz, status_router
 from worker.api.tokens import EMBEDDED_FILE, TokensError, load_tokens
+from worker.console import Console
 from worker.store.database import database_url, ensure_migrated, make_engine
 
 __all__ = ["create_app", "tokens_path"]
@@ -52,9 +53,11 @@ async def openapi_document(request: Request[Any, Any, Any]) -> Response[dict[str
 
 
 def create_app(settings: Settings) -> Litestar:
-    """The service for ``settings``: refuses (``DatabaseNotReady``, ``TokensError``) a database
-    not at the latest migration and a missing or broken tokens file."""
+    """The service for ``settings``: refuses (``DatabaseNotReady``, ``TokensError``,
+    ``SecretKeyError``) a database not at the latest migration, a missing or broken tokens file
+    and no secret key for the console's sessions."""
     tokens = load_tokens(tokens_path(settings))
+    console = Console.for_settings(settings)
     engine = make_engine(database_url(settings))
     ensure_migrated(engine)
     openapi = OpenAPIConfig(
@@ -84,10 +87,14 @@ def create_app(settings: Settings) -> Litestar:
             rules.router,
             dead_letters.router,
             status_router,
+            *console.route_handlers,
         ],
         state=State({"settings": settings, "engine": engine, "tokens": tokens}),
         exception_handlers=exception_handlers,
         openapi_config=openapi,
+        middleware=console.middleware,
+        csrf_config=console.csrf_config,
+        template_config=console.template_config,
         on_shutdown=[lambda: engine.dispose()],
         debug=False,
     )

@@ -39,19 +39,24 @@ def serve(
     forwarded_allow_ips: str | None,
     rules_path: Path | None,
 ) -> None:
-    """Run the HTTP API (JSON, described at /openapi.json) on HOST:PORT.
+    """Run the HTTP API (JSON, described at /openapi.json) and the console (/console) on HOST:PORT.
 
     Every request but GET /healthz needs `Authorization: Bearer <token>`, a token of the file
     RECALL_API_TOKENS names (see `recall tokens new`). On the embedded default (no
     RECALL_BROKER_URL and RECALL_DATABASE_URL) it may be left unset: RECALL_HOME/api-tokens.toml
     is used, made on first start with an editor token `admin` printed once. Elsewhere the
     service refuses to start without it, and the database must be at the latest migration.
+
+    The console's sessions need RECALL_SECRET_KEY (32 characters or more, the same in every
+    process): on the embedded default one is made under RECALL_HOME if unset; elsewhere the
+    service refuses to start without it.
     """
     import uvicorn
 
     from worker.api.app import create_app, tokens_path
     from worker.api.tokens import TokensError, ensure_embedded_tokens, load_tokens
     from worker.cli.services import ready_database
+    from worker.console.secret import SecretKeyError, secret_key
     from worker.store.database import DatabaseNotReady, database_url
 
     if (ssl_certfile is None) != (ssl_keyfile is None):
@@ -63,7 +68,9 @@ def serve(
         path = tokens_path(settings)
         if settings.api_tokens is not None or path.exists():  # else made below (embedded)
             load_tokens(path)
-    except TokensError as error:
+        if not settings.embedded:  # the embedded default makes its own below
+            secret_key(settings)
+    except (TokensError, SecretKeyError) as error:
         raise CommandError(str(error)) from None
     ready_database(migrate=settings.embedded)
     try:
@@ -77,7 +84,7 @@ def serve(
                     err=True,
                 )
         app = create_app(settings)
-    except (TokensError, DatabaseNotReady) as error:
+    except (TokensError, SecretKeyError, DatabaseNotReady) as error:
         raise CommandError(str(error)) from None
     try:
         sock = socket.create_server((host, port), family=_family(host), reuse_port=False)

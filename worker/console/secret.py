@@ -1,0 +1,70 @@
+"""The console's secret key: what its session cookies are encrypted and its CSRF tokens signed with.
+
+``RECALL_SECRET_KEY`` when set (every process of ``recall serve`` behind one address must have the
+same, or a session made by one is refused by the next). On the embedded default, unset: a key made
+under ``RECALL_HOME`` on first start (mode 0600), kept for the next. Elsewhere, unset: the service
+refuses to start (``SecretKeyError``), rather than make a key of its own that the other processes
+would not share.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from pathlib import Path
+
+from config.settings import Settings
+
+__all__ = ["EMBEDDED_FILE", "MIN_LENGTH", "SecretKeyError", "derived_key", "secret_key"]
+
+#: The name of the key file the embedded default keeps under RECALL_HOME.
+EMBEDDED_FILE = "secret-key"
+#: The shortest key accepted: 32 characters (`openssl rand -hex 32` gives 64).
+MIN_LENGTH = 32
+
+
+class SecretKeyError(ValueError):
+    """No usable secret key: one line saying what to set."""
+
+
+def _embedded_key(home: Path) -> str:
+    path = home / EMBEDDED_FILE
+    try:
+        handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # made before (or by another process meanwhile): it stands
+        key = path.read_text(encoding="utf-8").strip()
+        if len(key) < MIN_LENGTH:
+            raise SecretKeyError(
+                f"{path}: the console's secret key is shorter than {MIN_LENGTH} characters"
+                " (delete the file to have a new one made)"
+            ) from None
+        return key
+    key = secrets.token_hex(32)
+    with os.fdopen(handle, "w", encoding="utf-8") as file:
+        file.write(key + "\n")
+    return key
+
+
+def secret_key(settings: Settings) -> str:
+    """The console's secret key for ``settings`` (see the module's docstring)."""
+    if settings.secret_key is not None:
+        if len(settings.secret_key) < MIN_LENGTH:
+            raise SecretKeyError(
+                f"RECALL_SECRET_KEY: must be at least {MIN_LENGTH} characters"
+                " (e.g. `openssl rand -hex 32`)"
+            )
+        return settings.secret_key
+    if settings.embedded:
+        return _embedded_key(settings.ready_home())
+    raise SecretKeyError(
+        "no RECALL_SECRET_KEY: the console's session cookies need one secret shared by every"
+        " `recall serve` process (e.g. `openssl rand -hex 32`)"
+    )
+
+
+def derived_key(key: str, purpose: str) -> bytes:
+    """32 bytes for one ``purpose`` (``session``, ``csrf``), derived from ``key``: one secret for
+    the operator to keep, a distinct key for each use."""
+    return hmac.new(key.encode("utf-8"), purpose.encode("ascii"), hashlib.sha256).digest()
