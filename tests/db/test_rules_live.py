@@ -298,6 +298,25 @@ def test_a_restart_with_an_unchanged_file_keeps_the_edit(
     assert rows(get_engine())[-1].source == f"file {path}"
 
 
+def test_an_edit_before_any_worker_stays_in_force_when_workers_start(
+    database: str, monkeypatch: pytest.MonkeyPatch, write_rules: Callable[..., Path]
+) -> None:
+    """A file never recorded is no change: the first workers do not undo an earlier edit."""
+    path = write_rules(BUSY.format(20))
+    edited = edit(get_engine(), BUSY.format(40), author="alice")
+
+    start_process(monkeypatch, path)
+    monkeypatch.setattr(rules_cache, "POLL_S", 0.0)
+    process_call_results([call("f1")])
+
+    assert decided_by("f1") == edited.version
+    assert [r.source for r in rows(get_engine())] == ["api"]
+    # The file changing afterwards is a change, and comes into force.
+    rewrite(path, BUSY.format(30))
+    process_call_results([call("f2")])
+    assert decided_by("f2") == load_rules(path).version
+
+
 def test_a_broken_file_is_refused_and_the_version_in_force_stays(
     database: str,
     monkeypatch: pytest.MonkeyPatch,

@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 from config.settings import get_settings
 from worker.domain.rules import DEFAULT_RULES_PATH, Rules, RulesError, load_rules
 from worker.store.rules_versions import (
+    EDIT_SOURCES,
     VersionInForce,
     in_force,
     last_from,
@@ -170,8 +171,14 @@ def rules_in_force(session: Session, now: datetime) -> Rules:
     recorded = seen.recorded if seen is not None else clock
     if file_rules is not None and (seen is None or seen.file_version != file_version):
         source = source_of(file_rules)
-        if last_from(session, source) != file_version and record_rules_version(
-            session, file_rules, source, now
+        previous = last_from(session, source)
+        # A file never recorded is no change to an edit made before any worker ran with it: the
+        # edit stays in force until the file itself changes.
+        first_after_edit = seen is None and previous is None and _edit_in_force(session)
+        if (
+            previous != file_version
+            and not first_after_edit
+            and record_rules_version(session, file_rules, source, now)
         ):
             recorded = clock
     newest = newest_id(session)
@@ -202,6 +209,11 @@ def rules_in_force(session: Session, now: datetime) -> Rules:
 
     event.listen(session, "after_commit", remember, once=True)
     return rules
+
+
+def _edit_in_force(session: Session) -> bool:
+    row = in_force(session)
+    return row is not None and row.source in EDIT_SOURCES
 
 
 def _rules_of(
