@@ -53,7 +53,8 @@ main.lazy_commands.update(
         ),
         "serve": (
             "worker.cli.serve:serve",
-            "Run the HTTP API (JSON, described at /openapi.json) on HOST:PORT.",
+            "Run the HTTP API (JSON, described at /openapi.json) and the console (/console) on"
+            " HOST:PORT.",
         ),
         "tokens": (
             "worker.cli.serve:tokens",
