@@ -28,9 +28,22 @@ from worker.store.models import DeadLetter, Phone, ProcessedEvent, Recall, Rules
 from worker.store.rules_versions import record_rules_version
 
 
+# The tasks decide on the real clock: the default plan opened all day, every day, so that a recall
+# is due when the test says, whatever the hour or the weekday the suite runs at.
+ALWAYS_OPEN = (
+    '[[plans]]\nid = "default"\ntimezone = "UTC"\ncalling_hours = { '
+    + ", ".join(f'{day} = "00:00-24:00"' for day in ("mon", "tue", "wed", "thu", "fri", "sat", "sun"))
+    + " }\n"
+)
+
+
 @pytest.fixture
-def database(monkeypatch: pytest.MonkeyPatch, database_url: str) -> Iterator[str]:
+def database(
+    monkeypatch: pytest.MonkeyPatch, database_url: str, write_rules: Callable[..., Path]
+) -> Iterator[str]:
     monkeypatch.setenv("RECALL_DATABASE_URL", database_url)
+    monkeypatch.setenv("RECALL_RULES", str(write_rules(ALWAYS_OPEN, "always-open.toml")))
+    monkeypatch.setattr(rules_cache, "_cache", rules_cache._RulesCache())
     monkeypatch.setenv("RECALL_BROKER_URL", "redis://127.0.0.1:1/0")  # never used here
     reset_process_state()
     yield database_url
