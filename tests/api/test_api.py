@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 
 from tests.api.conftest import TOKENS, Server
 from tests.helpers import DECISION_KEYS, EVENT_DEFAULTS, SKEW_S, at, reset_process_state
+from tests.workers import ROOT
 from worker.cli import main
 from worker.domain.engine import Decision
 from worker.domain.rules import Rules, load_rules
@@ -374,6 +375,14 @@ def test_the_openapi_document_describes_every_endpoint(api: Server) -> None:
     }  # fmt: skip
     assert "requestBody" in paths["/v1/decide"]["post"]
     schemas = document.json()["components"]["schemas"]
+    # The event a dialer sends is the contract's one schema, the worker's and docs/'s.
+    body = paths["/v1/decide"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    published = orjson.loads((ROOT / "docs" / "event.schema.json").read_bytes())
+    published.pop("$schema")
+    for field in published["properties"].values():  # the document leaves out null defaults
+        if "default" in field and field["default"] is None:
+            del field["default"]
+    assert body == published
     assert list(schemas["Phone"]["properties"]) == [
         "phone_id", "lead_id", "plan_id", "eligible", "eligible_at", "pending_recall",
         "last_result_at", "last_decision",

@@ -578,9 +578,32 @@ def test_rules_preview_on_the_command_line(
     one_line_error(recall(str(tmp_path / "missing.toml")), "no such rules file")
 
 
-def test_rules_preview_needs_a_version_in_force(database_url: str, tmp_path: Path) -> None:
+def test_rules_preview_before_any_version_compares_with_the_rules_file(
+    database_url: str, tmp_path: Path, write_rules: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the API's preview: the rules the workers will put in force when they start."""
     proposed = tmp_path / "p.toml"
     proposed.write_text(BUSY.format(40), encoding="utf-8")
     env = {"RECALL_DATABASE_URL": database_url, "RECALL_BROKER_URL": BROKER}
-    result = CliRunner().invoke(main, ["rules", "preview", str(proposed)], env=env)
-    one_line_error(result, "no rules version in force yet")
+    at_now = ["--now", NOW.isoformat()]
+
+    def recall(*args: str, rules: Path | None = None) -> Result:
+        if rules is not None:
+            monkeypatch.setenv("RECALL_RULES", str(rules))
+        reset_process_state()  # the settings are read once per process
+        return CliRunner().invoke(main, ["rules", "preview", *args], env=env)
+
+    shipped = recall(str(proposed), *at_now)
+    assert shipped.exit_code == 0, shipped.output
+    assert shipped.stdout.splitlines()[0] == (
+        f"preview of {proposed} against the shipped default rules (no version in force yet),"
+        f" over the call results of {(NOW - timedelta(days=7)).isoformat()} to"
+        f" {NOW.isoformat()}"
+    )
+    mine = write_rules(BUSY.format(20), "mine.toml")
+    data = json_of(recall(str(proposed), *at_now, "--json", rules=mine))
+    assert (data["summary"]["events"], data["compare"]["differing_decisions"]) == (0, 0)
+    assert data["rules_version"] == load_rules(mine).version
+    assert data["compare"]["rules_version"] == load_rules(proposed).version
+    broken = write_rules("[[plans]\n", "broken.toml")
+    one_line_error(recall(str(proposed), rules=broken), f"{broken}: not valid TOML")

@@ -4,12 +4,20 @@ with), as ``recall decide`` does against its rules file."""
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import dataclass
 from typing import Annotated, Any
 
 from litestar import Request, Router, post
 from litestar.datastructures import State
-from litestar.openapi.spec import OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
+from litestar.openapi.spec import (
+    OpenAPIFormat,
+    OpenAPIMediaType,
+    OpenAPIType,
+    Operation,
+    RequestBody,
+    Schema,
+)
 from litestar.params import Parameter
 from litestar.status_codes import HTTP_200_OK
 
@@ -17,25 +25,47 @@ from worker.api.auth import DIALERS, allow
 from worker.api.errors import Unprocessable, documented
 from worker.api.models import Decision, shaped
 from worker.api.rules import rules_now
-from worker.domain.events import InvalidEvent
+from worker.domain.events import InvalidEvent, event_json_schema
 from worker.domain.intake import Refused, decide_alone, parse_instant
 
-__all__ = ["router"]
+__all__ = ["EVENT_SCHEMA", "router"]
+
+
+def _openapi_schema(json_schema: dict[str, Any]) -> Schema:
+    """A JSON Schema (msgspec's output for the event contract) as Litestar's OpenAPI 3.1 schema
+    object: the same keywords in snake case, nested schemas converted in turn."""
+    fields: dict[str, Any] = {}
+    for key, value in json_schema.items():
+        if key == "$schema":  # the document's dialect; OpenAPI 3.1 has it already
+            continue
+        name = re.sub(r"(?<!^)(?=[A-Z])", "_", key).lower()
+        if name == "type":
+            value = OpenAPIType(value)
+        elif name == "format":
+            value = OpenAPIFormat(value)
+        elif name == "properties":
+            value = {field: _openapi_schema(schema) for field, schema in value.items()}
+        elif name == "any_of":
+            value = [_openapi_schema(schema) for schema in value]
+        fields[name] = value
+    return Schema(**fields)
+
+
+#: The event contract, from the one schema the worker and replay validate with (DESIGN section 5),
+#: as docs/event.schema.json publishes it. (Inline in the operation: Litestar builds the document's
+#: ``components.schemas`` from the handlers' types alone.)
+EVENT_SCHEMA = _openapi_schema(event_json_schema())
 
 
 @dataclass
 class _EventBody(Operation):
-    """The operation with the event as its body: a JSON object, validated by ``parse_event``
-    itself (its one-line reasons are the contract's), so the handler reads the raw body."""
+    """The operation with the event as its body, documented by the contract's schema. The
+    handler reads the raw body and ``parse_event`` validates it, so that a 422 carries the
+    contract's one-line reason (the same as ``recall decide``'s), not the framework's."""
 
     def __post_init__(self) -> None:
-        event = Schema(
-            type=OpenAPIType.OBJECT,
-            description="A call-result event (DESIGN.md section 5).",
-            additional_properties=True,
-        )
         self.request_body = RequestBody(
-            content={"application/json": OpenAPIMediaType(schema=event)}, required=True
+            content={"application/json": OpenAPIMediaType(schema=EVENT_SCHEMA)}, required=True
         )
 
 

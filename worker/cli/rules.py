@@ -168,8 +168,11 @@ def preview(file: Path, days: int, now_text: str | None, as_json: bool) -> None:
 
     The events that occurred in the last --days days are replayed dry, in event-time order,
     under both (as `recall replay --compare` does): the summaries side by side and the decisions
-    that differ. Nothing is written.
+    that differ. Nothing is written. Before any version is in force, the comparison is with the
+    rules the workers will put in force when they start (RECALL_RULES, else the shipped
+    defaults), as the API's preview does.
     """
+    from config.settings import get_settings
     from worker.cli.replay import _text
     from worker.cli.services import ready_database
     from worker.domain.rules import RulesError
@@ -184,14 +187,16 @@ def preview(file: Path, days: int, now_text: str | None, as_json: bool) -> None:
     with session_scope() as session:
         row = in_force(session)
         if row is None:
-            raise CommandError(
-                "no rules version in force yet: a worker records its rules when it starts"
-                " (recall rules history)"
-            )
-        try:
-            current = rules_of(row)
-        except RulesError as error:
-            raise CommandError(str(error)) from None
+            path = get_settings().rules_path
+            current = read_rules(path)
+            rules_file = f"the rules file {path}" if path else "the shipped default rules"
+            against = f"{rules_file} (no version in force yet)"
+        else:
+            try:
+                current = rules_of(row)
+            except RulesError as error:
+                raise CommandError(str(error)) from None
+            against = f"the version in force {row.version} ({row.source})"
         result = preview_rules(session, proposed, current, days=days, now=now)
     if as_json:
         echo_json(result)
@@ -200,8 +205,8 @@ def preview(file: Path, days: int, now_text: str | None, as_json: bool) -> None:
     events = result["summary"]["events"]
     shown = {**result, "elapsed_s": elapsed, "events_per_s": round(events / max(elapsed, 1e-9))}
     click.echo(
-        f"preview of {file} against the version in force {row.version} ({row.source}), over the"
-        f" call results of {result['since']} to {result['until']}"
+        f"preview of {file} against {against}, over the call results of {result['since']} to"
+        f" {result['until']}"
     )
     click.echo(_text({**shown, "rejections_sample": []}))
 
