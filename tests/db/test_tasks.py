@@ -27,12 +27,12 @@ from worker.store.database import get_engine
 from worker.store.models import DeadLetter, Phone, ProcessedEvent, Recall, RulesVersion
 from worker.store.rules_versions import record_rules_version
 
-
 # The tasks decide on the real clock: the default plan opened all day, every day, so that a recall
 # is due when the test says, whatever the hour or the weekday the suite runs at.
+WEEK = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 ALWAYS_OPEN = (
     '[[plans]]\nid = "default"\ntimezone = "UTC"\ncalling_hours = { '
-    + ", ".join(f'{day} = "00:00-24:00"' for day in ("mon", "tue", "wed", "thu", "fri", "sat", "sun"))
+    + ", ".join(f'{day} = "00:00-24:00"' for day in WEEK)
     + " }\n"
 )
 
