@@ -2101,7 +2101,8 @@ def _stderr_on_a_terminal(command: list[str]) -> str:
 
 @pytest.mark.parametrize("jobs", ["1", "2"])
 def test_a_replay_on_a_terminal_shows_reading_then_the_time_left(tmp_path: Path, jobs: str) -> None:
-    # Large enough that reading takes over a second here (a line is shown every 0.5 s).
+    # Large enough to see updates (a line every 0.5 s); however quick the reading, its line shows
+    # once, with every line read, before the replaying starts.
     path = tmp_path / "h.jsonl"
     write_jsonl(itertools.islice(iter_generate(seed=40, leads=30_000, start=START, days=3),
                                  100_000), path)  # fmt: skip
@@ -2121,6 +2122,21 @@ def test_a_replay_on_a_terminal_shows_reading_then_the_time_left(tmp_path: Path,
             r"replayed [\d,]+/100,000 \(\d+%\)  [\d,]+ events/s  (\d+[hms] ?)+(\d+[ms])? left", line
         ), line
     assert updates.index(replaying[0]) > 0
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_quick_replay_on_a_terminal_still_shows_the_lines_read(tmp_path: Path, jobs: str) -> None:
+    path = tmp_path / "h.jsonl"
+    generated = iter_generate(seed=41, leads=600, start=START, days=1)
+    write_jsonl(itertools.islice(generated, 1_234), path)
+
+    shown = _stderr_on_a_terminal(
+        [sys.executable, "-m", "worker", "replay", str(path), "--dry-run", "--now", NOW,
+         "--jobs", jobs]
+    )  # fmt: skip
+
+    updates = [line.strip() for line in shown.split("\r") if line.strip()]
+    assert re.fullmatch(r"reading 1,234 lines  [\d,]+ lines/s", updates[0]), updates
 
 
 # --- agent callbacks -----------------------------------------------------------------------------

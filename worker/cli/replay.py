@@ -72,17 +72,25 @@ class Progress:
     def __init__(self, enabled: bool, started: float) -> None:
         self.enabled, self.started = enabled, started
         self.shown, self.width = time.monotonic(), 0
-        self.total = self.done = 0
+        self.total = self.done = self.lines = 0
         self.replaying_since = started
 
     def reading(self, lines: int) -> None:
+        self.lines = lines
         now = time.monotonic()
         if self._due(now):
             self._show(reading_line(lines, now - self.started))
 
     def replaying(self, total: int) -> None:
-        """The input is read: ``total`` events to replay from now on."""
-        self.total, self.done, self.replaying_since = total, 0, time.monotonic()
+        """The input is read: ``total`` events to replay from now on.
+
+        The reading line is shown once more, with every line read, however quick the reading was.
+        """
+        now = time.monotonic()
+        if self.enabled:
+            self.shown = now
+            self._show(reading_line(self.lines, now - self.started))
+        self.total, self.done, self.replaying_since = total, 0, now
 
     def tick(self, count: int = 1) -> None:
         self.at(self.done + count)

@@ -278,6 +278,7 @@ def replay_in_shares(
         for pipe in pipes:
             pipe.send(_GO if exact else _STOP)
         if exact and on_replay is not None:
+            reading()  # every process has read all its lines
             on_replay(sum(count for _, count in read))
         results = gather(replaying)
         if not exact:

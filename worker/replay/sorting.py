@@ -166,7 +166,7 @@ class SortedEvents:
         on_reject: Callable[[Rejection], None],
         *,
         chunk: int = CHUNK_EVENTS,
-        on_read: Callable[[int], None] | None = None,  # records read so far, every 10,000
+        on_read: Callable[[int], None] | None = None,  # records read: every 10,000, and at the end
         share: tuple[int, int] = (0, 1),
         on_accept: Callable[[CallResult], None] | None = None,
         now: datetime,
@@ -226,6 +226,8 @@ class SortedEvents:
                 self.count += 1
                 if len(self._run) >= chunk:
                     self._spill()
+        if on_read is not None:
+            on_read(read)
 
     def _spill(self) -> None:
         if self._directory is None:
