@@ -52,6 +52,7 @@ from worker.store.rules_versions import (
 )
 
 BROKER = "redis://127.0.0.1:1/0"  # nothing listens: these tests never need the broker
+KEEP = rules_cache.KEEP_VERSIONS
 BUSY = "[[sip_codes]]\ncode = 486\nrecall_after = {{ minutes = {} }}\n"
 NOW = datetime(2026, 1, 20, tzinfo=UTC)
 
@@ -98,6 +99,26 @@ def test_a_stored_version_loads_back_to_the_same_rules(write_rules: Callable[...
     added = rules_from_export(load_rules(write_rules(text)).export_text(), "stored")
     assert (added.sip_codes[499].builtin, added.sip_codes[486].builtin) == (False, True)
     assert added.sources == ("stored",)
+
+
+def test_a_stored_version_is_loaded_once_per_database_and_a_few_are_kept(
+    db_engine: Engine, database_url: str
+) -> None:
+    stored = [edit(db_engine, BUSY.format(minutes)) for minutes in range(10, 11 + KEEP)]
+    first = rules_cache.stored_rules(db_engine, stored[0])
+    assert first.version == stored[0].version
+    assert rules_cache.stored_rules(db_engine, stored[0]) is first  # kept: not loaded again
+    other = make_engine(database_url)  # another engine: its own versions
+    try:
+        assert rules_cache.stored_rules(other, stored[0]) is not first
+    finally:
+        other.dispose()
+    for row in stored[1:]:  # KEEP more versions: the first is no longer kept
+        assert rules_cache.stored_rules(db_engine, row).version == row.version
+    again = rules_cache.stored_rules(db_engine, stored[0])
+    assert again is not first
+    assert again.version == first.version
+    assert len(rows(db_engine)) == KEEP + 1  # read only: nothing recorded
 
 
 # --- edits through the API: put_rules -----------------------------------------------------------
