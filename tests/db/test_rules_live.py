@@ -28,6 +28,7 @@ from tasks.ingest import process_call_result, process_call_results
 from tests.db.test_replay import RULES as REPLAY_RULES
 from tests.db.test_replay import SLOWER_BUSY
 from tests.helpers import SKEW_S, json_of, one_line_error, reset_process_state
+from tests.workers import WorkerProcess, decision_of
 from worker.cli import main
 from worker.client import RecallClient
 from worker.domain.rules import (
@@ -396,7 +397,7 @@ def test_a_running_worker_takes_an_edit_within_seconds(
     broker_url: str,
     tmp_path: Path,
     write_rules: Callable[..., Path],
-    worker_process: Callable[..., Any],
+    worker_process: Callable[..., WorkerProcess],
 ) -> None:
     path = write_rules(BUSY.format(20))
     env = {
@@ -408,25 +409,15 @@ def test_a_running_worker_takes_an_edit_within_seconds(
     client = RecallClient(broker_url)
     engine = make_engine(database_url)
 
-    def decision_of(event_id: str) -> dict[str, Any]:
-        client.publish(call(event_id))
-        deadline = time.monotonic() + 30
-        while True:
-            with Session(engine) as session:
-                found = session.scalar(
-                    select(ProcessedEvent.decision).where(ProcessedEvent.event_id == event_id)
-                )
-            if found is not None:
-                return dict(found)
-            assert time.monotonic() < deadline, worker.text()[-3000:]
-            time.sleep(0.1)
+    def decided(event_id: str) -> dict[str, Any]:
+        return decision_of(client, engine, call(event_id), worker)
 
     try:
-        assert decision_of("w1")["rules_version"] == load_rules(path).version
+        assert decided("w1")["rules_version"] == load_rules(path).version
         edited = edit(engine, BUSY.format(40), author="alice", comment="later")
         edited_at = time.monotonic()
         number = 2
-        while (decision := decision_of(f"w{number}"))["rules_version"] != edited.version:
+        while (decision := decided(f"w{number}"))["rules_version"] != edited.version:
             assert time.monotonic() - edited_at < 10, worker.text()[-3000:]
             number += 1
             time.sleep(0.2)
