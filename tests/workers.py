@@ -8,6 +8,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from worker.store.models import ProcessedEvent
+
+if TYPE_CHECKING:
+    from worker.client import RecallClient
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,3 +81,28 @@ class WorkerProcess:
             self.process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             self.kill()
+
+
+def decision_of(
+    client: RecallClient,
+    engine: Engine,
+    event: dict[str, Any],
+    worker: WorkerProcess,
+    *,
+    timeout: float = 30,
+    poll_s: float = 0.1,
+) -> dict[str, Any]:
+    """Publish the call result ``event``; the decision ``worker`` stores for it, read from the
+    database every ``poll_s`` seconds. None after ``timeout`` seconds fails with the worker's log.
+    """
+    client.publish(event)
+    deadline = time.monotonic() + timeout
+    while True:
+        with Session(engine) as session:
+            found = session.scalar(
+                select(ProcessedEvent.decision).where(ProcessedEvent.event_id == event["event_id"])
+            )
+        if found is not None:
+            return dict(found)
+        assert time.monotonic() < deadline, worker.text()[-3000:]
+        time.sleep(poll_s)

@@ -12,14 +12,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
-
 from tests.api.conftest import Server
 from tests.helpers import EVENT_DEFAULTS
+from tests.workers import WorkerProcess, decision_of
 from worker.client import RecallClient
 from worker.store.database import make_engine
-from worker.store.models import ProcessedEvent
 
 LATER = "[[sip_codes]]\ncode = 486\nrecall_after = { minutes = 40 }\n"
 
@@ -29,7 +26,7 @@ def test_an_edit_through_the_api_reaches_a_running_worker(
     database_url: str,
     broker_url: str,
     tmp_path: Path,
-    worker_process: Callable[..., Any],
+    worker_process: Callable[..., WorkerProcess],
 ) -> None:
     env = {
         "RECALL_BROKER_URL": broker_url, "RECALL_DATABASE_URL": database_url,
@@ -39,28 +36,18 @@ def test_an_edit_through_the_api_reaches_a_running_worker(
     client = RecallClient(broker_url)
     engine = make_engine(database_url)
 
-    def decision_of(number: int) -> dict[str, Any]:
-        event_id = f"w{number}"
-        client.publish({**EVENT_DEFAULTS, "event_id": event_id, "phone_id": f"P{number}"})
-        deadline = time.monotonic() + 30
-        while True:
-            with Session(engine) as session:
-                found = session.scalar(
-                    select(ProcessedEvent.decision).where(ProcessedEvent.event_id == event_id)
-                )
-            if found is not None:
-                return dict(found)
-            assert time.monotonic() < deadline, worker.text()[-3000:]
-            time.sleep(0.1)
+    def decided(number: int) -> dict[str, Any]:
+        call = {**EVENT_DEFAULTS, "event_id": f"w{number}", "phone_id": f"P{number}"}
+        return decision_of(client, engine, call, worker)
 
     try:
-        before = decision_of(1)
+        before = decided(1)
         assert before["rules_version"] == api.get("/v1/rules").json()["version"]
         saved = api.put("/v1/rules", json={"rules": LATER, "comment": "busy lines later"})
         assert saved.status_code == 200, saved.text
         edited, edited_at = saved.json()["version"], time.monotonic()
         number = 2
-        while (decision := decision_of(number))["rules_version"] != edited:
+        while (decision := decided(number))["rules_version"] != edited:
             assert time.monotonic() - edited_at < 10, worker.text()[-3000:]
             number += 1
             time.sleep(0.2)

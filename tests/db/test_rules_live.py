@@ -28,6 +28,7 @@ from tasks.ingest import process_call_result, process_call_results
 from tests.db.test_replay import RULES as REPLAY_RULES
 from tests.db.test_replay import SLOWER_BUSY
 from tests.helpers import SKEW_S, json_of, one_line_error, reset_process_state
+from tests.workers import WorkerProcess, decision_of
 from worker.cli import main
 from worker.client import RecallClient
 from worker.domain.rules import (
@@ -52,6 +53,7 @@ from worker.store.rules_versions import (
 )
 
 BROKER = "redis://127.0.0.1:1/0"  # nothing listens: these tests never need the broker
+KEEP = rules_cache.KEEP_VERSIONS
 BUSY = "[[sip_codes]]\ncode = 486\nrecall_after = {{ minutes = {} }}\n"
 NOW = datetime(2026, 1, 20, tzinfo=UTC)
 
@@ -98,6 +100,26 @@ def test_a_stored_version_loads_back_to_the_same_rules(write_rules: Callable[...
     added = rules_from_export(load_rules(write_rules(text)).export_text(), "stored")
     assert (added.sip_codes[499].builtin, added.sip_codes[486].builtin) == (False, True)
     assert added.sources == ("stored",)
+
+
+def test_a_stored_version_is_loaded_once_per_database_and_a_few_are_kept(
+    db_engine: Engine, database_url: str
+) -> None:
+    stored = [edit(db_engine, BUSY.format(minutes)) for minutes in range(10, 11 + KEEP)]
+    first = rules_cache.stored_rules(db_engine, stored[0])
+    assert first.version == stored[0].version
+    assert rules_cache.stored_rules(db_engine, stored[0]) is first  # kept: not loaded again
+    other = make_engine(database_url)  # another engine: its own versions
+    try:
+        assert rules_cache.stored_rules(other, stored[0]) is not first
+    finally:
+        other.dispose()
+    for row in stored[1:]:  # KEEP more versions: the first is no longer kept
+        assert rules_cache.stored_rules(db_engine, row).version == row.version
+    again = rules_cache.stored_rules(db_engine, stored[0])
+    assert again is not first
+    assert again.version == first.version
+    assert len(rows(db_engine)) == KEEP + 1  # read only: nothing recorded
 
 
 # --- edits through the API: put_rules -----------------------------------------------------------
@@ -375,7 +397,7 @@ def test_a_running_worker_takes_an_edit_within_seconds(
     broker_url: str,
     tmp_path: Path,
     write_rules: Callable[..., Path],
-    worker_process: Callable[..., Any],
+    worker_process: Callable[..., WorkerProcess],
 ) -> None:
     path = write_rules(BUSY.format(20))
     env = {
@@ -387,25 +409,15 @@ def test_a_running_worker_takes_an_edit_within_seconds(
     client = RecallClient(broker_url)
     engine = make_engine(database_url)
 
-    def decision_of(event_id: str) -> dict[str, Any]:
-        client.publish(call(event_id))
-        deadline = time.monotonic() + 30
-        while True:
-            with Session(engine) as session:
-                found = session.scalar(
-                    select(ProcessedEvent.decision).where(ProcessedEvent.event_id == event_id)
-                )
-            if found is not None:
-                return dict(found)
-            assert time.monotonic() < deadline, worker.text()[-3000:]
-            time.sleep(0.1)
+    def decided(event_id: str) -> dict[str, Any]:
+        return decision_of(client, engine, call(event_id), worker)
 
     try:
-        assert decision_of("w1")["rules_version"] == load_rules(path).version
+        assert decided("w1")["rules_version"] == load_rules(path).version
         edited = edit(engine, BUSY.format(40), author="alice", comment="later")
         edited_at = time.monotonic()
         number = 2
-        while (decision := decision_of(f"w{number}"))["rules_version"] != edited.version:
+        while (decision := decided(f"w{number}"))["rules_version"] != edited.version:
             assert time.monotonic() - edited_at < 10, worker.text()[-3000:]
             number += 1
             time.sleep(0.2)

@@ -27,15 +27,12 @@ import tomli_w
 from click.testing import CliRunner
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import select
-from sqlalchemy.orm import Session
 
-from tests.workers import ROOT, WorkerProcess
+from tests.workers import ROOT, WorkerProcess, decision_of
 from worker.cli import main
 from worker.client import RecallClient
 from worker.domain.rules import DEFAULT_RULES_PATH
 from worker.store.database import make_engine, upgrade
-from worker.store.models import ProcessedEvent
 
 CASES = 150
 BASE: dict[str, Any] = tomllib.loads(DEFAULT_RULES_PATH.read_text(encoding="utf-8"))
@@ -271,17 +268,11 @@ def test_a_running_worker_keeps_its_last_good_rules_and_takes_a_good_file_again(
         """Publish a busy call now; how long after it its recall is due."""
         occurred = datetime.now(UTC).replace(microsecond=0)
         call = {"event_id": event_id, "plan_id": "it", "lead_id": "L", "phone_id": event_id}
-        client.publish({**call, "sip_code": 486, "occurred_at": occurred.isoformat()})
-        deadline = time.monotonic() + 30
-        while True:
-            with Session(engine) as session:
-                found = session.scalar(
-                    select(ProcessedEvent.decision).where(ProcessedEvent.event_id == event_id)
-                )
-            if found is not None:
-                return datetime.fromisoformat(found["due_at"]) - occurred
-            assert time.monotonic() < deadline, worker.text()[-2000:]
-            time.sleep(0.2)
+        decision = decision_of(
+            client, engine, {**call, "sip_code": 486, "occurred_at": occurred.isoformat()},
+            worker, poll_s=0.2,
+        )  # fmt: skip
+        return datetime.fromisoformat(decision["due_at"]) - occurred
 
     try:
         assert delay("before") == timedelta(minutes=10)

@@ -7,6 +7,7 @@ what-if preview of proposed rules over the stored call results (``recall rules p
 
 from __future__ import annotations
 
+import weakref
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -15,6 +16,7 @@ from litestar.datastructures import State
 from litestar.exceptions import NotFoundException
 from litestar.params import Parameter
 from litestar.status_codes import HTTP_200_OK
+from sqlalchemy import Engine
 
 from worker.api.auth import EDITORS, VIEWERS, allow, caller
 from worker.api.errors import Unprocessable, documented
@@ -30,7 +32,7 @@ from worker.api.models import (
 from worker.domain.rules import Rules, RulesError, rules_from_text
 from worker.domain.rules_diff import diff_exports
 from worker.replay.preview import preview_rules
-from worker.runtime.rules_cache import current_rules
+from worker.runtime.rules_cache import current_rules, stored_rules
 from worker.runtime.status import rules_note, rules_state
 from worker.store.database import session_scope
 from worker.store.rules_versions import (
@@ -42,7 +44,6 @@ from worker.store.rules_versions import (
     newest_id,
     put_rules,
     rules_history,
-    rules_of,
     source_of,
 )
 
@@ -121,11 +122,9 @@ def diff(
     return shaped(data, RulesDiff)
 
 
-# Versions loaded from the history's text, by version: each Rules keeps the engine's memos.
-_loaded: dict[str, Rules] = {}
-KEEP_VERSIONS = 8
-# The history's newest row id when the version in force was last read, and that version.
-_seen: tuple[int, str] | None = None
+# Per database: the history's newest row id when the version in force was last read, and its
+# rules.
+_seen: weakref.WeakKeyDictionary[Engine, tuple[int, Rules]] = weakref.WeakKeyDictionary()
 
 
 def rules_now(state: State) -> Rules:
@@ -133,27 +132,22 @@ def rules_now(state: State) -> Rules:
     recorded, this service's rules file, else the shipped defaults). Read only: the service never
     records its own rules file, which is the workers' to put in force.
 
-    One small query (the newest row's id) while the history does not change; the version's text is
-    read and loaded only when a new row came in.
+    One small query (the newest row's id) while the history does not change; the version in force
+    is read only when a new row came in, and its text loaded once (``stored_rules``).
     """
-    global _seen
-    with session_scope(state.engine) as session:
+    engine: Engine = state.engine
+    with session_scope(engine) as session:
         newest = newest_id(session)
         if newest is None:
             return current_rules()
-        seen = _seen
-        if seen is not None and seen[0] == newest and seen[1] in _loaded:
-            return _loaded[seen[1]]
+        seen = _seen.get(engine)
+        if seen is not None and seen[0] == newest:
+            return seen[1]
         row = in_force(session)
     if row is None:  # only replays' rows so far
         return current_rules()
-    rules = _loaded.get(row.version)
-    if rules is None:
-        rules = rules_of(row)
-        if len(_loaded) >= KEEP_VERSIONS:
-            _loaded.clear()
-        _loaded[row.version] = rules
-    _seen = (newest, row.version)
+    rules = stored_rules(engine, row)
+    _seen[engine] = (newest, rules)
     return rules
 
 

@@ -10,7 +10,7 @@ the version it was based on is still in force.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -97,15 +97,18 @@ def _page(
     session: Session,
     name: str,
     status_code: int = HTTP_200_OK,
+    *,
+    template: str | None = None,
     **context: Any,
 ) -> Template:
+    """The page ``name`` (its template ``name``.html unless ``template`` is given)."""
     state = rules_state(session, request.app.state.settings)
     if state["version"] is None:  # nothing recorded yet: the file's rules will be
         rules = current_rules()
         where = source_of(rules)
         state = {**state, "version": rules.version, "source": f"{where} (not yet recorded)"}
     return Template(
-        template_name=f"{name}.html",
+        template_name=f"{template or name}.html",
         context={
             "user": user(request),
             "rules_state": state,
@@ -158,6 +161,76 @@ def logout(request: Request[Any, Any, Any]) -> Redirect:
     return Redirect("/console/login")
 
 
+# Editing an entry: the form, its error, the confirm step of a new entry, the preview -------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Entries:
+    """A page of entries the console edits (SIP codes, outcome codes, plans)."""
+
+    name: str  # the page's name (and its template's, unless ``template``)
+    path: str  # where it is
+    key: str  # the query parameter selecting an entry there
+    kind: str  # what a new entry is, as the confirm step names it
+    #: The page's rows and selected entry (its ``selected``: None when none or unknown), from the
+    #: rules in force, the selected entry's name and the page's own query parameters.
+    context: Callable[..., dict[str, Any]]
+    #: The rules document with the entry (None: a new one) changed by a form; raises ``EditError``.
+    edit: Callable[[InForce, str | None, Mapping[str, str]], dict[str, Any]]
+    template: str | None = None
+
+    def page(
+        self,
+        request: Request[Any, Any, Any],
+        session: Session,
+        current: InForce,
+        selected: str | None,
+        error: str | None = None,
+        form: Mapping[str, str] | None = None,
+        **query: Any,
+    ) -> Template:
+        """The page with ``selected`` (None: no entry) and a form's one-line error (then 422)."""
+        return _page(
+            request,
+            session,
+            self.name,
+            status_code=HTTP_200_OK if error is None else HTTP_422_UNPROCESSABLE_ENTITY,
+            template=self.template,
+            **self.context(current, selected, **query),
+            error=error,
+            form=form or {},
+            based_on=current.version,
+        )
+
+
+def _edited(
+    request: Request[Any, Any, Any],
+    state: State,
+    data: Mapping[str, str],
+    entries: _Entries,
+    name: str | None,
+) -> Template:
+    """The preview of a form's change to the entry ``name`` (None: a new entry) of ``entries``.
+
+    The form changes the rules in force (``entries.edit``); a form it refuses (``EditError``) is
+    the page again with the one-line error (422). A new entry is confirmed first (the same form
+    posted again with ``confirmed=yes``), then previewed.
+    """
+    back = entries.path if name is None else f"{entries.path}?{entries.key}={name}"
+    with session_scope(state.engine) as session:
+        current = _in_force(session)
+        try:
+            document = entries.edit(current, name, data)
+        except EditError as error:
+            return entries.page(request, session, current, name, str(error), data)
+        if name is None and data.get("confirmed") != "yes":
+            return _page(
+                request, session, "confirm_new", kind=entries.kind, fields=data,
+                action=f"{entries.path}/new", back=back,
+            )  # fmt: skip
+        return _propose(request, session, current, document, back=back)
+
+
 # SIP codes -------------------------------------------------------------------------------------
 
 
@@ -170,34 +243,31 @@ def _sip_rows(current: InForce) -> list[dict[str, Any]]:
     ]
 
 
-def _sip_page(
-    request: Request[Any, Any, Any],
-    session: Session,
-    current: InForce,
-    *,
-    selected: str | None,
-    inactive: bool,
-    error: str | None = None,
-    form: Mapping[str, str] | None = None,
-    status_code: int = HTTP_200_OK,
-) -> Template:
+def _sip_context(current: InForce, selected: str | None, inactive: bool = False) -> dict[str, Any]:
     rows = _sip_rows(current)
     chosen = next((row for row in rows if row["key"] == selected), None)
     if chosen is not None and not chosen.get("active", True):
         inactive = True  # a selected inactive code is shown with the others
-    return _page(
-        request,
-        session,
-        "sip_codes",
-        status_code=status_code,
-        rows=[row for row in rows if inactive or row.get("active", True)],
-        hidden=sum(1 for row in rows if not row.get("active", True)),
-        inactive=inactive,
-        selected=chosen,
-        error=error,
-        form=form or {},
-        based_on=current.version,
-    )
+    return {
+        "rows": [row for row in rows if inactive or row.get("active", True)],
+        "hidden": sum(1 for row in rows if not row.get("active", True)),
+        "inactive": inactive,
+        "selected": chosen,
+    }
+
+
+def _builtin(current: InForce, code: str) -> bool:
+    return any(row["builtin"] for row in _sip_rows(current) if row["key"] == code)
+
+
+def _edit_sip_code(current: InForce, code: str | None, form: Mapping[str, str]) -> dict[str, Any]:
+    builtin = code is not None and _builtin(current, code)
+    return edit_sip_code(current.document, code, form, builtin=builtin)
+
+
+SIP_CODES = _Entries(
+    "sip_codes", "/console/sip-codes", "code", "SIP code", _sip_context, _edit_sip_code, "codes"
+)
 
 
 @get("/sip-codes", sync_to_thread=True, guards=READERS)
@@ -205,160 +275,92 @@ def sip_codes(
     request: Request[Any, Any, Any], state: State, code: str | None = None, inactive: bool = False
 ) -> Template:
     with session_scope(state.engine) as session:
-        current = _in_force(session)
-        return _sip_page(request, session, current, selected=code, inactive=inactive)
-
-
-def _builtin(current: InForce, code: str) -> bool:
-    return any(row["builtin"] for row in _sip_rows(current) if row["key"] == code)
+        return SIP_CODES.page(request, session, _in_force(session), code, inactive=inactive)
 
 
 @_edit("/sip-codes/new")
 def new_sip_code(request: Request[Any, Any, Any], state: State, data: Form) -> Template:
     """A new code: first the warning (a confirm step), then the preview."""
-    with session_scope(state.engine) as session:
-        current = _in_force(session)
-        try:
-            document = edit_sip_code(current.document, None, data, builtin=False)
-        except EditError as error:
-            return _sip_page(
-                request, session, current, selected=None, inactive=False, error=str(error),
-                form=data, status_code=HTTP_422_UNPROCESSABLE_ENTITY,
-            )  # fmt: skip
-        if data.get("confirmed") != "yes":
-            return _page(
-                request, session, "confirm_new", kind="SIP code", fields=data,
-                action="/console/sip-codes/new", back="/console/sip-codes",
-            )  # fmt: skip
-        return _propose(request, session, current, document, back="/console/sip-codes")
+    return _edited(request, state, data, SIP_CODES, None)
 
 
 @_edit("/sip-codes/{code:str}")
 def change_sip_code(
     request: Request[Any, Any, Any], state: State, code: str, data: Form
 ) -> Template:
-    with session_scope(state.engine) as session:
-        current = _in_force(session)
-        back = f"/console/sip-codes?code={code}"
-        try:
-            document = edit_sip_code(current.document, code, data, builtin=_builtin(current, code))
-        except EditError as error:
-            return _sip_page(
-                request, session, current, selected=code, inactive=False, error=str(error),
-                form=data, status_code=HTTP_422_UNPROCESSABLE_ENTITY,
-            )  # fmt: skip
-        return _propose(request, session, current, document, back=back)
+    return _edited(request, state, data, SIP_CODES, code)
 
 
 # Outcome codes ---------------------------------------------------------------------------------
 
 
-def _outcomes_page(
-    request: Request[Any, Any, Any],
-    session: Session,
-    current: InForce,
-    selected: str | None,
-    error: str | None = None,
-    status_code: int = HTTP_200_OK,
-) -> Template:
-    document = current.document
-    return _page(
-        request,
-        session,
-        "outcomes",
-        status_code=status_code,
-        rows=document.get("outcomes", []),
-        selected=entry(document, "outcomes", "code", selected) if selected else None,
-        error=error,
-        based_on=current.version,
-    )
+def _outcomes_context(current: InForce, selected: str | None) -> dict[str, Any]:
+    rows = [{**row, "key": str(row["code"])} for row in current.document.get("outcomes", [])]
+    return {"rows": rows, "selected": next((row for row in rows if row["key"] == selected), None)}
+
+
+def _edit_outcome(current: InForce, code: str | None, form: Mapping[str, str]) -> dict[str, Any]:
+    return edit_outcome(current.document, code, form)
+
+
+OUTCOMES = _Entries(
+    "outcomes", "/console/outcomes", "code", "outcome code", _outcomes_context, _edit_outcome,
+    "codes",
+)  # fmt: skip
 
 
 @get("/outcomes", sync_to_thread=True, guards=READERS)
 def outcomes(request: Request[Any, Any, Any], state: State, code: str | None = None) -> Template:
     with session_scope(state.engine) as session:
-        return _outcomes_page(request, session, _in_force(session), code)
+        return OUTCOMES.page(request, session, _in_force(session), code)
 
 
 @_edit("/outcomes/new")
 def new_outcome(request: Request[Any, Any, Any], state: State, data: Form) -> Template:
-    with session_scope(state.engine) as session:
-        current = _in_force(session)
-        try:
-            document = edit_outcome(current.document, None, data)
-        except EditError as error:
-            return _outcomes_page(
-                request, session, current, None, str(error), HTTP_422_UNPROCESSABLE_ENTITY
-            )
-        if data.get("confirmed") != "yes":
-            return _page(
-                request, session, "confirm_new", kind="outcome code", fields=data,
-                action="/console/outcomes/new", back="/console/outcomes",
-            )  # fmt: skip
-        return _propose(request, session, current, document, back="/console/outcomes")
+    return _edited(request, state, data, OUTCOMES, None)
 
 
 @_edit("/outcomes/{code:str}")
 def change_outcome(
     request: Request[Any, Any, Any], state: State, code: str, data: Form
 ) -> Template:
-    with session_scope(state.engine) as session:
-        current = _in_force(session)
-        try:
-            document = edit_outcome(current.document, code, data)
-        except EditError as error:
-            return _outcomes_page(
-                request, session, current, code, str(error), HTTP_422_UNPROCESSABLE_ENTITY
-            )
-        return _propose(request, session, current, document, back=f"/console/outcomes?code={code}")
+    return _edited(request, state, data, OUTCOMES, code)
 
 
 # Plans -----------------------------------------------------------------------------------------
 
 
-def _plans_page(
-    request: Request[Any, Any, Any],
-    session: Session,
-    current: InForce,
-    selected: str | None,
-    error: str | None = None,
-    status_code: int = HTTP_200_OK,
-) -> Template:
+def _plans_context(current: InForce, selected: str | None) -> dict[str, Any]:
     document = current.document
-    system = [row for row in document.get("outcomes", []) if row.get("kind") == "system"]
-    return _page(
-        request,
-        session,
-        "plans",
-        status_code=status_code,
-        rows=document.get("plans", []),
-        selected=entry(document, "plans", "id", selected) if selected else None,
-        system_outcomes=system,
-        weekdays=WEEKDAYS,
-        error=error,
-        based_on=current.version,
-    )
+    return {
+        "rows": document.get("plans", []),
+        "selected": entry(document, "plans", "id", selected) if selected else None,
+        "system_outcomes": [
+            row for row in document.get("outcomes", []) if row.get("kind") == "system"
+        ],
+        "weekdays": WEEKDAYS,
+    }
+
+
+def _edit_plan(current: InForce, plan_id: str | None, form: Mapping[str, str]) -> dict[str, Any]:
+    assert plan_id is not None, "no new plan: a plan is added to the rules file"
+    return edit_plan(current.document, plan_id, form)
+
+
+PLANS = _Entries("plans", "/console/plans", "plan", "plan", _plans_context, _edit_plan)
 
 
 @get("/plans", sync_to_thread=True, guards=READERS)
 def plans(request: Request[Any, Any, Any], state: State, plan: str | None = None) -> Template:
     with session_scope(state.engine) as session:
-        return _plans_page(request, session, _in_force(session), plan)
+        return PLANS.page(request, session, _in_force(session), plan)
 
 
 @_edit("/plans/{plan_id:str}")
 def change_plan(
     request: Request[Any, Any, Any], state: State, plan_id: str, data: Form
 ) -> Template:
-    with session_scope(state.engine) as session:
-        current = _in_force(session)
-        try:
-            document = edit_plan(current.document, plan_id, data)
-        except EditError as error:
-            return _plans_page(
-                request, session, current, plan_id, str(error), HTTP_422_UNPROCESSABLE_ENTITY
-            )
-        return _propose(request, session, current, document, back=f"/console/plans?plan={plan_id}")
+    return _edited(request, state, data, PLANS, plan_id)
 
 
 # The preview and the save ----------------------------------------------------------------------

@@ -41,7 +41,7 @@ from worker.store.rules_versions import (
     source_of,
 )
 
-__all__ = ["current_rules", "rules_in_force"]
+__all__ = ["current_rules", "rules_in_force", "stored_rules"]
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +116,8 @@ POLL_S = 2.0
 # newest (an applied replay records the rules it decides with) before recording the version in
 # force again, so that the history's newest row is the version the workers decide with.
 RECHECK_S = 60.0
-# Versions loaded from the history's text, kept to be decided with again (each Rules holds the
-# engine's memo of its verdicts).
+# Versions loaded from a history's text, kept per database to be decided with again (each Rules
+# holds the engine's memo of its verdicts).
 KEEP_VERSIONS = 8
 
 
@@ -134,8 +134,27 @@ class _Seen:
 
 
 _seen: weakref.WeakKeyDictionary[Engine, _Seen] = weakref.WeakKeyDictionary()
-_loaded: dict[str, Rules] = {}
+_loaded: weakref.WeakKeyDictionary[Engine, dict[str, Rules]] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
+
+
+def stored_rules(engine: Engine, row: VersionInForce) -> Rules:
+    """The rules of ``row``, a version stored in ``engine``'s history, loaded from its text once
+    and kept (the last KEEP_VERSIONS versions of each database). Read only: records nothing.
+
+    Raises ``RulesError`` when the stored text no longer loads.
+    """
+    with _lock:
+        kept = _loaded.setdefault(engine, {})
+        rules = kept.get(row.version)
+    if rules is not None:
+        return rules
+    rules = rules_of(row)
+    with _lock:
+        if len(kept) >= KEEP_VERSIONS:
+            kept.pop(next(iter(kept)))
+        kept[row.version] = rules
+    return rules
 
 
 def rules_in_force(session: Session, now: datetime) -> Rules:
@@ -193,7 +212,7 @@ def rules_in_force(session: Session, now: datetime) -> Rules:
             record_rules_version(session, file_rules, source_of(file_rules), now)
             found, recorded = in_force(session), clock
             assert found is not None
-        row, rules = _rules_of(found, file_rules, seen)
+        row, rules = _rules_of(engine, found, file_rules, seen)
         newest = newest_id(session)
     if row.id != newest and clock - recorded >= RECHECK_S and reassert_in_force(session, now):
         recorded, newest = clock, newest_id(session)
@@ -217,7 +236,7 @@ def _edit_in_force(session: Session) -> bool:
 
 
 def _rules_of(
-    row: VersionInForce, file_rules: Rules | None, seen: _Seen | None
+    engine: Engine, row: VersionInForce, file_rules: Rules | None, seen: _Seen | None
 ) -> tuple[VersionInForce, Rules]:
     """``row`` and its Rules: the file's own when they are that version, else its stored text.
 
@@ -226,20 +245,11 @@ def _rules_of(
     """
     if file_rules is not None and row.version == file_rules.version:
         return row, file_rules
-    with _lock:
-        loaded = _loaded.get(row.version)
-    if loaded is not None:
-        return row, loaded
     try:
-        loaded = rules_of(row)
+        return row, stored_rules(engine, row)
     except RulesError as error:
         if seen is None:
             raise
         log.error("rules version %s not taken, keeping %s: %s", row.version, seen.row.version,
                   error)  # fmt: skip
         return seen.row, seen.rules
-    with _lock:
-        if len(_loaded) >= KEEP_VERSIONS:
-            _loaded.pop(next(iter(_loaded)))
-        _loaded[row.version] = loaded
-    return row, loaded
