@@ -7,6 +7,7 @@ with mode 0600 and kept; elsewhere, unset, a one-line refusal. Cookies are Secur
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import stat
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,20 @@ def test_the_embedded_default_makes_one_and_keeps_it(tmp_path: Path) -> None:
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert len(first) == 64
     assert secret_key(settings(tmp_path)) == first
+
+
+def _key_of(home: str) -> str:
+    return secret_key(settings(Path(home)))
+
+
+def test_processes_starting_together_share_one_whole_key(tmp_path: Path) -> None:
+    # Each `recall serve` process makes the key if it finds none: only one makes it; the others,
+    # however they interleave, read that whole key (never a half-written or empty file).
+    with multiprocessing.get_context("fork").Pool(8) as pool:
+        keys = pool.map(_key_of, [str(tmp_path)] * 64)
+    assert len(set(keys)) == 1
+    assert len(keys[0]) == 64
+    assert [path.name for path in tmp_path.iterdir()] == ["secret-key"]
 
 
 def test_production_without_a_key_is_refused(tmp_path: Path) -> None:

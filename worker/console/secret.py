@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import os
 import secrets
+import tempfile
 from pathlib import Path
 
 from config.settings import Settings
@@ -30,20 +31,25 @@ class SecretKeyError(ValueError):
 
 
 def _embedded_key(home: Path) -> str:
+    """The key under ``home``, made on first use. Written whole to a temporary file, then linked
+    into place: a process starting meanwhile finds either no key or the whole key, never half."""
     path = home / EMBEDDED_FILE
-    try:
-        handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # made before (or by another process meanwhile): it stands
-        key = path.read_text(encoding="utf-8").strip()
-        if len(key) < MIN_LENGTH:
-            raise SecretKeyError(
-                f"{path}: the console's secret key is shorter than {MIN_LENGTH} characters"
-                " (delete the file to have a new one made)"
-            ) from None
-        return key
-    key = secrets.token_hex(32)
-    with os.fdopen(handle, "w", encoding="utf-8") as file:
-        file.write(key + "\n")
+    if not path.exists():
+        handle, temporary = tempfile.mkstemp(prefix=f".{EMBEDDED_FILE}-", dir=home)  # mode 0600
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8") as file:
+                file.write(secrets.token_hex(32) + "\n")
+            os.link(temporary, path)
+        except FileExistsError:  # made by another process meanwhile: it stands
+            pass
+        finally:
+            os.unlink(temporary)
+    key = path.read_text(encoding="utf-8").strip()
+    if len(key) < MIN_LENGTH:
+        raise SecretKeyError(
+            f"{path}: the console's secret key is shorter than {MIN_LENGTH} characters"
+            " (delete the file to have a new one made)"
+        )
     return key
 
 
