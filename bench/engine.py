@@ -1,8 +1,9 @@
 """Per-decision cost of the core engine, in microseconds (``make bench-engine``).
 
-Decides a generated, realistic history (several plans, zones, caps and calling hours) with each
-phone's history kept in memory, as replay does, and prints the median, p95 and mean cost of one
-``decide`` call, and beside it the cost of validating the same events, for scale.
+Decides a generated, realistic history (several plans, zones, booked callbacks) under the bench's
+rules (bench/rules.toml: the shipped defaults with per-day and lead caps and closed dates), with
+each phone's and lead's attempts kept in memory, as replay does, and prints the median, p95 and
+mean cost of one ``decide`` call, and beside it the cost of validating the same events, for scale.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import statistics
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
 from worker.domain.engine import PhoneHistory, decide
 from worker.domain.events import parse_event
@@ -25,9 +27,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
 
-    rules = load_rules()
+    rules = load_rules(Path(__file__).with_name("rules.toml"))
     raw = generate(seed=args.seed, leads=args.leads, start=datetime(2026, 3, 2, tzinfo=UTC),
-                   days=args.days)  # fmt: skip
+                   days=args.days, callbacks=True)  # fmt: skip
     parse_costs = []
     events = []
     for record in raw:
@@ -36,6 +38,7 @@ def main() -> None:
         parse_costs.append(time.perf_counter_ns() - start)
 
     attempts: dict[str, list[datetime]] = {}
+    lead_attempts: dict[str, list[tuple[str, datetime]]] = {}  # (phone, time) of the lead's calls
     last: dict[str, datetime] = {}
     counts: dict[str, int] = {}
     costs = []
@@ -44,11 +47,15 @@ def main() -> None:
             attempts=tuple(attempts.get(event.phone_id, ())),
             last_applied_at=last.get(event.phone_id),
             system_recalls=counts.get(event.phone_id, 0),
+            lead_attempts=tuple(
+                at for phone, at in lead_attempts.get(event.lead_id, ()) if phone != event.phone_id
+            ),
         )
         start = time.perf_counter_ns()
         decision = decide(event, rules, history, event.occurred_at)
         costs.append(time.perf_counter_ns() - start)
         attempts.setdefault(event.phone_id, []).append(event.occurred_at)
+        lead_attempts.setdefault(event.lead_id, []).append((event.phone_id, event.occurred_at))
         if decision.applies:
             last[event.phone_id] = event.occurred_at
         if decision.is_system_recall:

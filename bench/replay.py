@@ -1,8 +1,10 @@
 """Replay throughput and peak memory on a generated history (``make bench-replay``).
 
-Generates (once, cached under bench/data/) about EVENTS call results, then runs
-``recall replay --dry-run`` and an applied replay into a throwaway PostgreSQL database, each in its
-own process, and prints events/s and peak memory (the PSS of all its processes) for each.
+Generates (once, cached under bench/data/) about EVENTS call results, with booked callbacks, then
+runs ``recall replay --dry-run`` and an applied replay into a throwaway PostgreSQL database, each
+in its own process, under the bench's rules (bench/rules.toml: the shipped defaults with per-day
+and lead caps and closed dates), and prints events/s and peak memory (the PSS of all its
+processes) for each.
 Figures go to bench/results-replay.json.
 """
 
@@ -26,16 +28,20 @@ from worker.replay.sample import iter_generate, write_jsonl  # noqa: E402
 from worker.store.database import upgrade  # noqa: E402
 
 NOW = "2026-06-01T00:00:00+00:00"
+#: The rules every replay of the bench decides with (merged over the shipped defaults).
+RULES = ROOT / "bench" / "rules.toml"
 
 
 def history(events: int) -> Path:
-    """A cached generated file of at least ``events`` events (about 4.2 events per lead)."""
-    path = ROOT / "bench" / "data" / f"history-{events}.jsonl"
+    """A cached generated file of about ``events`` events (4.2 events per lead), with booked
+    callbacks."""
+    path = ROOT / "bench" / "data" / f"history-callbacks-{events}.jsonl"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         leads = max(1, int(events / 4.2))
         start = datetime(2026, 3, 2, tzinfo=UTC)
-        count = write_jsonl(iter_generate(seed=7, leads=leads, start=start, days=28), path)
+        generated = iter_generate(seed=7, leads=leads, start=start, days=28, callbacks=True)
+        count = write_jsonl(generated, path)
         print(f"generated {count:,} events in {path}", file=sys.stderr)
     return path
 
@@ -79,7 +85,11 @@ def run(args: list[str], env: dict[str, str]) -> tuple[dict[str, Any], float, fl
     command = [sys.executable, "-m", "worker", "replay", *args, "--now", NOW, "--json"]
     started = time.perf_counter()
     with subprocess.Popen(
-        command, cwd=ROOT, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        command,
+        cwd=ROOT,
+        env={**os.environ, "RECALL_RULES": str(RULES), **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     ) as child:
         peak = 0
         while child.poll() is None:

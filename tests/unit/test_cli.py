@@ -122,7 +122,9 @@ def test_short_help_option(runner: CliRunner) -> None:
         pytest.param(("rules", "history"), ("--json", "newest first"), id="rules-history"),
         pytest.param(("rules", "diff"), ("OLD NEW", "--json", "prefix"), id="rules-diff"),
         pytest.param(
-            ("sample",), ("--output", "--leads", "--days", "--seed", "--start"), id="sample"
+            ("sample",),
+            ("--output", "--leads", "--days", "--seed", "--start", "--callbacks"),
+            id="sample",
         ),
     ],
 )
@@ -686,6 +688,19 @@ def test_sample_csv_and_jsonl_hold_the_same_events(runner: CliRunner, tmp_path: 
     with csv_path.open(newline="", encoding="utf-8") as handle:
         from_csv = [parse_event(event_from_csv_row(row)) for row in csv.DictReader(handle)]
     assert from_json == from_csv
+
+
+def test_sample_with_callbacks_in_csv_and_jsonl(runner: CliRunner, tmp_path: Path) -> None:
+    jsonl, csv_path = tmp_path / "a.jsonl", tmp_path / "a.csv"
+    sizes = ("--leads", "200", "--days", "3", "--callbacks")
+    assert_ok(run(runner, "sample", "-o", str(jsonl), *sizes))
+    assert_ok(run(runner, "sample", "-o", str(csv_path), *sizes))
+    from_json = [parse_event(orjson.loads(line)) for line in jsonl.read_bytes().splitlines()]
+    with csv_path.open(newline="", encoding="utf-8") as handle:
+        from_csv = [parse_event(event_from_csv_row(row)) for row in csv.DictReader(handle)]
+    assert from_json == from_csv
+    assert any(event.callback_at is not None for event in from_json)
+    assert any(event.callback_agent is not None for event in from_json)
 
 
 def test_sample_events_decide(runner: CliRunner, tmp_path: Path) -> None:

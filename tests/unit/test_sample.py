@@ -328,3 +328,61 @@ def test_naive_start_raises() -> None:
 def test_bad_sizes_raise(leads: int, days: int) -> None:
     with pytest.raises(ValueError, match=">="):
         generate(seed=1, leads=leads, start=START, days=days)
+
+
+# --- booked callbacks ----------------------------------------------------------------------------
+
+
+def test_callbacks_book_times_and_leave_every_other_field_alone() -> None:
+    plain = generate(seed=42, leads=2000, start=START, days=DAYS)
+    booked = generate(seed=42, leads=2000, start=START, days=DAYS, callbacks=True)
+    callback_fields = ("callback_at", "callback_agent")
+    assert [{k: v for k, v in e.items() if k not in callback_fields} for e in booked] == plain
+    assert not any(field in e for e in plain for field in callback_fields)
+
+    callbacks = [e for e in booked if e.get("outcome_code") == "CALLBACK"]
+    with_time = [e for e in callbacks if "callback_at" in e]
+    personal = [e for e in with_time if "callback_agent" in e]
+    assert len(callbacks) > 100
+    assert 0.8 < len(with_time) / len(callbacks) < 0.97  # most book a time, some none
+    assert 0.25 < len(personal) / len(with_time) < 0.55
+    assert all("callback_at" in e for e in booked if "callback_agent" in e)
+    assert all(e.get("outcome_code") == "CALLBACK" for e in booked if "callback_at" in e)
+    for event in with_time:
+        booked_at = datetime.fromisoformat(str(event["callback_at"]))
+        assert OFFSET_TS.match(str(event["callback_at"]))
+        assert (
+            timedelta(hours=2) - timedelta(minutes=1) <= booked_at - _at(event) <= timedelta(days=2)
+        )
+        assert booked_at.second == _at(event).second  # whole minutes after the call
+
+    # The next attempt of a phone after a booked callback is made at the booked time (moved into
+    # the calling hours when it falls outside them).
+    by_phone: dict[str, list[dict[str, object]]] = defaultdict(list)
+    for event in booked:
+        by_phone[str(event["phone_id"])].append(event)
+    followed = 0
+    for calls in by_phone.values():
+        for call, after in itertools.pairwise(calls):
+            if "callback_at" in call:
+                followed += 1
+                assert _at(after) >= datetime.fromisoformat(str(call["callback_at"]))
+    assert followed > 50
+
+
+def test_a_history_with_callbacks_is_valid_and_round_trips_through_csv(tmp_path: Path) -> None:
+    from worker.domain.events import parse_event
+    from worker.replay.sample import CALLBACK_CSV_COLUMNS
+
+    booked = generate(seed=5, leads=800, start=START, days=DAYS, callbacks=True)
+    assert sum(1 for e in booked if "callback_at" in e) > 20
+    for event in booked:
+        parse_event(event)  # raises on anything the contract refuses
+    path = tmp_path / "events.csv"
+    assert write_csv(booked, path, CALLBACK_CSV_COLUMNS) == len(booked)
+    with path.open(newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == list(CALLBACK_CSV_COLUMNS)
+    assert [row["callback_at"] or None for row in rows] == [e.get("callback_at") for e in booked]
+    with pytest.raises(ValueError, match="callback_a"):
+        write_csv(booked, tmp_path / "plain.csv")  # the callback columns are not in CSV_COLUMNS

@@ -20,7 +20,11 @@ from worker.replay import sample as generator
 @click.option("--days", type=click.IntRange(min=1), default=3, show_default=True)
 @click.option("--start", "start_text", metavar="ISO", default="2026-03-23T00:00:00+00:00",
               show_default=True, help="First day of the history (with offset).")  # fmt: skip
-def sample(output: Path, seed: int, leads: int, days: int, start_text: str) -> None:
+@click.option("--callbacks", is_flag=True,
+              help="Agents' CALLBACKs book times (callback_at, some callback_agent).")  # fmt: skip
+def sample(
+    output: Path, seed: int, leads: int, days: int, start_text: str, callbacks: bool
+) -> None:
     """Generate a call-result history for LEADS leads over DAYS days, in event-time order."""
     try:
         start = datetime.fromisoformat(start_text)
@@ -31,7 +35,12 @@ def sample(output: Path, seed: int, leads: int, days: int, start_text: str) -> N
     with Outputs([]) as outputs:
         written = outputs.add("-o", output)  # ends in output's name: .gz still compresses
         assert written is not None
-        events = generator.generate(seed=seed, leads=leads, start=start, days=days)
-        write = generator.write_csv if ".csv" in output.suffixes else generator.write_jsonl
-        count = write(events, written)
+        events = generator.generate(
+            seed=seed, leads=leads, start=start, days=days, callbacks=callbacks
+        )
+        if ".csv" in output.suffixes:
+            columns = generator.CALLBACK_CSV_COLUMNS if callbacks else generator.CSV_COLUMNS
+            count = generator.write_csv(events, written, columns)
+        else:
+            count = generator.write_jsonl(events, written)
     click.echo(f"wrote {count} events to {output}")

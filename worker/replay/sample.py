@@ -10,8 +10,13 @@ Calling hours are evaluated in the phone's *effective* zone: the ``timezone`` fi
 events when present, otherwise the plan's zone. A phone whose zone is not known to the
 dialer (no ``timezone`` field) is therefore dialled by the plan's clock.
 
-Everything is drawn from one ``random.Random(seed)``: the same arguments always give the
-same events, independent of the clock and of the global ``random`` state.
+With ``callbacks``, an agent's CALLBACK books its time: ``callback_at`` is when the next
+attempt was agreed (most of them; the rest book none), and some are personal (``callback_agent``).
+Without, the events carry neither field (a CALLBACK then recalls after its ``recall_after``).
+
+Everything is drawn from ``random.Random(seed)`` (the callbacks' details from a second generator
+seeded from it, so that the other fields are the same with or without them): the same arguments
+always give the same events, independent of the clock and of the global ``random`` state.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import gzip
 import io
 import random
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -34,6 +39,7 @@ import orjson
 from worker.domain.events import EVENT_FIELDS
 
 __all__ = [
+    "CALLBACK_CSV_COLUMNS",
     "CSV_COLUMNS",
     "FINAL_AGENT_OUTCOMES",
     "FINAL_SIP_CODES",
@@ -45,11 +51,13 @@ __all__ = [
     "write_jsonl",
 ]
 
-#: CSV column order (the event contract order). The generated calls book no callback times (a
-#: CALLBACK recalls after its recall_after), so the callback columns would always be empty.
+#: CSV column order (the event contract order), without the callback columns (empty unless the
+#: calls book callbacks: ``CALLBACK_CSV_COLUMNS``).
 CSV_COLUMNS: tuple[str, ...] = tuple(
     name for name in EVENT_FIELDS if name not in ("callback_at", "callback_agent")
 )
+#: CSV column order of a history with booked callbacks: every field of the contract.
+CALLBACK_CSV_COLUMNS: tuple[str, ...] = tuple(EVENT_FIELDS)
 
 # A day's calling window as (open, close); the close is exclusive. None: no calls that day.
 _Window = tuple[time, time] | None
@@ -154,6 +162,9 @@ _AGENT_OUTCOMES: tuple[tuple[str, int], ...] = (
 FINAL_AGENT_OUTCOMES = frozenset({"NI", "ANSWER", "SALE", "WRONGNUM", "DNC"})
 
 _TIMEZONE_SHARE = 0.6  # share of phones whose events carry ``timezone``
+_BOOKED_SHARE = 0.9  # share of CALLBACK outcomes that book a time (``callback_at``)
+_PERSONAL_SHARE = 0.4  # share of booked callbacks kept for the agent who booked them
+_AGENTS = 25
 _RETRY_AFTER_SHARE = 0.3  # share of 503 responses carrying Retry-After
 _MINUTE = 60
 _HOUR = 3600
@@ -281,6 +292,20 @@ class _Attempt:
     sip: int
     outcome: str | None
     retry_after: int | None
+    callback_at: datetime | None = None
+    callback_agent: str | None = None
+
+
+def _book(attempt: _Attempt, booked: random.Random, delay_s: int | None) -> None:
+    """A CALLBACK's booking: the agreed time (``delay_s`` after the call, the time the next
+    attempt is made; drawn when there is none), or none; sometimes for the booking agent."""
+    if booked.random() >= _BOOKED_SHARE:
+        return
+    if delay_s is None:
+        delay_s = booked.randint(2 * _HOUR, 2 * _DAY)
+    attempt.callback_at = attempt.at + timedelta(seconds=delay_s // _MINUTE * _MINUTE)
+    if booked.random() < _PERSONAL_SHARE:
+        attempt.callback_agent = f"agent-{booked.randrange(_AGENTS) + 1}"
 
 
 def _simulate_phone(
@@ -290,6 +315,7 @@ def _simulate_phone(
     hi: datetime,
     zone: ZoneInfo,
     week: _Week,
+    booked: random.Random | None,
 ) -> list[_Attempt]:
     attempts: list[_Attempt] = []
     budget = rng.randint(1, 8)
@@ -300,14 +326,23 @@ def _simulate_phone(
         retry_after = None
         if sip == 503 and rng.random() < _RETRY_AFTER_SHARE:
             retry_after = rng.randint(60, 1800)
-        attempts.append(_Attempt(t, phone, sip, outcome, retry_after))
+        attempt = _Attempt(t, phone, sip, outcome, retry_after)
+        attempts.append(attempt)
+        callback = booked is not None and outcome == "CALLBACK"
         if (
             len(attempts) >= budget
             or sip in FINAL_SIP_CODES
             or (outcome is not None and outcome in FINAL_AGENT_OUTCOMES)
         ):
+            if callback:
+                assert booked is not None
+                _book(attempt, booked, None)
             return attempts
-        t += timedelta(seconds=_delay_s(rng, sip, outcome, retry_after))
+        delay_s = _delay_s(rng, sip, outcome, retry_after)
+        if callback:
+            assert booked is not None
+            _book(attempt, booked, delay_s)
+        t += timedelta(seconds=delay_s)
         t = _into_hours(rng, t, zone, week)
         if t >= hi:
             return attempts
@@ -328,19 +363,24 @@ def _check_args(leads: int, start: datetime, days: int) -> tuple[datetime, datet
 
 
 def iter_generate(
-    *, seed: int, leads: int, start: datetime, days: int
+    *, seed: int, leads: int, start: datetime, days: int, callbacks: bool = False
 ) -> Iterator[dict[str, object]]:
     """Yield the events of ``leads`` leads, lead by lead (each lead's events in time order).
 
     Events fall in ``[start, start + days days)``. Event ids are numbered in yield order.
-    Raises ValueError at call time for a naive ``start``, ``leads < 0`` or ``days < 1``.
+    ``callbacks``: CALLBACK outcomes book times (``callback_at``, ``callback_agent``); the other
+    fields are the same either way. Raises ValueError at call time for a naive ``start``,
+    ``leads < 0`` or ``days < 1``.
     """
     lo, hi = _check_args(leads, start, days)
-    return _events(seed, leads, lo, hi)
+    return _events(seed, leads, lo, hi, callbacks)
 
 
-def _events(seed: int, leads: int, lo: datetime, hi: datetime) -> Iterator[dict[str, object]]:
+def _events(
+    seed: int, leads: int, lo: datetime, hi: datetime, callbacks: bool
+) -> Iterator[dict[str, object]]:
     rng = random.Random(seed)
+    booked = random.Random(f"callbacks-{seed}") if callbacks else None
     n = 0
     for i in range(leads):
         lead_id = f"L{i + 1}"
@@ -373,7 +413,7 @@ def _events(seed: int, leads: int, lo: datetime, hi: datetime) -> Iterator[dict[
             if first is None:
                 continue
             previous_first = first
-            attempts.extend(_simulate_phone(rng, k, first, hi, zone, plan.week))
+            attempts.extend(_simulate_phone(rng, k, first, hi, zone, plan.week, booked))
 
         attempts.sort(key=lambda a: (a.at, a.phone))
         for a in attempts:
@@ -393,17 +433,25 @@ def _events(seed: int, leads: int, lo: datetime, hi: datetime) -> Iterator[dict[
                 event["timezone"] = tz_name
             if a.retry_after is not None:
                 event["retry_after_s"] = a.retry_after
+            if a.callback_at is not None:
+                event["callback_at"] = a.callback_at.isoformat(timespec="seconds")
+            if a.callback_agent is not None:
+                event["callback_agent"] = a.callback_agent
             event["call_id"] = str(uuid.UUID(int=rng.getrandbits(128), version=4))
             yield event
 
 
-def generate(*, seed: int, leads: int, start: datetime, days: int) -> list[dict[str, object]]:
+def generate(
+    *, seed: int, leads: int, start: datetime, days: int, callbacks: bool = False
+) -> list[dict[str, object]]:
     """All events of :func:`iter_generate`, sorted by ``occurred_at`` (ties by ``event_id``).
 
     ``occurred_at`` is always UTC with ``+00:00`` and seconds precision, so the string
     order is the chronological order.
     """
-    events = list(iter_generate(seed=seed, leads=leads, start=start, days=days))
+    events = list(
+        iter_generate(seed=seed, leads=leads, start=start, days=days, callbacks=callbacks)
+    )
     events.sort(key=lambda e: (str(e["occurred_at"]), str(e["event_id"])))
     return events
 
@@ -433,15 +481,19 @@ def write_jsonl(events: Iterable[dict[str, object]], path: Path) -> int:
     return count
 
 
-def write_csv(events: Iterable[dict[str, object]], path: Path) -> int:
-    """Write a UTF-8 CSV with a header row in contract order; an absent field is an empty cell.
+def write_csv(
+    events: Iterable[dict[str, object]], path: Path, columns: Sequence[str] = CSV_COLUMNS
+) -> int:
+    """Write a UTF-8 CSV with a header row of ``columns`` (contract order); an absent field is an
+    empty cell.
 
-    Gzip-compressed for a ``.gz`` path. Unknown fields raise ValueError. Returns the count.
+    Gzip-compressed for a ``.gz`` path. Fields not in ``columns`` raise ValueError. Returns the
+    count.
     """
     count = 0
     buf = io.StringIO()
     writer = csv.DictWriter(
-        buf, fieldnames=CSV_COLUMNS, restval="", extrasaction="raise", lineterminator="\n"
+        buf, fieldnames=columns, restval="", extrasaction="raise", lineterminator="\n"
     )
     writer.writeheader()
     with _open_binary(Path(path)) as out:
