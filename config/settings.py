@@ -215,6 +215,25 @@ def _ready_home(home: Path) -> Path:
     return home
 
 
+def make_home_file(path: Path, text: str) -> bool:
+    """Make the private file ``path`` (mode 0600) holding ``text``, unless it exists; True when
+    this call made it. Written whole to a temporary file, then linked into place: a process
+    starting meanwhile finds either no file or the whole file, never half of it, and never
+    overwrites it."""
+    if path.exists():
+        return False
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)  # mode 0600
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.link(temporary, path)
+    except FileExistsError:  # made by another process meanwhile: it stands
+        return False
+    finally:
+        os.unlink(temporary)
+    return True
+
+
 @cache
 def get_settings() -> Settings:
     """The process's settings, read once."""

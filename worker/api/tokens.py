@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import re
 import secrets
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from config.settings import make_home_file
 
 __all__ = [
     "ROLES",
@@ -170,17 +171,11 @@ def ensure_embedded_tokens(home: Path) -> tuple[Path, str | None]:
     only time it is ever shown. The file is created with mode 0600, and never overwritten.
     """
     path = home / EMBEDDED_FILE
-    if path.exists():
-        return path, None
     token = new_token()
     header = (
         "# API tokens of `recall serve` (hashes only). Add one with `recall tokens new NAME"
         " --role ROLE`.\n"
     )
-    try:
-        handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process made it meanwhile: its token stands
-        return path, None
-    with os.fdopen(handle, "w", encoding="utf-8") as file:
-        file.write(header + token_entry("admin", "editor", token))
-    return path, token
+    # Made whole, or not at all: another process made it meanwhile, and its token stands.
+    made = make_home_file(path, header + token_entry("admin", "editor", token))
+    return path, token if made else None

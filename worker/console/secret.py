@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import secrets
-import tempfile
 from pathlib import Path
 
-from config.settings import Settings
+from config.settings import Settings, make_home_file
 
 __all__ = ["EMBEDDED_FILE", "MIN_LENGTH", "SecretKeyError", "derived_key", "secret_key"]
 
@@ -31,19 +29,9 @@ class SecretKeyError(ValueError):
 
 
 def _embedded_key(home: Path) -> str:
-    """The key under ``home``, made on first use. Written whole to a temporary file, then linked
-    into place: a process starting meanwhile finds either no key or the whole key, never half."""
+    """The key under ``home``, made whole on first use (by whichever process starts first)."""
     path = home / EMBEDDED_FILE
-    if not path.exists():
-        handle, temporary = tempfile.mkstemp(prefix=f".{EMBEDDED_FILE}-", dir=home)  # mode 0600
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8") as file:
-                file.write(secrets.token_hex(32) + "\n")
-            os.link(temporary, path)
-        except FileExistsError:  # made by another process meanwhile: it stands
-            pass
-        finally:
-            os.unlink(temporary)
+    make_home_file(path, secrets.token_hex(32) + "\n")
     key = path.read_text(encoding="utf-8").strip()
     if len(key) < MIN_LENGTH:
         raise SecretKeyError(

@@ -328,20 +328,18 @@ def _simulate_phone(
             retry_after = rng.randint(60, 1800)
         attempt = _Attempt(t, phone, sip, outcome, retry_after)
         attempts.append(attempt)
-        callback = booked is not None and outcome == "CALLBACK"
+        booking = booked if outcome == "CALLBACK" else None
         if (
             len(attempts) >= budget
             or sip in FINAL_SIP_CODES
             or (outcome is not None and outcome in FINAL_AGENT_OUTCOMES)
         ):
-            if callback:
-                assert booked is not None
-                _book(attempt, booked, None)
+            if booking is not None:
+                _book(attempt, booking, None)
             return attempts
         delay_s = _delay_s(rng, sip, outcome, retry_after)
-        if callback:
-            assert booked is not None
-            _book(attempt, booked, delay_s)
+        if booking is not None:
+            _book(attempt, booking, delay_s)
         t += timedelta(seconds=delay_s)
         t = _into_hours(rng, t, zone, week)
         if t >= hi:
