@@ -13,6 +13,7 @@ from datetime import date, datetime, timedelta
 from functools import cache, lru_cache
 from typing import Any, Literal
 
+import msgspec
 import pendulum
 
 from worker.domain.events import CallResult
@@ -37,8 +38,7 @@ APPLYING_ACTIONS: tuple[Action, ...] = ("recall", "suppress")
 Source = Literal["user_outcome", "system_outcome", "sip_code"]
 
 
-@dataclass(frozen=True, slots=True)
-class PendingRecall:
+class PendingRecall(msgspec.Struct, frozen=True, gc=False):
     """The recall a phone is waiting for: when, which rule and reason, and a callback's agent."""
 
     due_at: datetime
@@ -49,8 +49,7 @@ class PendingRecall:
     agent: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class PhoneHistory:
+class PhoneHistory(msgspec.Struct, frozen=True, gc=False):
     """What the engine needs to know about a phone before this event.
 
     ``attempts`` are the times of earlier call results (any order); ``system_recalls`` counts the
@@ -68,8 +67,7 @@ class PhoneHistory:
     lead_attempts: tuple[datetime, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(msgspec.Struct, frozen=True, gc=False):
     """The outcome for one event, with everything needed to explain it."""
 
     event_id: str

@@ -15,7 +15,6 @@ take the fast path alone.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
 from typing import Annotated, Any
@@ -178,9 +177,12 @@ class InvalidEvent(ValueError):
         self.field = field_name
 
 
-@dataclass(frozen=True, slots=True)
-class CallResult:
-    """One validated call result. ``occurred_at`` is always timezone-aware."""
+class CallResult(msgspec.Struct, frozen=True, gc=False):
+    """One validated call result. ``occurred_at`` is always timezone-aware.
+
+    A frozen ``msgspec.Struct`` rather than a frozen dataclass: as immutable, and built ten times
+    faster (a replay builds one per event). ``gc=False``: it holds no reference cycle.
+    """
 
     event_id: str
     plan_id: str
@@ -195,7 +197,7 @@ class CallResult:
     #: When the agent booked the callback (aware), and the agent who owns a personal one.
     callback_at: datetime | None = None
     callback_agent: str | None = None
-    extra: Mapping[str, Any] = field(default_factory=lambda: NO_EXTRA)
+    extra: Mapping[str, Any] = NO_EXTRA
 
     def to_json(self) -> dict[str, Any]:
         """The event in its wire form (absent optional fields left out, extras kept)."""

@@ -7,9 +7,12 @@ the live worker would have.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
+
+import msgspec
+from msgspec.structs import replace
 
 from worker.domain.engine import Decision, PendingRecall, PhoneHistory
 from worker.domain.events import CallResult
@@ -32,8 +35,7 @@ def attempt_lookback(rules: Rules) -> timedelta:
     return longest
 
 
-@dataclass(frozen=True, slots=True)
-class NewRecall:
+class NewRecall(msgspec.Struct, frozen=True, gc=False):
     """A recall a decision scheduled (its id is the deciding event's id)."""
 
     recall_id: str
@@ -49,8 +51,7 @@ class NewRecall:
     agent: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Transition:
+class Transition(msgspec.Struct, frozen=True, gc=False):
     """What taking one event changed: the recall it replaced and the one it scheduled."""
 
     superseded: str | None = None

@@ -17,9 +17,11 @@ lead's other phones that it pushes over a cap move later).
 from __future__ import annotations
 
 from collections.abc import Iterable, MutableMapping, Sequence
-from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, NamedTuple
+
+import msgspec
+from msgspec.structs import replace
 
 from worker.domain.engine import (
     APPLYING_ACTIONS,
@@ -50,8 +52,7 @@ class Step(NamedTuple):
     fired: tuple[str, datetime] | None
 
 
-@dataclass(frozen=True, slots=True)
-class StoredEvent:
+class StoredEvent(msgspec.Struct, frozen=True, gc=False):
     """An event already taken for a phone, as the store keeps it: the event and what it did."""
 
     event: CallResult
@@ -59,8 +60,7 @@ class StoredEvent:
     decision: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
-class Before:
+class Before(msgspec.Struct, frozen=True, gc=False):
     """The last result applied to a phone before a late call, and the state of its recall.
 
     ``recall_state`` is None when no recall was pending after that result (it suppressed).
