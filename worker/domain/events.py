@@ -26,6 +26,7 @@ from worker.domain.rules import is_valid_timezone
 
 __all__ = [
     "EVENT_FIELDS",
+    "KNOWN_FIELDS",
     "MAX_EVENT_BYTES",
     "NO_EXTRA",
     "REQUIRED_FIELDS",
@@ -53,7 +54,8 @@ EVENT_FIELDS = (
     "callback_at",
     "callback_agent",
 )
-_KNOWN_FIELDS = frozenset(EVENT_FIELDS)
+#: The contract's field names, as a set (anything else in an event is an extra field).
+KNOWN_FIELDS = frozenset(EVENT_FIELDS)
 _REQUIRED_TEXT = ("event_id", "plan_id", "lead_id", "phone_id")
 #: The fields every event must carry (DESIGN.md section 5).
 REQUIRED_FIELDS = (*_REQUIRED_TEXT, "sip_code", "occurred_at")
@@ -302,11 +304,11 @@ def _parse_precisely(data: object) -> CallResult:
     if timezone is not None and not is_valid_timezone(timezone):
         raise InvalidEvent("timezone", f"unknown IANA time zone {timezone!r}")
     # Most senders add nothing: one set comparison (C speed) spares the per-key loop.
-    if data.keys() <= _KNOWN_FIELDS:
+    if data.keys() <= KNOWN_FIELDS:
         extra: Mapping[str, Any] = NO_EXTRA
     else:
         extra = MappingProxyType(
-            {key: value for key, value in data.items() if key not in _KNOWN_FIELDS}
+            {key: value for key, value in data.items() if key not in KNOWN_FIELDS}
         )
     return CallResult(
         event_id=event_id,  # type: ignore[arg-type]  # required=True never returns None
@@ -399,9 +401,9 @@ def parse_event(data: object) -> CallResult:
         try:
             event = _convert(data, EventSchema)
             # Most senders add nothing: one set comparison (C speed) spares the per-key loop.
-            if data.keys() <= _KNOWN_FIELDS:
+            if data.keys() <= KNOWN_FIELDS:
                 return _from_schema(event, NO_EXTRA)
-            extra = {key: value for key, value in data.items() if key not in _KNOWN_FIELDS}
+            extra = {key: value for key, value in data.items() if key not in KNOWN_FIELDS}
             return _from_schema(event, MappingProxyType(extra))
         except ValueError:  # msgspec's ValidationError, or InvalidEvent
             pass  # worded below
