@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint types pytest reliability bench bench-quick bench-engine bench-replay bench-ingest clean
+.PHONY: install demo test lint types pytest reliability bench bench-quick bench-engine bench-replay bench-ingest bench-ab clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,11 @@ bench-ingest: install
 ## bench-replay: replay of 1,000,000 generated events, dry and applied to PostgreSQL (events/s, RSS)
 bench-replay: install
 	$(BIN)/python bench/replay.py --events 1000000
+
+## bench-ab: make bench's A/B figures only (issue 16): this code against commit 94f1b90 (the tree
+## extracted under bench/data/), interleaved A B A B, medians; `ARGS="--before REV"` for another
+bench-ab: install
+	$(BIN)/python bench/run.py --only ab --out bench/results-ab.json $(ARGS)
 
 ## event-schema: regenerate docs/event.schema.json (the event contract as a JSON Schema) from
 ## worker.domain.events.EventSchema, after a change to it

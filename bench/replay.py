@@ -76,23 +76,27 @@ def tree_memory_kib(root: int, kind: str = "Pss") -> int:
     return total
 
 
-def run(args: list[str], env: dict[str, str]) -> tuple[dict[str, Any], float, float]:
+def run(
+    args: list[str], env: dict[str, str], *, code: Path = ROOT, memory: bool = True
+) -> tuple[dict[str, Any], float, float]:
     """Run ``recall replay``; return its JSON result, wall seconds, peak memory MiB.
 
     The peak is the largest sum, sampled every 0.1 s, of the memory (PSS) of the command and every
-    process it started (a replay splits the phones across processes).
+    process it started (a replay splits the phones across processes); without ``memory``, 0 and
+    no sampling (each sample costs a few milliseconds of CPU). ``code``: the source tree whose
+    ``worker`` runs (another commit's, for bench/ab.py), first on the path.
     """
     command = [sys.executable, "-m", "worker", "replay", *args, "--now", NOW, "--json"]
     started = time.perf_counter()
     with subprocess.Popen(
         command,
-        cwd=ROOT,
-        env={**os.environ, "RECALL_RULES": str(RULES), **env},
+        cwd=code,
+        env={**os.environ, "PYTHONPATH": str(code), "RECALL_RULES": str(RULES), **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     ) as child:
         peak = 0
-        while child.poll() is None:
+        while memory and child.poll() is None:
             peak = max(peak, tree_memory_kib(child.pid))
             time.sleep(0.1)
         out, err = child.communicate()

@@ -31,9 +31,14 @@ How each figure is taken (see docs/PERFORMANCE.md):
 - ``cli_decide_x_python``: the median wall time of ``recall decide`` on one event over the median
   of ``python -c "import pendulum, orjson, tomllib, click"``, 5 of each, interleaved, same run
   (the command's start-up against the interpreter's with the libraries it cannot do without).
+- ``replay_dry_x_before``, ``engine_decide_x_before``, ``replay_apply_x_before``,
+  ``replay_jobs2_x_jobs1``, ``replay_dry_x_parse`` (issue 16): ``bench/ab.py``: this code against
+  the commit before the issue (``bench/before.py``, ``--before REV`` for another), both checked
+  out side by side, runs interleaved A B A B, medians; the dry and applied replays on the 200k
+  history, ``--jobs 2`` over ``--jobs 1`` on the replay figures' history.
 
-``--only PART`` (repeatable: ingestion, recalls, claims, replay, engine, cli) takes some of them;
-``make bench-ingest`` is ``--only ingestion``.
+``--only PART`` (repeatable: ingestion, recalls, claims, replay, engine, cli, ab) takes some of
+them; ``make bench-ingest`` is ``--only ingestion``, ``make bench-ab`` ``--only ab``.
 
 Speed is reported, never asserted: the quick run fails only on errors.
 """
@@ -61,6 +66,8 @@ sys.path.insert(0, str(ROOT))
 import redis  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
+from bench.ab import measure as measure_ab  # noqa: E402
+from bench.before import BASE  # noqa: E402
 from bench.claims import measure as measure_claims  # noqa: E402
 from bench.replay import measure, tree_memory_kib  # noqa: E402
 from config.settings import Settings  # noqa: E402
@@ -84,10 +91,12 @@ class Sizes:
     burst: int
     steady_s: int
     claims: int
+    ab: int  # the history of the A/B replays (the jobs ratio takes the replay's)
+    ab_pairs: int  # rounds of A B
 
 
-FULL = Sizes(20_000, 5_000, 100_000, 1_000_000, 1_000_000, 100_000, 60, 100_000)
-QUICK = Sizes(1_000, 300, 5_000, 20_000, 20_000, 2_000, 10, 2_000)
+FULL = Sizes(20_000, 5_000, 100_000, 1_000_000, 1_000_000, 100_000, 60, 100_000, 200_000, 3)
+QUICK = Sizes(1_000, 300, 5_000, 20_000, 20_000, 2_000, 10, 2_000, 20_000, 2)
 # (key, target text, check on the value and the results) — checks report, they never fail.
 TARGETS: list[tuple[str, str, Callable[[float, dict[str, Any]], bool] | None]] = [
     ("celery_noop_per_s", "(baseline)", None),
@@ -106,6 +115,11 @@ TARGETS: list[tuple[str, str, Callable[[float, dict[str, Any]], bool] | None]] =
     ("api_claim_x_sql", ">= 0.5", lambda v, r: v >= 0.5),
     ("engine_decide_us", "(report)", None),
     ("cli_decide_x_python", "<= 3", lambda v, r: v <= 3),
+    ("replay_dry_x_before", ">= 2.0", lambda v, r: v >= 2.0),
+    ("engine_decide_x_before", "<= 0.5", lambda v, r: v <= 0.5),
+    ("replay_apply_x_before", ">= 1.0", lambda v, r: v >= 1.0),
+    ("replay_jobs2_x_jobs1", ">= 1.8", lambda v, r: v >= 1.8),
+    ("replay_dry_x_parse", "(report)", None),
 ]
 # An always-open plan without caps: every 486 is a recall 15 minutes after the call.
 RULES = '[[plans]]\nid = "open"\ntimezone = "UTC"\n'
@@ -323,8 +337,12 @@ def claims(bench: Bench, sizes: Sizes, results: dict[str, Any]) -> None:
         results.update(measure_claims(url, sizes.claims))
 
 
+def engine_args(quick: bool) -> list[str]:
+    return ["--leads", "300"] if quick else []
+
+
 def engine(quick: bool, results: dict[str, Any]) -> None:
-    args = ["--leads", "300"] if quick else []
+    args = engine_args(quick)
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "engine.py"), *args],
                           check=True, capture_output=True, text=True)  # fmt: skip
     last = done.stdout.strip().splitlines()[-1].split()
@@ -364,7 +382,11 @@ def cli(results: dict[str, Any]) -> None:
     results["cli_decide_x_python"] = round(decide_s / python_s, 2)
 
 
-PARTS = ("ingestion", "recalls", "claims", "replay", "engine", "cli")
+def ab(sizes: Sizes, quick: bool, rev: str, results: dict[str, Any]) -> None:
+    results.update(measure_ab(sizes.ab, sizes.replay, sizes.ab_pairs, engine_args(quick), rev))
+
+
+PARTS = ("ingestion", "recalls", "claims", "replay", "engine", "cli", "ab")
 
 
 def main() -> None:
@@ -372,6 +394,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     parser.add_argument("--only", action="append", choices=PARTS, help="these parts (repeatable)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
+    parser.add_argument("--before", default=BASE, metavar="REV",
+                        help=f"the commit the ab part compares with (default {BASE})")  # fmt: skip
     args = parser.parse_args()
     parts = set(args.only or PARTS)
     sizes = QUICK if args.quick else FULL
@@ -399,6 +423,8 @@ def main() -> None:
         engine(args.quick, results)
     if "cli" in parts:
         cli(results)
+    if "ab" in parts:
+        ab(sizes, args.quick, args.before, results)
     results["run"] = {
         "quick": args.quick,
         "parts": [part for part in PARTS if part in parts],

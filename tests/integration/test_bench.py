@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.before import BASE
 from bench.run import TARGETS
 from tests.servers import PostgresServer
 
@@ -52,3 +53,10 @@ def test_quick_bench_takes_every_figure(
     rates = [key for key, *_ in TARGETS if key.endswith("_per_s")]
     assert all(results[key] > 0 for key in rates), {key: results[key] for key in rates}
     assert results["run"]["quick"] is True
+    ab = results["ab"]  # the A/B ratios come from runs of both sides, each side its own code
+    assert ab["before"]["commit"].startswith(BASE), ab["before"]
+    assert Path(ab["before"]["tree"]).is_dir()
+    for figure, runs in ab["runs"].items():
+        for side, values in runs.items():
+            assert len(values) == ab["pairs"], (figure, side, values)
+            assert all(value > 0 for value in values), (figure, side, values)
