@@ -17,6 +17,7 @@ from pathlib import Path
 from worker.domain.engine import PhoneHistory, decide
 from worker.domain.events import parse_event
 from worker.domain.rules import load_rules
+from worker.domain.zones import epoch_us
 from worker.replay.sample import generate
 
 
@@ -37,8 +38,9 @@ def main() -> None:
         events.append(parse_event(record))
         parse_costs.append(time.perf_counter_ns() - start)
 
-    attempts: dict[str, list[datetime]] = {}
-    lead_attempts: dict[str, list[tuple[str, datetime]]] = {}  # (phone, time) of the lead's calls
+    # Call times as epoch microseconds, as replay keeps them (PhoneState.attempts).
+    attempts: dict[str, list[int]] = {}
+    lead_attempts: dict[str, list[tuple[str, int]]] = {}  # (phone, time) of the lead's calls
     last: dict[str, datetime] = {}
     counts: dict[str, int] = {}
     costs = []
@@ -54,8 +56,9 @@ def main() -> None:
         start = time.perf_counter_ns()
         decision = decide(event, rules, history, event.occurred_at)
         costs.append(time.perf_counter_ns() - start)
-        attempts.setdefault(event.phone_id, []).append(event.occurred_at)
-        lead_attempts.setdefault(event.lead_id, []).append((event.phone_id, event.occurred_at))
+        stamp = epoch_us(event.occurred_at)
+        attempts.setdefault(event.phone_id, []).append(stamp)
+        lead_attempts.setdefault(event.lead_id, []).append((event.phone_id, stamp))
         if decision.applies:
             last[event.phone_id] = event.occurred_at
         if decision.is_system_recall:

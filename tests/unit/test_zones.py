@@ -1,9 +1,10 @@
 """Tests of ``worker.domain.zones``: the integer-time arithmetic is the datetime engine's, exactly.
 
-The reference is the engine's own arithmetic on aware datetimes in pendulum's zones
-(``engine.next_opening``, ``engine.local_midnight``, ``Duration.add_to``, zoneinfo's offsets and
-dates): the property tests draw instants in many zones, half of them within hours of an offset
-change, and compare every answer to the microsecond. The examples name DST cases one by one,
+The reference is the engine's arithmetic on aware datetimes in pendulum's zones as it was
+before the tables (``datetime_reference.next_opening`` and ``local_midnight``), with
+``Duration.add_to`` and zoneinfo's offsets and dates: the property tests draw instants in many
+zones, half of them within hours of an offset change, and compare every answer to the
+microsecond. The examples name DST cases one by one,
 their instants worked out by hand and written as UTC literals.
 """
 
@@ -16,7 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.domain.engine import local_midnight, next_opening, timezone
+from tests.unit.datetime_reference import local_midnight, next_opening
+from worker.domain.engine import timezone
 from worker.domain.rules import CallingHours, Duration
 from worker.domain.zones import EPOCH, SECOND, epoch_us, zone_table
 

@@ -6,18 +6,19 @@ database and no broker, so the worker, the replay command and the tests all run 
 
 from __future__ import annotations
 
-from collections.abc import Container
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from datetime import UTC as UTC_ZONE
-from datetime import date, datetime, timedelta
-from functools import cache, lru_cache
-from typing import Any, Literal
+from datetime import date, datetime
+from functools import lru_cache
+from typing import Any, Literal, cast
 
 import msgspec
 import pendulum
 
 from worker.domain.events import CallResult
 from worker.domain.rules import AttemptCap, CallingHours, Duration, Outcome, Plan, Rules
+from worker.domain.zones import ZoneTable, epoch_us, zone_table
 
 __all__ = [
     "APPLYING_ACTIONS",
@@ -26,7 +27,6 @@ __all__ = [
     "PhoneHistory",
     "adjust_due",
     "decide",
-    "local_midnight",
     "local_text",
     "next_opening",
     "phone_zone",
@@ -49,22 +49,35 @@ class PendingRecall(msgspec.Struct, frozen=True, gc=False):
     agent: str | None = None
 
 
+#: Times of calls: epoch microseconds (what the engine counts), or aware datetimes.
+Times = tuple[int, ...] | tuple[datetime, ...]
+
+
 class PhoneHistory(msgspec.Struct, frozen=True, gc=False):
     """What the engine needs to know about a phone before this event.
 
-    ``attempts`` are the times of earlier call results (any order); ``system_recalls`` counts the
-    system recalls scheduled for the phone so far; ``seen_event_ids`` answers whether this event
-    was already processed (the worker passes the id it found, replay a per-phone set).
-    ``lead_attempts`` are the times of the call results on the lead's other phones (what
-    ``lead_max_attempts`` counts besides the phone's own); only needed when the plan has such caps.
+    ``attempts`` are the times of earlier call results (any order), as epoch microseconds
+    (``worker.domain.zones.epoch_us``; aware datetimes are taken too);
+    ``system_recalls`` counts the system recalls scheduled for the phone so far;
+    ``seen_event_ids`` answers whether this event was already processed (the worker passes the
+    id it found, replay a per-phone set). ``lead_attempts`` are the times of the call results on
+    the lead's other phones (what ``lead_max_attempts`` counts besides the phone's own), in the
+    same form; only needed when the plan has such caps.
     """
 
-    attempts: tuple[datetime, ...] = ()
+    attempts: Times = ()
     last_applied_at: datetime | None = None
     system_recalls: int = 0
     pending: PendingRecall | None = None
     seen_event_ids: Container[str] = frozenset()
-    lead_attempts: tuple[datetime, ...] = ()
+    lead_attempts: Times = ()
+
+
+def _stamps(times: Times) -> tuple[int, ...]:
+    """``times`` as epoch microseconds (a caller holding datetimes may pass them)."""
+    if times and isinstance(times[0], datetime):
+        return tuple(map(epoch_us, times))
+    return cast(tuple[int, ...], times)
 
 
 class Decision(msgspec.Struct, frozen=True, gc=False):
@@ -132,10 +145,13 @@ def phone_zone(rules: Rules, event: CallResult) -> str:
     return event.timezone or (plan.timezone if plan else None) or rules.default_timezone
 
 
-@cache
 def timezone(name: str) -> pendulum.Timezone:
-    """The zone object for ``name``, loaded once (pendulum reads the zone file on every call)."""
-    return pendulum.timezone(name)
+    """The zone object for ``name``, loaded once (pendulum reads the zone file on every call).
+
+    The same object as the zone table's (``worker.domain.zones``), so datetimes made at the
+    edges and the ones the engine is given compare in one zone.
+    """
+    return zone_table(name).tz
 
 
 def _utc_iso(moment: datetime) -> str:
@@ -242,81 +258,14 @@ def next_opening(moment: datetime, hours: CallingHours) -> datetime:
       start (the earlier offset, fold=0), and is open during both occurrences for the part of
       the repeated hour inside it; one ending in the overlap closes at the first occurrence of
       its end and opens again at the second occurrence of the repeated hour, until its end.
+
+    The work is done on epoch microseconds (``ZoneTable.next_opening``); this is its edge.
     """
     assert isinstance(moment.tzinfo, pendulum.Timezone), "calling hours need a named zone"
-    zone = moment.tzinfo.key
-    at = moment.timestamp()  # instants compare by timestamp: datetimes of one zone by wall clock
-    first = moment.date().toordinal()
-    # The day before too (in an overlap at midnight an instant of the earlier date follows one of
-    # the later date), and two weeks: an open day's only range may lie in a gap one week.
-    for ordinal in range(first - 1, first + 15):
-        for opens, closes, opening in _open_spans(ordinal, hours.days[(ordinal - 1) % 7], zone):
-            if at < closes:
-                return moment if at >= opens else opening
-    raise ValueError("calling hours have no open day")  # validated away when rules load
-
-
-_EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
-#: Instants of one local date lie within this of its midnight read as UTC (offsets -12 to +14 h).
-_DAY_REACH = 15 * 3600
-
-
-# Openings and closings repeat for every phone of a zone on a day: compute each once. 64k entries
-# cover every zone a dialler uses over years of days, at a few MB.
-@lru_cache(maxsize=65536)
-def _open_spans(
-    ordinal: int, ranges: tuple[tuple[int, int], ...], zone: str
-) -> tuple[tuple[int, int, datetime], ...]:
-    """The instants of local date ``ordinal`` whose wall clock reads inside ``ranges``.
-
-    As (opens, closes, opening) spans in time order: epoch seconds, closes excluded, and the
-    opening instant as a datetime in the zone.
-    """
-    tz = timezone(zone)
-    midnight = (ordinal - _EPOCH_ORDINAL) * 86_400  # the date's wall-clock midnight, as if UTC
-    spans: list[tuple[int, int]] = []
-    for low, high, offset in _offsets(midnight - _DAY_REACH, midnight + 86_400 + _DAY_REACH, tz):
-        # While the offset holds, wall-clock time is the instant plus the offset.
-        for start, end in ranges:
-            opens = max(low, midnight + start * 60 - offset)
-            closes = min(high, midnight + end * 60 - offset)
-            if opens < closes:
-                spans.append((opens, closes))
-    spans.sort()
-    merged: list[tuple[int, int]] = []
-    for opens, closes in spans:  # pieces that touch across an offset change are one span
-        if merged and opens <= merged[-1][1]:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], closes))
-        else:
-            merged.append((opens, closes))
-    return tuple((opens, closes, datetime.fromtimestamp(opens, tz)) for opens, closes in merged)
-
-
-def _offsets(low: int, high: int, tz: pendulum.Timezone) -> list[tuple[int, int, int]]:
-    """``[low, high)`` cut where the zone's UTC offset changes: (from, to, offset) in seconds."""
-
-    def offset(moment: int) -> int:
-        return int(datetime.fromtimestamp(moment, tz).utcoffset().total_seconds())  # type: ignore[union-attr]
-
-    pieces: list[tuple[int, int, int]] = []
-    start, current = low, offset(low)
-    # Offsets change at most once an hour (in practice twice a year): probe hourly, then find
-    # each change to the second by bisection.
-    previous = low
-    for probe in [*range(low + 3600, high, 3600), high]:
-        if offset(probe) != current:
-            before, after = previous, probe
-            while after - before > 1:
-                middle = (before + after) // 2
-                if offset(middle) == current:
-                    before = middle
-                else:
-                    after = middle
-            pieces.append((start, after, current))
-            start, current = after, offset(after)
-        previous = probe
-    pieces.append((start, high, current))
-    return pieces
+    table = zone_table(moment.tzinfo.key)
+    at = epoch_us(moment)
+    opening = table.next_opening(at, hours)
+    return moment if opening == at else table.to_datetime(opening)
 
 
 def local_text(moment: datetime) -> str:
@@ -332,67 +281,45 @@ def _local_text(moment: datetime, _zone: object, _fold: int) -> str:
     return moment.strftime("%a %Y-%m-%d %H:%M %Z")
 
 
-# A call's window end is needed again by every later decision for its phone: compute it once.
-@lru_cache(maxsize=65_536)  # a few MB; recent calls are the ones asked for again
-def _window_end(attempt: datetime, zone: pendulum.Timezone, within: Duration) -> datetime:
-    return within.add_to(attempt.astimezone(zone))
+@lru_cache(maxsize=4096)
+def _text_at(table: ZoneTable, at: int) -> str:
+    """``local_text`` of the instant ``at`` (epoch microseconds) in ``table``'s zone."""
+    return table.to_datetime(at).strftime("%a %Y-%m-%d %H:%M %Z")
 
 
-@lru_cache(maxsize=65_536)
-def local_midnight(ordinal: int, zone: pendulum.Timezone) -> datetime:
-    """The first instant of local date ``ordinal`` in ``zone``.
-
-    Midnight itself, or, where the clocks skip midnight that day, the end of the gap; where
-    midnight is read twice, its first occurrence.
-    """
-    wall = datetime.fromordinal(ordinal)
-    first: datetime = zone.convert(wall.replace(fold=0))
-    if first.replace(tzinfo=None) != wall:  # in a gap: the first instant after it
-        first = zone.convert(wall.replace(fold=1))
-    return first
+# The limits below work on epoch microseconds (``worker.domain.zones``): comparing, sorting and
+# adding calendar days to integers costs a tenth of doing it on datetimes in a zone, and instants
+# compare as instants (datetimes of one zone compare by wall clock, which a repeated DST hour
+# makes ambiguous).
 
 
-def _day_bounds(moment: datetime, zone: pendulum.Timezone) -> tuple[float, datetime]:
-    """The start (epoch seconds) of ``moment``'s local date and the next local midnight."""
-    ordinal = moment.astimezone(zone).toordinal()
-    return local_midnight(ordinal, zone).timestamp(), local_midnight(ordinal + 1, zone)
-
-
-def _cap_allows(
-    cap: AttemptCap,
-    due: datetime,
-    attempts: tuple[datetime, ...],
-    stamps: list[float],
-    zone: pendulum.Timezone,
-) -> datetime:
-    """The earliest instant at or after ``due`` at which ``attempts`` leave room under ``cap``.
-
-    ``stamps`` are the attempts' epoch seconds, worked out once for all caps.
-    """
+def _cap_allows(cap: AttemptCap, due: int, stamps: Sequence[int], table: ZoneTable) -> int:
+    """The earliest instant at or after ``due`` at which the attempts ``stamps`` leave room
+    under ``cap``."""
     within = cap.within
     if within is None:  # per local calendar day
         # Moving to the next midnight may meet a day that is full too (calls booked ahead).
         for _ in range(len(stamps) + 1):
-            start, after = _day_bounds(due, zone)
-            end = after.timestamp()
+            ordinal = table.ordinal(due)
+            start, end = table.midnight(ordinal), table.midnight(ordinal + 1)
             if sum(start <= stamp < end for stamp in stamps) < cap.count:
                 break
-            due = after
+            due = end
         return due
     # Only attempts whose window can still be open at `due` count; skipping the rest before any
     # zone arithmetic keeps a long history cheap.
-    horizon = due.timestamp() - within.longest_seconds
-    recent = [a for a, stamp in zip(attempts, stamps, strict=True) if stamp > horizon]
+    horizon = due - within.longest_us
+    recent = [stamp for stamp in stamps if stamp > horizon]
     if len(recent) < cap.count:
         return due
     # An attempt holds a place in the window until its end; count-1 may stay, so wait for the
     # count-th latest end. Ends, not attempts, are sorted: adding calendar days need not keep
     # the order of times inside a repeated DST hour.
-    ends = sorted((_window_end(attempt, zone, within) for attempt in recent), reverse=True)
+    ends = sorted((table.add(stamp, within) for stamp in recent), reverse=True)
     return max(due, ends[cap.count - 1])
 
 
-def _open_at(due: datetime, plan: Plan, zone: pendulum.Timezone) -> tuple[datetime, date | None]:
+def _open_at(due: int, plan: Plan, table: ZoneTable) -> tuple[int, date | None]:
     """The first instant at or after ``due`` in the calling hours and not on a closed date.
 
     Also returns the last closed date skipped, if any (for the explanation).
@@ -400,14 +327,15 @@ def _open_at(due: datetime, plan: Plan, zone: pendulum.Timezone) -> tuple[dateti
     skipped = None
     for _ in range(len(plan.closed_dates) + 1):
         if plan.calling_hours is not None:
-            due = next_opening(due, plan.calling_hours)
+            due = table.next_opening(due, plan.calling_hours)
         if not plan.closed_dates:
             break
-        day = due.astimezone(zone).date()
+        ordinal = table.ordinal(due)
+        day = date.fromordinal(ordinal)
         if day not in plan.closed_dates:
             break
         skipped = day
-        due = local_midnight(day.toordinal() + 1, zone)
+        due = table.midnight(ordinal + 1)
     return due, skipped
 
 
@@ -417,89 +345,85 @@ def _moved(adjustments: list[str], name: str) -> None:
 
 
 def adjust_due(
-    due: datetime,
+    due: int,
     plan: Plan,
-    attempts: tuple[datetime, ...],
-    zone: pendulum.Timezone,
+    attempts: Sequence[int],
+    table: ZoneTable,
     adjustments: list[str],
     notes: list[str],
     *,
-    lead_attempts: tuple[datetime, ...] = (),
-    not_on: date | None = None,
-) -> datetime:
+    lead_attempts: Sequence[int] = (),
+    not_on: int | None = None,
+) -> int:
     """Move ``due`` to the earliest instant at or after it that every limit of ``plan`` allows.
 
     The limits (DESIGN.md section 2, step 7): ``max_attempts`` over the phone's ``attempts``,
     ``lead_max_attempts`` over those and the lead's other phones' ``lead_attempts`` (``attempts``
     includes the call being decided, where there is one), never on the local date ``not_on``
-    (the call's, when its outcome says ``not_same_day``), and the calling hours without the
-    closed dates. Moving for one limit may break another, so they are applied in turn until none
-    moves it. Each adjustment is named in ``adjustments`` once, in the order first applied;
-    ``notes`` say what moved it and to when. ``due`` is an instant in ``zone``; so is the result.
+    (an ordinal: the call's, when its outcome says ``not_same_day``), and the calling hours
+    without the closed dates. Moving for one limit may break another, so they are applied in
+    turn until none moves it. Each adjustment is named in ``adjustments`` once, in the order
+    first applied; ``notes`` say what moved it and to when. Instants are epoch microseconds; the
+    local calendar is ``table``'s zone.
     """
     if not plan.settles_slowly:
         # Rolling caps, not_same_day and calling hours alone (the replay's hot path) settle in
         # one pass, taken in the loop's order below: each allows every instant after one it
         # allows (a later instant keeps every rolling window it met, and stays past the call's
         # date), so a second pass would move nothing.
-        if plan.max_attempts:
-            stamps = [attempt.timestamp() for attempt in attempts]
-            for cap in plan.max_attempts:
-                allowed = _cap_allows(cap, due, attempts, stamps, zone)
-                if allowed > due:
-                    due = allowed
-                    _moved(adjustments, "max_attempts")
-                    notes.append(f"moved to {local_text(due)} by the cap of {cap}")
+        for cap in plan.max_attempts:
+            allowed = _cap_allows(cap, due, attempts, table)
+            if allowed > due:
+                due = allowed
+                _moved(adjustments, "max_attempts")
+                notes.append(f"moved to {_text_at(table, due)} by the cap of {cap}")
         if not_on is not None:
-            after = local_midnight(not_on.toordinal() + 1, zone)
+            after = table.midnight(not_on + 1)
             if due < after:
                 due = after
                 adjustments.append("not_same_day")
-                notes.append(f"moved to {local_text(due)}: not on the day of the call")
+                notes.append(f"moved to {_text_at(table, due)}: not on the day of the call")
         if plan.calling_hours is not None:
-            opening = next_opening(due, plan.calling_hours)
+            opening = table.next_opening(due, plan.calling_hours)
             if opening != due:
                 due = opening
                 adjustments.append("calling_hours")
-                notes.append(f"moved to the next calling hours, {local_text(due)}")
+                notes.append(f"moved to the next calling hours, {_text_at(table, due)}")
         return due
-    stamps = [attempt.timestamp() for attempt in attempts] if plan.max_attempts else []
-    lead: tuple[datetime, ...] = ()
-    lead_stamps: list[float] = []
+    lead: Sequence[int] = ()
     if plan.lead_max_attempts:
         lead = (*attempts, *lead_attempts)
-        lead_stamps = [attempt.timestamp() for attempt in lead]
     caps = (
-        ("max_attempts", "the cap", plan.max_attempts, attempts, stamps),
-        ("lead_max_attempts", "the lead's cap", plan.lead_max_attempts, lead, lead_stamps),
+        ("max_attempts", "the cap", plan.max_attempts, attempts),
+        ("lead_max_attempts", "the lead's cap", plan.lead_max_attempts, lead),
     )
     # Each pass can only move `due` later, until one moves it no more; the bound keeps a
     # contradictory plan from looping.
     for _ in range(64):
         start = due
-        for name, whose, limits, counted, counted_stamps in caps:
+        for name, whose, limits, counted in caps:
             for cap in limits:
-                allowed = _cap_allows(cap, due, counted, counted_stamps, zone)
+                allowed = _cap_allows(cap, due, counted, table)
                 if allowed > due:
                     due = allowed
                     _moved(adjustments, name)
-                    notes.append(f"moved to {local_text(due)} by {whose} of {cap}")
+                    notes.append(f"moved to {_text_at(table, due)} by {whose} of {cap}")
         if not_on is not None:
-            after = local_midnight(not_on.toordinal() + 1, zone)
+            after = table.midnight(not_on + 1)
             if due < after:
                 due = after
                 _moved(adjustments, "not_same_day")
-                notes.append(f"moved to {local_text(due)}: not on the day of the call")
-        opening, closed = _open_at(due, plan, zone)
+                notes.append(f"moved to {_text_at(table, due)}: not on the day of the call")
+        opening, closed = _open_at(due, plan, table)
         if opening != due:
             due = opening
             _moved(adjustments, "calling_hours")
             if closed is not None:
                 notes.append(
-                    f"moved to {local_text(due)}, past the closed date {closed.isoformat()}"
+                    f"moved to {_text_at(table, due)}, past the closed date {closed.isoformat()}"
                 )
             else:
-                notes.append(f"moved to the next calling hours, {local_text(due)}")
+                notes.append(f"moved to the next calling hours, {_text_at(table, due)}")
         if due == start:
             break
     return due
@@ -531,18 +455,19 @@ def decide(event: CallResult, rules: Rules, history: PhoneHistory, now: datetime
         # It changes no decision, but it was a call: the pending recall must still respect the
         # caps with it counted, as it would have had the calls arrived in order. (Its own
         # not_same_day was applied when it was decided; this call decides no recall.)
-        zone = timezone(phone_zone(rules, event))
-        due = pending.due_at.astimezone(zone)
+        table = zone_table(phone_zone(rules, event))
+        due = epoch_us(pending.due_at)
         notes: list[str] = []
         moved = adjust_due(
-            due, plan, (*history.attempts, event.occurred_at), zone, [], notes,
-            lead_attempts=history.lead_attempts,
+            due, plan, (*_stamps(history.attempts), epoch_us(event.occurred_at)), table, [],
+            notes, lead_attempts=_stamps(history.lead_attempts),
         )  # fmt: skip
         if moved == due:
             return plain("stale", "stale", text)
         return Decision(
             event.event_id, event.phone_id, "stale", None, None, None, "stale", (), (),
-            f"{text}; the pending recall is {'; '.join(notes)}", None, moved, version,
+            f"{text}; the pending recall is {'; '.join(notes)}", None,
+            table.to_datetime(moved), version,
         )  # fmt: skip
 
     verdict, warnings = _rule_verdict(event, rules, plan)
@@ -579,27 +504,27 @@ def decide(event: CallResult, rules: Rules, history: PhoneHistory, now: datetime
         return suppress(verdict.source, verdict.rule, verdict.reason, verdict.text)
 
     # 7. Adjustments, in the contract's order.
-    zone = timezone(phone_zone(rules, event))
-    occurred = event.occurred_at.astimezone(zone)
+    # From here on instants are epoch microseconds, the local calendar the phone zone's table.
+    table = zone_table(phone_zone(rules, event))
+    occurred = epoch_us(event.occurred_at)
     reason, text, agent = verdict.reason, verdict.text, None
     if verdict.callback:
         agent = event.callback_agent
         personal = f" (agent {agent})" if agent is not None else ""
         if event.callback_at is not None:
-            due = event.callback_at.astimezone(zone)
-            reason, text = "callback", f"{text}{personal} for {local_text(due)}"
+            due = epoch_us(event.callback_at)
+            reason, text = "callback", f"{text}{personal} for {_text_at(table, due)}"
         else:
-            due = verdict.after.add_to(occurred)
+            due = table.add(occurred, verdict.after)
             warnings = (*warnings, "callback_at_missing")
             text = f"{text}{personal} with no callback_at, so recalls after {verdict.after}"
     else:
-        due = verdict.after.add_to(occurred)
+        due = table.add(occurred, verdict.after)
     adjustments: list[str] = []
     notes = [text]
 
     if event.retry_after_s is not None:
-        held = timedelta(seconds=event.retry_after_s)  # elapsed time: added to the UTC instant
-        floor = (occurred.astimezone(UTC_ZONE) + held).astimezone(zone)
+        floor = occurred + event.retry_after_s * 1_000_000  # elapsed time
         if floor > due:
             due = floor
             adjustments.append("retry_after")
@@ -613,22 +538,23 @@ def decide(event: CallResult, rules: Rules, history: PhoneHistory, now: datetime
         )
         return suppress(verdict.source, plan.rule, "max_recalls", text)
 
-    if due < now:
-        due = now.astimezone(zone)
+    now_at = epoch_us(now)
+    if due < now_at:
+        due = now_at
         notes.append("already due when decided, so due now")
 
     outcome = rules.outcomes.get(event.outcome_code) if event.outcome_code else None
     due = adjust_due(
-        due, plan, (*history.attempts, event.occurred_at), zone, adjustments, notes,
-        lead_attempts=history.lead_attempts,
-        not_on=occurred.date() if outcome is not None and outcome.not_same_day else None,
+        due, plan, (*_stamps(history.attempts), occurred), table, adjustments, notes,
+        lead_attempts=_stamps(history.lead_attempts),
+        not_on=table.ordinal(occurred) if outcome is not None and outcome.not_same_day else None,
     )  # fmt: skip
 
     return Decision(
         event.event_id,
         event.phone_id,
         "recall",
-        due,
+        table.to_datetime(due),
         verdict.source,
         verdict.rule,
         reason,

@@ -17,6 +17,7 @@ from msgspec.structs import replace
 from worker.domain.engine import Decision, PendingRecall, PhoneHistory
 from worker.domain.events import CallResult
 from worker.domain.rules import Duration, Rules
+from worker.domain.zones import epoch_us
 
 __all__ = ["NewRecall", "PhoneState", "Transition", "attempt_lookback", "decision_json"]
 
@@ -85,14 +86,15 @@ class PhoneState:
     #: in memory: a replay holds one per phone, and the dict is five times larger).
     last_decision: dict[str, Any] | Decision | None = None
     system_recalls: int = 0
-    attempts: list[datetime] = field(default_factory=list)
+    #: The times of its call results, as epoch microseconds (what the caps count).
+    attempts: list[int] = field(default_factory=list)
     #: Event ids taken for this phone, with their times (a dict, so old ones can be forgotten).
     seen: dict[str, datetime] = field(default_factory=dict)
     #: The zone its pending recall was decided in (the event's, else the plan's): where a lead
     #: cap re-checks it. Not stored: the store reads it from the deciding event when needed.
     zone: str | None = None
 
-    def history(self, lead_attempts: tuple[datetime, ...] = ()) -> PhoneHistory:
+    def history(self, lead_attempts: tuple[int, ...] = ()) -> PhoneHistory:
         return PhoneHistory(
             attempts=tuple(self.attempts),
             last_applied_at=self.last_result_at,
@@ -107,7 +109,7 @@ class PhoneState:
         if decision.action in ("duplicate", "reject"):
             return Transition()
         self.seen[event.event_id] = event.occurred_at
-        self.attempts.append(event.occurred_at)
+        self.attempts.append(epoch_us(event.occurred_at))
         if not decision.applies:  # stale: an attempt, and maybe a pending recall moved later
             if decision.reschedules is None or self.pending is None:
                 return Transition()
@@ -166,8 +168,9 @@ class PhoneState:
         Only safe for input in event-time order, where a redelivered event stands next to its
         first copy: ``moment`` must be at least the longest attempt window in the past.
         """
-        if self.attempts and min(self.attempts) < moment:
-            self.attempts = [attempt for attempt in self.attempts if attempt >= moment]
+        since = epoch_us(moment)
+        if self.attempts and min(self.attempts) < since:
+            self.attempts = [attempt for attempt in self.attempts if attempt >= since]
         if len(self.seen) > 8:
             self.seen = {key: when for key, when in self.seen.items() if when >= moment}
 

@@ -74,12 +74,14 @@ class Duration:
     #: Worked out once, every decision asks: the most elapsed time this duration can span (a
     #: calendar day may last 25 hours), and its text.
     longest_seconds: float = field(init=False, repr=False, compare=False)
+    longest_us: int = field(init=False, repr=False, compare=False)
     text: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         slack = timedelta(hours=1) if self.days else timedelta(0)
         longest = timedelta(days=self.days, hours=self.hours, minutes=self.minutes) + slack
         object.__setattr__(self, "longest_seconds", longest.total_seconds())
+        object.__setattr__(self, "longest_us", longest // timedelta(microseconds=1))
         parts = [
             f"{value}{unit}"
             for value, unit in ((self.days, "d"), (self.hours, "h"), (self.minutes, "m"))

@@ -31,11 +31,11 @@ from worker.domain.engine import (
     decide,
     local_text,
     phone_zone,
-    timezone,
 )
 from worker.domain.events import CallResult
 from worker.domain.phone import PhoneState, Transition
 from worker.domain.rules import Rules
+from worker.domain.zones import epoch_us, zone_table
 
 __all__ = ["Before", "Step", "StoredEvent", "Timeline"]
 
@@ -183,20 +183,22 @@ class Timeline:
                 fired = (recall_id, pending.due_at)
         if copy_of is not None:
             state.seen.setdefault(event.event_id, copy_of)
-        history = state.history()
+        lead: tuple[int, ...] = ()
+        others = None
         if self.lead_caps:
             plan = self.rules.plans.get(event.plan_id)
             if plan is not None and plan.lead_max_attempts:
                 others = self._others(event.lead_id, event.phone_id)
                 lead = tuple(when for other in others for when in other.attempts)
-                history = state.history(lead)
-        decision = decide(event, self.rules, history, now or event.occurred_at)
+        decision = decide(event, self.rules, state.history(lead), now or event.occurred_at)
         transition = state.take(event, decision)
         if self.lead_caps and decision.action not in ("duplicate", "reject"):
             if transition.scheduled is not None:
                 state.zone = phone_zone(self.rules, event)
             self.leads.setdefault(state.lead_id, set()).add(state.phone_id)
-            moved = self._move_siblings(event)
+            if others is None:
+                others = self._others(event.lead_id, event.phone_id)
+            moved = self._move_siblings(event, others)
             if moved:
                 text = "; ".join(
                     f"the lead's caps moved the pending recall of phone {phone_id} to "
@@ -210,31 +212,33 @@ class Timeline:
                 transition = replace(transition, moved=moved)
         return Step(index, event, decision, transition, fired)
 
-    def _move_siblings(self, event: CallResult) -> tuple[tuple[str, str, datetime], ...]:
-        """Move later the pending recalls of the lead's other phones that ``event`` pushed over
-        their plan's lead caps (each phone's own plan and zone); return (phone, recall, due).
+    def _move_siblings(
+        self, event: CallResult, others: list[PhoneState]
+    ) -> tuple[tuple[str, str, datetime], ...]:
+        """Move later the pending recalls of the lead's other phones (``others``) that ``event``
+        pushed over their plan's lead caps (each phone's own plan and zone); return (phone,
+        recall, due).
 
         A recall already due when the call happened is left alone: it has fired (a simulated
         clock fires it first) or is firing.
         """
         moved = []
-        lead = [*self._others(event.lead_id, event.phone_id), self.phones[event.phone_id]]
-        for other in lead[:-1]:
+        lead = [*others, self.phones[event.phone_id]]
+        for other in others:
             pending, recall_id = other.pending, other.pending_recall_id
             plan = self.rules.plans.get(other.plan_id)
             if pending is None or recall_id is None or plan is None or not plan.lead_max_attempts:
                 continue
             if pending.due_at <= event.occurred_at:
                 continue
-            zone = timezone(other.zone or plan.timezone)
+            table = zone_table(other.zone or plan.timezone)
             counted = tuple(when for phone in lead if phone is not other for when in phone.attempts)
-            due = pending.due_at.astimezone(zone)
-            later = adjust_due(
-                due, plan, tuple(other.attempts), zone, [], [], lead_attempts=counted
-            )
+            due = epoch_us(pending.due_at)
+            later = adjust_due(due, plan, other.attempts, table, [], [], lead_attempts=counted)
             if later != due:
-                other.pending = replace(pending, due_at=later)
-                moved.append((other.phone_id, recall_id, later))
+                moved_to = table.to_datetime(later)
+                other.pending = replace(pending, due_at=moved_to)
+                moved.append((other.phone_id, recall_id, moved_to))
         return tuple(moved)
 
     def forget_before(self, moment: datetime) -> None:
@@ -291,7 +295,8 @@ class Timeline:
             stored.action == "recall" and stored.decision.get("source") != "user_outcome"
             for stored in applied
         )
-        state.attempts = [attempt for attempt in state.attempts if attempt < start]
+        since = epoch_us(start)
+        state.attempts = [attempt for attempt in state.attempts if attempt < since]
         for stored in later:
             state.seen.pop(stored.event.event_id, None)
             self.known_ids.pop(stored.event.event_id, None)

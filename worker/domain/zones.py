@@ -8,13 +8,15 @@ decisions must stay byte-identical), and each zone's offset changes are found on
 time and then read with ``bisect`` on plain lists. Datetimes are made only at the edges
 (``epoch_us`` in, ``ZoneTable.to_datetime`` out).
 
-pendulum stays the reference: every answer is the one the datetime-based engine gives
-(``engine.next_opening``, ``engine.local_midnight``, ``Duration.add_to``), DST gaps and overlaps
-included, and ``tests/unit/test_zones.py`` checks them against each other.
+pendulum stays the reference: every answer is the one the datetime-based engine gave before
+these tables (its functions are kept in ``tests/unit/datetime_reference.py``) and
+``Duration.add_to`` gives, DST gaps and overlaps included; ``tests/unit/test_zones.py`` checks
+them against each other.
 
 zoneinfo does not expose a zone's transitions, so they are found by probing ``utcoffset`` hourly
-and bisecting each change to the second, as ``engine._offsets`` does; beyond a zone's last
-explicit transition zoneinfo applies its POSIX TZ rule, which probing reads like any other year.
+and bisecting each change to the second, as the datetime engine's ``_offsets`` did; beyond a
+zone's last explicit transition zoneinfo applies its POSIX TZ rule, which probing reads like any
+other year.
 """
 
 from __future__ import annotations
@@ -48,10 +50,11 @@ _BLOCK = 365 * DAY
 _MARGIN = 2 * DAY
 # Below every wall time and instant: the first entry of a block's wall lists.
 _FOREVER = -(1 << 62)
-# As engine._DAY_REACH: the instants of one local date lie within this of its midnight read as
-# UTC, and the calling hours' pieces are cut over the same stretch.
+# As the datetime engine's _DAY_REACH: the instants of one local date lie within this of its
+# midnight read as UTC, and the calling hours' pieces are cut over the same stretch.
 _DAY_REACH = 15 * 3600 * SECOND
-# Offsets change at most once an hour (in practice twice a year), as engine._offsets assumes.
+# Offsets change at most once an hour (in practice twice a year), as the datetime engine's
+# _offsets assumed.
 _PROBE_STEP = 3600
 _PROBE_DELTA = timedelta(seconds=_PROBE_STEP)
 # Local midnights and open spans repeat for every phone of a zone on a day; these bound each
@@ -85,8 +88,8 @@ class ZoneTable:
         self._blocks: dict[int, _Block] = {}
         # 1970-01-01 00:00 UTC as a wall time labelled with the zone, as tz.fromutc wants it.
         self._probe_base = datetime(1970, 1, 1, tzinfo=self.tz)
-        #: ``midnight(ordinal)``: the first instant (µs) of local date ``ordinal``, with
-        #: ``engine.local_midnight``'s semantics (memoised per table: every phone asks).
+        #: ``midnight(ordinal)``: the first instant (µs) of local date ``ordinal``, with the
+        #: datetime engine's ``local_midnight`` semantics (memoised per table: every phone asks).
         self.midnight: Callable[[int], int] = lru_cache(maxsize=_MIDNIGHTS_KEPT)(self._midnight)
         #: ``open_spans(ordinal, ranges)``: the (opens, closes) instants (µs, closes excluded) of
         #: local date ``ordinal`` whose wall clock reads inside ``ranges`` (memoised per table).
@@ -149,8 +152,9 @@ class ZoneTable:
         return at + (duration.hours * 60 + duration.minutes) * MINUTE
 
     def _midnight(self, ordinal: int) -> int:
-        # engine.local_midnight: midnight read with fold 0 (its first reading, where it is read
-        # twice); where it falls in a gap, convert's fold-1 answer (the gap's length later).
+        # The datetime engine's local_midnight: midnight read with fold 0 (its first reading,
+        # where it is read twice); where it falls in a gap, convert's fold-1 answer (the gap's
+        # length later).
         wall = (ordinal - _EPOCH_ORDINAL) * DAY
         _, early, late, offsets = self._block(wall // _BLOCK)
         before = offsets[bisect_right(early, wall) - 1]
@@ -178,7 +182,7 @@ class ZoneTable:
     # --- calling hours ------------------------------------------------------------------------
 
     def next_opening(self, at: int, hours: CallingHours) -> int:
-        """The first instant at or after ``at`` inside the calling hours: ``engine.next_opening``.
+        """The first instant at or after ``at`` inside the calling hours (``engine.next_opening``).
 
         Its docstring says how a DST change decides a range that starts, ends or lies in a gap
         or an overlap; the spans here are the same, as integers.
@@ -206,9 +210,9 @@ class ZoneTable:
     def _open_spans(
         self, ordinal: int, ranges: tuple[tuple[int, int], ...]
     ) -> tuple[tuple[int, int], ...]:
-        # engine._open_spans on integers: while an offset holds, the wall clock is the instant
-        # plus the offset, so each range maps to one piece per offset; pieces that touch across
-        # an offset change are one span.
+        # The datetime engine's _open_spans on integers: while an offset holds, the wall clock is
+        # the instant plus the offset, so each range maps to one piece per offset; pieces that
+        # touch across an offset change are one span.
         if not ranges:
             return ()
         midnight = (ordinal - _EPOCH_ORDINAL) * DAY  # the date's wall-clock midnight, as if UTC

@@ -30,6 +30,7 @@ from worker.domain.events import CallResult, parse_event
 from worker.domain.phone import PhoneState, attempt_lookback, decision_json
 from worker.domain.rules import Rules
 from worker.domain.timeline import Before, StoredEvent, Timeline
+from worker.domain.zones import epoch_us
 from worker.store.bulk import chunks, copying, dbapi, insert_rows, unnest, update_rows, where_in
 from worker.store.models import (
     WAITING,
@@ -188,7 +189,7 @@ def _load_phones(
                 among, Attempt.occurred_at >= since
             )
             for phone_id, occurred_at in session.execute(query):
-                states[phone_id].attempts.append(occurred_at)
+                states[phone_id].attempts.append(epoch_us(occurred_at))
 
     event_ids = sorted({event.event_id for event in events})
     for among in where_in(session, ProcessedEvent.event_id, event_ids):
