@@ -1,12 +1,14 @@
 """Replays split by lead across processes (``recall replay --jobs N``).
 
-Leads never change each other: each process reads every file but keeps only the records of its
-share of the leads (a stable hash of ``lead_id``), then validates and sorts them, and decides
-them exactly as a single process would, in memory (dry) or into the database (applied). Only the
-event id crosses leads (a copy sent for another phone is a duplicate), so once every process has
-read its share, each hands over a sorted list of hashes of the event ids it took; if two took the
-same id the split would not be exact, nothing is decided, and the caller replays in one process.
-Decisions and rejections are merged back into the single process's order.
+Leads never change each other: the parent reads every file once and deals each record to the
+process of its share of the leads (a stable hash of ``lead_id``, ``worker.replay.reader``), which
+decodes, validates and sorts them, and decides them exactly as a single process would, in memory
+(dry) or into the database (applied). Only the event id crosses leads (a copy sent for another
+phone is a duplicate), so once every process has taken its share, each hands over a sorted list
+of hashes of the event ids it took; if two took the same id, or an event reached the process of
+another share (a lead id the reader misread), the split would not be exact: nothing is decided,
+and the caller replays in one process. Decisions and rejections are merged back into the single
+process's order.
 """
 
 from __future__ import annotations
@@ -29,15 +31,17 @@ import orjson
 from worker.domain.engine import Decision
 from worker.domain.rules import Rules
 from worker.replay.apply import apply
+from worker.replay.reader import Dealer, ShareGone, received
 from worker.replay.simulation import Comparison, Difference, Simulation, Summary, simulate
 from worker.replay.sorting import CHUNK_EVENTS, Position, Rejection, SortedEvents, read_rows
-from worker.replay.sources import SourceError
 
 __all__ = ["ShareFailed", "Shared", "default_shares", "replay_in_shares"]
 
 # Event-id hashes read back at a time when checking that no id crossed processes.
 _ID_BLOCK = 65_536
 _GO, _STOP = "go", "stop"
+# How long to wait for the last word of a process that stopped taking its records.
+_LAST_WORD_S = 5
 
 
 class ShareFailed(RuntimeError):
@@ -124,8 +128,9 @@ def _ids_cross(paths: Sequence[str]) -> bool:
     return any(first == second for first, second in itertools.pairwise(merged))
 
 
-def _run_share(job: _Job, index: int, shares: int, counters: Any, parent: Any) -> _Part | None:
-    lines, done = counters
+def _run_share(
+    job: _Job, index: int, shares: int, done: Any, parent: Any, inlet: int
+) -> _Part | None:
     base = os.path.join(job.directory, str(index))
     ids = _IdHashes(f"{base}.ids", job.chunk)
     with (
@@ -141,19 +146,16 @@ def _run_share(job: _Job, index: int, shares: int, counters: Any, parent: Any) -
             row = (*position, decision.to_json())
             decisions.write(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE))
 
-        def on_read(count: int) -> None:
-            lines.value = count
-
         def on_progress(count: int) -> None:
             done.value += count
 
         with SortedEvents(
-            job.files, job.rules, on_reject, chunk=job.chunk, share=(index, shares),
-            on_accept=lambda event: ids.add(event.event_id), on_read=on_read, now=job.until,
-            skew_s=job.skew_s,
+            job.files, job.rules, on_reject, chunk=job.chunk, records=received(inlet),
+            share=(index, shares), on_accept=lambda event: ids.add(event.event_id),
+            now=job.until, skew_s=job.skew_s,
         ) as events:  # fmt: skip
             ids.finish()
-            parent.send((ids.path, events.count))
+            parent.send((ids.path, events.count, events.strays))
             if parent.recv() != _GO:
                 return None
             keep = on_decision if job.with_decisions else None
@@ -178,13 +180,17 @@ def _run_share(job: _Job, index: int, shares: int, counters: Any, parent: Any) -
     return part
 
 
-def _child(job: _Job, index: int, shares: int, counters: Any, parent: Any) -> None:
+def _child(
+    job: _Job, index: int, shares: int, done: Any, parent: Any, inlet: int, writers: list[int]
+) -> None:
+    # The reader's ends of the pipes made so far, this one's too: closed here, so that a pipe
+    # breaks when its process goes, and its process sees the end if the reader goes.
+    for fd in writers:
+        os.close(fd)
     # Spilled runs too go under the shared directory, which the parent removes however this ends.
     tempfile.tempdir = job.directory
     try:
-        parent.send(_run_share(job, index, shares, counters, parent))
-    except SourceError as error:
-        parent.send(error)
+        parent.send(_run_share(job, index, shares, done, parent, inlet))
     except BaseException as error:  # the parent reports it; a traceback would be lost
         parent.send(ShareFailed(f"replay process failed: {type(error).__name__}: {error}"))
     finally:
@@ -212,8 +218,9 @@ def replay_in_shares(
     Rejections and decisions are handed to the callbacks in the single process's order, once
     every process has finished. Applied, the processes write to the database as they go and the
     caller finishes the replay (fires or releases the held recalls, files the dead letters).
-    Progress as it goes: ``on_read`` gets the records every process has read, ``on_replay`` the
-    events to replay once they are known, then ``on_progress`` those done so far.
+    Progress as it goes: ``on_read`` gets the records read, ``on_replay`` the events to replay
+    once they are known, then ``on_progress`` those done so far. A file that cannot be read
+    raises ``SourceError``; a process that fails, ``ShareFailed``.
     """
     context = multiprocessing.get_context("fork")
     directory = tempfile.mkdtemp(prefix="recall-replay-")
@@ -222,31 +229,33 @@ def replay_in_shares(
         files, rules, compare_rules, until, skew_s, applied, on_decision is not None,
         max(1, chunk // shares), directory,
     )  # fmt: skip
-    # Per process: records read, events replayed.
-    counters = [
-        (context.Value("q", 0, lock=False), context.Value("q", 0, lock=False))
-        for _ in range(shares)
-    ]
-    pipes, processes = [], []
+    # Per process: events replayed.
+    counters = [context.Value("q", 0, lock=False) for _ in range(shares)]
+    pipes, processes, writers = [], [], []
+    dealer = None
     try:
         for index in range(shares):
             mine, theirs = context.Pipe()
+            inlet, writer = os.pipe()  # the records, from the reader (here)
+            writers.append(writer)
             process = context.Process(
-                target=_child, args=(job, index, shares, counters[index], theirs)
+                target=_child,
+                args=(job, index, shares, counters[index], theirs, inlet, writers[:]),
             )
             process.start()
             theirs.close()
+            os.close(inlet)
             pipes.append(mine)
             processes.append(process)
+
+        def died(index: int) -> ShareFailed:
+            processes[index].join(timeout=_LAST_WORD_S)
+            code = processes[index].exitcode
+            return ShareFailed(f"replay process died (exit code {code})")
 
         def gather(report: Callable[[], None]) -> list[Any]:
             results: list[Any] = [None] * shares
             waiting = set(range(shares))
-
-            def died(index: int) -> ShareFailed:
-                processes[index].join(timeout=5)
-                code = processes[index].exitcode
-                return ShareFailed(f"replay process died (exit code {code})")
 
             while waiting:
                 for index in list(waiting):
@@ -265,26 +274,44 @@ def replay_in_shares(
                     raise result
             return results
 
-        def reading() -> None:
-            if on_read is not None:
-                on_read(min(lines.value for lines, _ in counters))
+        def last_word(index: int) -> BaseException:
+            """Why a process stopped taking its records: what it said, or how it died."""
+            try:
+                if pipes[index].poll(_LAST_WORD_S):
+                    said = pipes[index].recv()
+                    if isinstance(said, BaseException):
+                        return said
+            except EOFError:
+                pass
+            return died(index)
 
         def replaying() -> None:
             if on_progress is not None:
-                on_progress(sum(done.value for _, done in counters))
+                on_progress(sum(done.value for done in counters))
 
-        read = gather(reading)
-        exact = not _ids_cross([path for path, _ in read])
+        dealer = Dealer(writers, lambda index: processes[index].is_alive())
+        try:
+            dealer.deal(files, on_read)
+        except ShareGone as gone:
+            raise last_word(gone.index) from None
+        read = gather(lambda: None)
+        exact = not any(strays for _, _, strays in read) and not _ids_cross(
+            [path for path, _, _ in read]
+        )
         for pipe in pipes:
             pipe.send(_GO if exact else _STOP)
         if exact and on_replay is not None:
-            reading()  # every process has read all its lines
-            on_replay(sum(count for _, count in read))
+            on_replay(sum(count for _, count, _ in read))
         results = gather(replaying)
         if not exact:
             return None
         return _merge(results, directory, compare_rules, on_reject, on_decision)
     finally:
+        if dealer is not None:
+            dealer.close()
+        else:
+            for writer in writers:
+                os.close(writer)
         for process in processes:
             if process.is_alive():
                 process.kill()
