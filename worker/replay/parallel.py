@@ -8,7 +8,8 @@ phone is a duplicate), so once every process has taken its share, each hands ove
 of hashes of the event ids it took; if two took the same id, or an event reached the process of
 another share (a lead id the reader misread), the split would not be exact: nothing is decided,
 and the caller replays in one process. Decisions and rejections are merged back into the single
-process's order.
+process's order: decisions as the JSON lines the processes wrote, copied in the order of their
+positions, never decoded again.
 """
 
 from __future__ import annotations
@@ -18,9 +19,11 @@ import itertools
 import multiprocessing
 import os
 import shutil
+import struct
 import tempfile
 from array import array
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -32,7 +35,14 @@ from worker.domain.engine import Decision
 from worker.domain.rules import Rules
 from worker.replay.apply import apply
 from worker.replay.reader import Dealer, ShareGone, received
-from worker.replay.simulation import Comparison, Difference, Simulation, Summary, simulate
+from worker.replay.simulation import (
+    LINES_BUFFER,
+    Comparison,
+    Difference,
+    Simulation,
+    Summary,
+    simulate,
+)
 from worker.replay.sorting import CHUNK_EVENTS, Position, Rejection, SortedEvents, read_rows
 
 __all__ = ["ShareFailed", "Shared", "default_shares", "replay_in_shares"]
@@ -42,6 +52,10 @@ _ID_BLOCK = 65_536
 _GO, _STOP = "go", "stop"
 # How long to wait for the last word of a process that stopped taking its records.
 _LAST_WORD_S = 5
+# A decision's position (Position) and the share that decided it, as each process writes it
+# beside its decisions' JSON lines: the parent merges the positions and copies the lines as
+# they are, without decoding them.
+_POSITION = struct.Struct("<qIIH")
 
 
 class ShareFailed(RuntimeError):
@@ -135,7 +149,8 @@ def _run_share(
     ids = _IdHashes(f"{base}.ids", job.chunk)
     with (
         open(f"{base}.rejects", "wb") as rejects,
-        open(f"{base}.decisions", "wb") as decisions,
+        open(f"{base}.decisions", "wb", buffering=LINES_BUFFER) as decisions,
+        open(f"{base}.positions", "wb") as positions,
     ):
 
         def on_reject(rejection: Rejection) -> None:
@@ -143,8 +158,9 @@ def _run_share(
             rejects.write(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE))
 
         def on_decision(position: Position, decision: Decision) -> None:
-            row = (*position, decision.to_json())
-            decisions.write(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE))
+            positions.write(_POSITION.pack(*position, index))
+            # What JsonLinesWriter writes.
+            decisions.write(orjson.dumps(decision.to_json(), option=orjson.OPT_APPEND_NEWLINE))
 
         def on_progress(count: int) -> None:
             done.value += count
@@ -207,7 +223,7 @@ def replay_in_shares(
     skew_s: int,
     applied: bool = False,
     on_reject: Callable[[Rejection], None],
-    on_decision: Callable[[dict[str, Any]], None] | None = None,
+    on_decision: Callable[[bytes], None] | None = None,
     on_read: Callable[[int], None] | None = None,
     on_replay: Callable[[int], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
@@ -216,11 +232,12 @@ def replay_in_shares(
     """Replay ``files`` in ``shares`` processes; None when it must run in one process instead.
 
     Rejections and decisions are handed to the callbacks in the single process's order, once
-    every process has finished. Applied, the processes write to the database as they go and the
-    caller finishes the replay (fires or releases the held recalls, files the dead letters).
-    Progress as it goes: ``on_read`` gets the records read, ``on_replay`` the events to replay
-    once they are known, then ``on_progress`` those done so far. A file that cannot be read
-    raises ``SourceError``; a process that fails, ``ShareFailed``.
+    every process has finished; a decision as its JSON line (``JsonLinesWriter.write_line``).
+    Applied, the processes write to the database as they go and the caller finishes the replay
+    (fires or releases the held recalls, files the dead letters). Progress as it goes:
+    ``on_read`` gets the records read, ``on_replay`` the events to replay once they are known,
+    then ``on_progress`` those done so far. A file that cannot be read raises ``SourceError``;
+    a process that fails, ``ShareFailed``.
     """
     context = multiprocessing.get_context("fork")
     directory = tempfile.mkdtemp(prefix="recall-replay-")
@@ -324,18 +341,23 @@ def _merge(
     directory: str,
     compare_rules: Rules | None,
     on_reject: Callable[[Rejection], None],
-    on_decision: Callable[[dict[str, Any]], None] | None,
+    on_decision: Callable[[bytes], None] | None,
 ) -> Shared:
     paths = [os.path.join(directory, str(index)) for index in range(len(results))]
     by_line = heapq.merge(*(read_rows(f"{path}.rejects") for path in paths), key=lambda r: r[:2])
     for _, _, data, after_now in by_line:
         on_reject(Rejection(**data, after_now=after_now))
     if on_decision is not None:
-        by_position = heapq.merge(
-            *(read_rows(f"{path}.decisions") for path in paths), key=lambda r: r[:3]
-        )
-        for row in by_position:
-            on_decision(row[3])
+        with ExitStack() as stack:
+            lines = [
+                stack.enter_context(
+                    open(f"{path}.decisions", "rb", buffering=LINES_BUFFER)
+                ).readline
+                for path in paths
+            ]
+            # Positions are distinct: the share (last) never decides the order.
+            for position in heapq.merge(*(_positions(f"{path}.positions") for path in paths)):
+                on_decision(lines[position[3]]())
     merged = Shared(Summary(), sum(part.pending for part in results))
     for part in results:
         merged.summary.merge(part.summary)
@@ -349,6 +371,12 @@ def _merge(
         samples = heapq.merge(*(part.sample for part in results), key=lambda d: d.position)
         comparison.sample = list(itertools.islice(samples, comparison.sample_size))
     return merged
+
+
+def _positions(path: str) -> Iterator[tuple[int, int, int, int]]:
+    with open(path, "rb") as handle:
+        while block := handle.read(_POSITION.size * _ID_BLOCK):
+            yield from _POSITION.iter_unpack(block)
 
 
 def default_shares() -> int:
