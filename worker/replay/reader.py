@@ -45,6 +45,9 @@ _CHECK_MS = 200
 _HEAD = struct.Struct("<Q")
 
 _KEY = '"lead_id"'
+# The key and the opening quote of its value, as compact JSON writes them (most senders): found
+# with one search, cheaper than the general pattern below.
+_COMPACT = '"lead_id":"'
 # What follows the key when its value is a plain string: JSON's spaces, a colon, no escape.
 _PLAIN_VALUE = re.compile(r'[ \t\n\r]*:[ \t\n\r]*"([^"\\]*)"')
 
@@ -60,13 +63,21 @@ class ShareGone(Exception):
 def plain_share(text: str, shares: int) -> int | None:
     """``share_of`` a JSON line's record, read from its text; None when the text does not say its
     lead id plainly."""
-    at = text.find(_KEY)
-    if at < 0:
+    if text.count(_KEY) != 1:  # none, or a nested or repeated key: which one is the record's?
         return None
-    value = _PLAIN_VALUE.match(text, at + len(_KEY))
-    if value is None or text.find(_KEY, value.end()) >= 0:
-        return None
-    return share_of_lead(value[1], shares)
+    at = text.find(_COMPACT)
+    if at >= 0:
+        start = at + len(_COMPACT)
+        end = text.find('"', start)
+        lead_id = text[start:end]
+        if end < 0 or "\\" in lead_id:  # an escape in the value: the decoder knows what it says
+            return None
+    else:
+        found = _PLAIN_VALUE.match(text, text.find(_KEY) + len(_KEY))
+        if found is None:
+            return None
+        lead_id = found[1]
+    return share_of_lead(lead_id, shares)
 
 
 class _Outlet:
