@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -471,6 +471,161 @@ def test_shares_give_exactly_the_single_process_replay(tmp_path: Path, rules_fil
     assert [row["line"] for row in map(orjson.loads, rejected.splitlines())] == [101, 201, 301]
     assert result["compare"]["differing_decisions"] > 0
     assert len(result["compare"]["sample"]) == 20
+
+
+@pytest.fixture
+def decodes(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Iterator[Callable[[], Counter[str]]]:
+    """Every ``orjson.loads`` from now on, here and in the replay processes forked from here: the
+    fixture gives a function returning the texts decoded since it was last called, counted."""
+    log = tmp_path / "decoded.log"
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    loads = orjson.loads
+
+    def logged(data: Any) -> Any:
+        text = data if isinstance(data, str) else bytes(data).decode("utf-8", "replace")
+        # One write with O_APPEND: lines from several processes never interleave.
+        os.write(fd, text.strip().replace("\n", " ").encode("utf-8", "surrogatepass") + b"\n")
+        return loads(data)
+
+    def taken() -> Counter[str]:
+        counted = Counter(log.read_bytes().decode("utf-8", "surrogatepass").splitlines())
+        os.truncate(log, 0)
+        return counted
+
+    monkeypatch.setattr(orjson, "loads", logged)
+    yield taken
+    os.close(fd)
+
+
+def lead_of_share(share: int, shares: int) -> str:
+    """A phone id whose lead (``ev``: L-phone) is replayed by process ``share`` of ``shares``."""
+    return next(
+        f"S{share}x{n}"
+        for n in itertools.count()
+        if share_of({"lead_id": f"L-S{share}x{n}"}, shares) == share
+    )
+
+
+@pytest.mark.parametrize("jobs", [2, 3])
+def test_shares_decode_each_line_once_and_lose_none(
+    tmp_path: Path, rules_file: Path, decodes: Callable[[], Counter[str]], jobs: int
+) -> None:
+    """The input is read once for all the processes: each JSON line is decoded as often as one
+    process decodes it, and every line is decided or rejected, at its file and line, as one
+    process does, with a bad line in every share, in JSON Lines and in gzipped CSV."""
+    phones = [lead_of_share(share, jobs) for share in range(jobs)]
+    events: list[object] = [*history(seed=32, leads=150)]
+    odd: list[object] = [
+        *({**ev(f"bad-{phone}", phone, t("10:00")), "sip_code": "486"} for phone in phones),
+        "not json",
+        "",  # blank: skipped, but counted in the line numbers
+        # Not said plainly in the text: routed by the decoded record (the reader decodes it).
+        '{"event_id":"twice","plan_id":"flat","lead_id":"L-T","phone_id":"T","sip_code":486,'
+        '"occurred_at":"2026-01-14T10:00:00+00:00","lead_id":"L-T"}',
+        '{"event_id":"escaped","plan_id":"flat","lead_id":"L-\\u00c9","phone_id":"E",'
+        '"sip_code":486,"occurred_at":"2026-01-14T10:00:00+00:00"}',
+        # Spaces around the colon, as Python's json module writes it.
+        '{"event_id": "spaced", "plan_id": "flat", "lead_id": "L-W", "phone_id": "W",'
+        ' "sip_code": 486, "occurred_at": "2026-01-14T10:00:00+00:00"}',
+    ]
+    for offset, line in enumerate(odd):
+        events.insert(40 * (offset + 1), line)
+    jsonl = write_lines(tmp_path / "one.jsonl", events)
+    rows = [*history(seed=33, leads=100)]
+    for offset, phone in enumerate(phones):
+        rows.insert(
+            30 * (offset + 1), {**ev(f"csv-bad-{phone}", phone, t("11:00")), "sip_code": "x"}
+        )
+    table = tmp_path / "two.csv.gz"
+    write_csv(rows, table)
+    texts = [line for line in jsonl.read_text(encoding="utf-8").splitlines() if line]
+    runs = {}
+    for run in (1, jobs):
+        out, rejects = tmp_path / f"out-{run}.jsonl", tmp_path / f"rejects-{run}.jsonl"
+        result = replay_json(
+            jsonl, table, "--dry-run", "--now", NOW, "--rules", rules_file, "--output", out,
+            "--dead-letters", rejects, "--jobs", str(run),
+        )  # fmt: skip
+        del result["elapsed_s"], result["events_per_s"]
+        decoded = decodes()
+        runs[run] = (result, out.read_bytes(), rejects.read_bytes(), [decoded[x] for x in texts])
+
+    assert runs[jobs] == runs[1]
+    result, decisions, rejected, times_decoded = runs[jobs]
+    # Once each, as in one process; twice the first line (its file is checked before any work)
+    # and the line that is not JSON (read, then intake's own attempt).
+    twice = {texts[0], "not json"}
+    assert times_decoded == [2 if text in twice else 1 for text in texts]
+    found = [(row["file"], row["line"]) for row in map(orjson.loads, rejected.splitlines())]
+    assert found == [
+        *((str(jsonl), 40 * (offset + 1) + 1) for offset in range(jobs + 1)),
+        *((str(table), 30 * (offset + 1) + 2) for offset in range(jobs)),
+    ]
+    decided = {row["event_id"] for row in map(orjson.loads, decisions.splitlines())}
+    assert {"twice", "escaped", "spaced"} <= decided
+    assert len(decided) == result["summary"]["events"] == len(events) + len(rows) - 2 * jobs - 2
+
+
+def test_an_event_the_reader_sends_to_another_share_makes_the_replay_run_in_one_process(
+    tmp_path: Path, rules_file: Path
+) -> None:
+    """A text that misleads the reader (the key written with an escape, a lead id in a nested
+    object) costs the split, never a decision: phone A's caps see all its calls."""
+    assert share_of({"lead_id": "L-D"}, 2) != share_of({"lead_id": "L-A"}, 2)
+    misleading = (
+        '{"event_id":"a2","plan_id":"capped","lead\\u005fid":"L-A","phone_id":"A","sip_code":486,'
+        '"occurred_at":"2026-01-14T10:30:00+00:00","x":{"lead_id":"L-D"}}'
+    )
+    first, last = (
+        ev("a1", "A", t("10:00"), plan_id="capped"),
+        ev("a3", "A", t("11:00"), plan_id="capped"),
+    )
+    outputs = {}
+    for name, lines in (("all", [first, misleading, last]), ("without", [first, last])):
+        for jobs in ("1", "2"):
+            out = tmp_path / f"{name}-{jobs}.jsonl"
+            replay_json(
+                write_lines(tmp_path / f"{name}.jsonl", lines), "--dry-run", "--now", NOW,
+                "--rules", rules_file, "--output", out, "--jobs", jobs,
+            )  # fmt: skip
+            outputs[name, jobs] = [
+                (d["event_id"], d["action"], d["reason"]) for d in read_jsonl(out)
+            ]
+
+    assert outputs["all", "2"] == outputs["all", "1"]
+    assert outputs["all", "1"][2] == ("a3", "suppress", "max_recalls")
+    assert outputs["without", "1"][1] == ("a3", "recall", "sip_recall")  # a2 counts for a3
+
+
+@pytest.mark.parametrize(
+    ("how", "said"),
+    [("dies", "replay process died (exit code 3)"),
+     ("fails", "replay process failed: RuntimeError: no room left")],
+)  # fmt: skip
+def test_a_replay_process_that_stops_while_the_input_is_dealt_is_a_one_line_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str, said: str
+) -> None:
+    """The reader, waiting for room in the pipe of a process that has gone, says why it went."""
+
+    def stop(fd: int) -> Iterator[Any]:
+        if how == "dies":
+            os._exit(3)
+        raise RuntimeError("no room left")
+
+    monkeypatch.setattr(shares, "received", stop)
+    # No frame waits beside a full pipe of one page: the reader finds the pipe broken.
+    monkeypatch.setattr("worker.replay.reader._AHEAD_BYTES", 0)
+    monkeypatch.setattr("worker.replay.reader._PIPE_BYTES", 4096)
+    path = tmp_path / "h.jsonl"
+    write_jsonl(history(seed=34, leads=300), path)
+    assert path.stat().st_size > 50 * 4096
+
+    line = one_line_error(recall("replay", str(path), "--dry-run", "--now", NOW, "--jobs", "2"))
+
+    assert line == f"error: {said}"
+    assert list(tmp_path.glob("recall-replay-*")) == []
 
 
 def test_an_event_id_sent_again_for_another_phone_is_a_duplicate_when_applied(

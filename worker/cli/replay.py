@@ -228,7 +228,7 @@ def replay(
                 shared = replay_in_shares(
                     files, rules, compare_rules, until, shares, skew_s=skew_s,
                     applied=not dry_run,
-                    on_reject=on_reject, on_decision=decisions_out.write if output else None,
+                    on_reject=on_reject, on_decision=decisions_out.write_line if output else None,
                     on_read=progress.reading, on_replay=progress.replaying,
                     on_progress=progress.at,
                 )  # fmt: skip

@@ -1,12 +1,15 @@
 """Replays split by lead across processes (``recall replay --jobs N``).
 
-Leads never change each other: each process reads every file but keeps only the records of its
-share of the leads (a stable hash of ``lead_id``), then validates and sorts them, and decides
-them exactly as a single process would, in memory (dry) or into the database (applied). Only the
-event id crosses leads (a copy sent for another phone is a duplicate), so once every process has
-read its share, each hands over a sorted list of hashes of the event ids it took; if two took the
-same id the split would not be exact, nothing is decided, and the caller replays in one process.
-Decisions and rejections are merged back into the single process's order.
+Leads never change each other: the parent reads every file once and deals each record to the
+process of its share of the leads (a stable hash of ``lead_id``, ``worker.replay.reader``), which
+decodes, validates and sorts them, and decides them exactly as a single process would, in memory
+(dry) or into the database (applied). Only the event id crosses leads (a copy sent for another
+phone is a duplicate), so once every process has taken its share, each hands over a sorted list
+of hashes of the event ids it took; if two took the same id, or an event reached the process of
+another share (a lead id the reader misread), the split would not be exact: nothing is decided,
+and the caller replays in one process. Decisions and rejections are merged back into the single
+process's order: decisions as the JSON lines the processes wrote, copied in the order of their
+positions, never decoded again.
 """
 
 from __future__ import annotations
@@ -16,9 +19,11 @@ import itertools
 import multiprocessing
 import os
 import shutil
+import struct
 import tempfile
 from array import array
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -29,15 +34,28 @@ import orjson
 from worker.domain.engine import Decision
 from worker.domain.rules import Rules
 from worker.replay.apply import apply
-from worker.replay.simulation import Comparison, Difference, Simulation, Summary, simulate
+from worker.replay.reader import Dealer, ShareGone, received
+from worker.replay.simulation import (
+    LINES_BUFFER,
+    Comparison,
+    Difference,
+    Simulation,
+    Summary,
+    simulate,
+)
 from worker.replay.sorting import CHUNK_EVENTS, Position, Rejection, SortedEvents, read_rows
-from worker.replay.sources import SourceError
 
 __all__ = ["ShareFailed", "Shared", "default_shares", "replay_in_shares"]
 
 # Event-id hashes read back at a time when checking that no id crossed processes.
 _ID_BLOCK = 65_536
 _GO, _STOP = "go", "stop"
+# How long to wait for the last word of a process that stopped taking its records.
+_LAST_WORD_S = 5
+# A decision's position (Position) and the share that decided it, as each process writes it
+# beside its decisions' JSON lines: the parent merges the positions and copies the lines as
+# they are, without decoding them.
+_POSITION = struct.Struct("<qIIH")
 
 
 class ShareFailed(RuntimeError):
@@ -124,13 +142,15 @@ def _ids_cross(paths: Sequence[str]) -> bool:
     return any(first == second for first, second in itertools.pairwise(merged))
 
 
-def _run_share(job: _Job, index: int, shares: int, counters: Any, parent: Any) -> _Part | None:
-    lines, done = counters
+def _run_share(
+    job: _Job, index: int, shares: int, done: Any, parent: Any, inlet: int
+) -> _Part | None:
     base = os.path.join(job.directory, str(index))
     ids = _IdHashes(f"{base}.ids", job.chunk)
     with (
         open(f"{base}.rejects", "wb") as rejects,
-        open(f"{base}.decisions", "wb") as decisions,
+        open(f"{base}.decisions", "wb", buffering=LINES_BUFFER) as decisions,
+        open(f"{base}.positions", "wb") as positions,
     ):
 
         def on_reject(rejection: Rejection) -> None:
@@ -138,22 +158,20 @@ def _run_share(job: _Job, index: int, shares: int, counters: Any, parent: Any) -
             rejects.write(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE))
 
         def on_decision(position: Position, decision: Decision) -> None:
-            row = (*position, decision.to_json())
-            decisions.write(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE))
-
-        def on_read(count: int) -> None:
-            lines.value = count
+            positions.write(_POSITION.pack(*position, index))
+            # What JsonLinesWriter writes.
+            decisions.write(orjson.dumps(decision.to_json(), option=orjson.OPT_APPEND_NEWLINE))
 
         def on_progress(count: int) -> None:
             done.value += count
 
         with SortedEvents(
-            job.files, job.rules, on_reject, chunk=job.chunk, share=(index, shares),
-            on_accept=lambda event: ids.add(event.event_id), on_read=on_read, now=job.until,
-            skew_s=job.skew_s,
+            job.files, job.rules, on_reject, chunk=job.chunk, records=received(inlet),
+            share=(index, shares), on_accept=lambda event: ids.add(event.event_id),
+            now=job.until, skew_s=job.skew_s,
         ) as events:  # fmt: skip
             ids.finish()
-            parent.send((ids.path, events.count))
+            parent.send((ids.path, events.count, events.strays))
             if parent.recv() != _GO:
                 return None
             keep = on_decision if job.with_decisions else None
@@ -178,13 +196,17 @@ def _run_share(job: _Job, index: int, shares: int, counters: Any, parent: Any) -
     return part
 
 
-def _child(job: _Job, index: int, shares: int, counters: Any, parent: Any) -> None:
+def _child(
+    job: _Job, index: int, shares: int, done: Any, parent: Any, inlet: int, writers: list[int]
+) -> None:
+    # The reader's ends of the pipes made so far, this one's too: closed here, so that a pipe
+    # breaks when its process goes, and its process sees the end if the reader goes.
+    for fd in writers:
+        os.close(fd)
     # Spilled runs too go under the shared directory, which the parent removes however this ends.
     tempfile.tempdir = job.directory
     try:
-        parent.send(_run_share(job, index, shares, counters, parent))
-    except SourceError as error:
-        parent.send(error)
+        parent.send(_run_share(job, index, shares, done, parent, inlet))
     except BaseException as error:  # the parent reports it; a traceback would be lost
         parent.send(ShareFailed(f"replay process failed: {type(error).__name__}: {error}"))
     finally:
@@ -201,7 +223,7 @@ def replay_in_shares(
     skew_s: int,
     applied: bool = False,
     on_reject: Callable[[Rejection], None],
-    on_decision: Callable[[dict[str, Any]], None] | None = None,
+    on_decision: Callable[[bytes], None] | None = None,
     on_read: Callable[[int], None] | None = None,
     on_replay: Callable[[int], None] | None = None,
     on_progress: Callable[[int], None] | None = None,
@@ -210,10 +232,12 @@ def replay_in_shares(
     """Replay ``files`` in ``shares`` processes; None when it must run in one process instead.
 
     Rejections and decisions are handed to the callbacks in the single process's order, once
-    every process has finished. Applied, the processes write to the database as they go and the
-    caller finishes the replay (fires or releases the held recalls, files the dead letters).
-    Progress as it goes: ``on_read`` gets the records every process has read, ``on_replay`` the
-    events to replay once they are known, then ``on_progress`` those done so far.
+    every process has finished; a decision as its JSON line (``JsonLinesWriter.write_line``).
+    Applied, the processes write to the database as they go and the caller finishes the replay
+    (fires or releases the held recalls, files the dead letters). Progress as it goes:
+    ``on_read`` gets the records read, ``on_replay`` the events to replay once they are known,
+    then ``on_progress`` those done so far. A file that cannot be read raises ``SourceError``;
+    a process that fails, ``ShareFailed``.
     """
     context = multiprocessing.get_context("fork")
     directory = tempfile.mkdtemp(prefix="recall-replay-")
@@ -222,31 +246,33 @@ def replay_in_shares(
         files, rules, compare_rules, until, skew_s, applied, on_decision is not None,
         max(1, chunk // shares), directory,
     )  # fmt: skip
-    # Per process: records read, events replayed.
-    counters = [
-        (context.Value("q", 0, lock=False), context.Value("q", 0, lock=False))
-        for _ in range(shares)
-    ]
-    pipes, processes = [], []
+    # Per process: events replayed.
+    counters = [context.Value("q", 0, lock=False) for _ in range(shares)]
+    pipes, processes, writers = [], [], []
+    dealer = None
     try:
         for index in range(shares):
             mine, theirs = context.Pipe()
+            inlet, writer = os.pipe()  # the records, from the reader (here)
+            writers.append(writer)
             process = context.Process(
-                target=_child, args=(job, index, shares, counters[index], theirs)
+                target=_child,
+                args=(job, index, shares, counters[index], theirs, inlet, writers[:]),
             )
             process.start()
             theirs.close()
+            os.close(inlet)
             pipes.append(mine)
             processes.append(process)
+
+        def died(index: int) -> ShareFailed:
+            processes[index].join(timeout=_LAST_WORD_S)
+            code = processes[index].exitcode
+            return ShareFailed(f"replay process died (exit code {code})")
 
         def gather(report: Callable[[], None]) -> list[Any]:
             results: list[Any] = [None] * shares
             waiting = set(range(shares))
-
-            def died(index: int) -> ShareFailed:
-                processes[index].join(timeout=5)
-                code = processes[index].exitcode
-                return ShareFailed(f"replay process died (exit code {code})")
 
             while waiting:
                 for index in list(waiting):
@@ -265,26 +291,44 @@ def replay_in_shares(
                     raise result
             return results
 
-        def reading() -> None:
-            if on_read is not None:
-                on_read(min(lines.value for lines, _ in counters))
+        def last_word(index: int) -> BaseException:
+            """Why a process stopped taking its records: what it said, or how it died."""
+            try:
+                if pipes[index].poll(_LAST_WORD_S):
+                    said = pipes[index].recv()
+                    if isinstance(said, BaseException):
+                        return said
+            except EOFError:
+                pass
+            return died(index)
 
         def replaying() -> None:
             if on_progress is not None:
-                on_progress(sum(done.value for _, done in counters))
+                on_progress(sum(done.value for done in counters))
 
-        read = gather(reading)
-        exact = not _ids_cross([path for path, _ in read])
+        dealer = Dealer(writers, lambda index: processes[index].is_alive())
+        try:
+            dealer.deal(files, on_read)
+        except ShareGone as gone:
+            raise last_word(gone.index) from None
+        read = gather(lambda: None)
+        exact = not any(strays for _, _, strays in read) and not _ids_cross(
+            [path for path, _, _ in read]
+        )
         for pipe in pipes:
             pipe.send(_GO if exact else _STOP)
         if exact and on_replay is not None:
-            reading()  # every process has read all its lines
-            on_replay(sum(count for _, count in read))
+            on_replay(sum(count for _, count, _ in read))
         results = gather(replaying)
         if not exact:
             return None
         return _merge(results, directory, compare_rules, on_reject, on_decision)
     finally:
+        if dealer is not None:
+            dealer.close()
+        else:
+            for writer in writers:
+                os.close(writer)
         for process in processes:
             if process.is_alive():
                 process.kill()
@@ -297,18 +341,23 @@ def _merge(
     directory: str,
     compare_rules: Rules | None,
     on_reject: Callable[[Rejection], None],
-    on_decision: Callable[[dict[str, Any]], None] | None,
+    on_decision: Callable[[bytes], None] | None,
 ) -> Shared:
     paths = [os.path.join(directory, str(index)) for index in range(len(results))]
     by_line = heapq.merge(*(read_rows(f"{path}.rejects") for path in paths), key=lambda r: r[:2])
     for _, _, data, after_now in by_line:
         on_reject(Rejection(**data, after_now=after_now))
     if on_decision is not None:
-        by_position = heapq.merge(
-            *(read_rows(f"{path}.decisions") for path in paths), key=lambda r: r[:3]
-        )
-        for row in by_position:
-            on_decision(row[3])
+        with ExitStack() as stack:
+            lines = [
+                stack.enter_context(
+                    open(f"{path}.decisions", "rb", buffering=LINES_BUFFER)
+                ).readline
+                for path in paths
+            ]
+            # Positions are distinct: the share (last) never decides the order.
+            for position in heapq.merge(*(_positions(f"{path}.positions") for path in paths)):
+                on_decision(lines[position[3]]())
     merged = Shared(Summary(), sum(part.pending for part in results))
     for part in results:
         merged.summary.merge(part.summary)
@@ -322,6 +371,12 @@ def _merge(
         samples = heapq.merge(*(part.sample for part in results), key=lambda d: d.position)
         comparison.sample = list(itertools.islice(samples, comparison.sample_size))
     return merged
+
+
+def _positions(path: str) -> Iterator[tuple[int, int, int, int]]:
+    with open(path, "rb") as handle:
+        while block := handle.read(_POSITION.size * _ID_BLOCK):
+            yield from _POSITION.iter_unpack(block)
 
 
 def default_shares() -> int:

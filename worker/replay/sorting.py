@@ -2,7 +2,8 @@
 
 Input is read and validated as it streams, sorted on disk when it is larger than one chunk (an
 external merge sort), and iterated in ``occurred_at`` order (ties by file, then line). Memory
-grows with one chunk, not with the input.
+grows with one chunk, not with the input. The records may also come from elsewhere, already
+read: a replay process is handed its share of them by the reader (``worker.replay.reader``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import os
 import shutil
 import tempfile
 import zlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -32,11 +33,14 @@ __all__ = [
     "CHUNK_EVENTS",
     "MAX_OPEN_RUNS",
     "Position",
+    "Record",
     "Rejection",
     "SortedEvents",
     "fewer_collections",
+    "read_records",
     "read_rows",
     "share_of",
+    "share_of_lead",
     "sorted_events",
 ]
 
@@ -78,6 +82,16 @@ class Rejection:
 #: Where an event stands in the replay order: (microseconds since the epoch, file index, line).
 Position = tuple[int, int, int]
 
+#: A record where it was read: (file index, line number, the record as ``iter_records`` gives it).
+Record = tuple[int, int, object]
+
+
+def read_records(files: Iterable[Path]) -> Iterator[Record]:
+    """Every record of ``files``, file after file, with where it was."""
+    for file_index, path in enumerate(files):
+        for number, raw in iter_records(path):
+            yield file_index, number, raw
+
 
 def share_of(raw: object, shares: int) -> int:
     """Which of ``shares`` processes replays a record: a stable hash of its lead id.
@@ -88,6 +102,11 @@ def share_of(raw: object, shares: int) -> int:
     lead_id = raw.get("lead_id") if isinstance(raw, dict) else None
     if not isinstance(lead_id, str):
         return 0
+    return share_of_lead(lead_id, shares)
+
+
+def share_of_lead(lead_id: str, shares: int) -> int:
+    """Which of ``shares`` processes replays the lead ``lead_id`` (see ``share_of``)."""
     return zlib.crc32(lead_id.encode("utf-8", "surrogatepass")) % shares
 
 
@@ -157,16 +176,21 @@ class SortedEvents:
 
     Reading happens when it is made; iterate it once. Use it as a context manager (or call
     ``close``): spilled runs are removed when it closes, whether or not it was read through.
+
+    ``records``, when given, are the records of ``files`` read elsewhere (``files`` then only
+    name them in rejections). ``share`` (index, shares) says they are that share of the records
+    (``share_of``): ``strays`` counts the events accepted that belong to another share.
     """
 
     def __init__(
         self,
-        files: Iterable[Path],
+        files: Sequence[Path],
         rules: Rules,
         on_reject: Callable[[Rejection], None],
         *,
         chunk: int = CHUNK_EVENTS,
         on_read: Callable[[int], None] | None = None,  # records read: every 10,000, and at the end
+        records: Iterable[Record] | None = None,
         share: tuple[int, int] = (0, 1),
         on_accept: Callable[[CallResult], None] | None = None,
         now: datetime,
@@ -180,15 +204,20 @@ class SortedEvents:
         self._spilled: list[str] = []
         self._directory: str | None = None
         self.count = 0
+        self.strays = 0
         try:
-            self._read(files, rules, on_reject, chunk, on_read)
+            names = [str(path) for path in files]
+            if records is None:
+                records = read_records(files)
+            self._read(records, names, rules, on_reject, chunk, on_read)
         except BaseException:
             self.close()
             raise
 
     def _read(
         self,
-        files: Iterable[Path],
+        records: Iterable[Record],
+        names: Sequence[str],
         rules: Rules,
         on_reject: Callable[[Rejection], None],
         chunk: int,
@@ -196,36 +225,36 @@ class SortedEvents:
     ) -> None:
         index, shares = self._share
         read = 0
-        for file_index, path in enumerate(files):
-            for number, raw in iter_records(path):
-                read += 1
-                if on_read is not None and read % 10_000 == 0:
-                    on_read(read)
-                if shares > 1 and share_of(raw, shares) != index:
-                    continue
-                if isinstance(raw, UnreadableRow):  # a quote left open: no record to validate
-                    detail = f"event: {raw.detail}"
-                    on_reject(
-                        Rejection(str(path), number, "invalid_event", detail, raw.text, None,
-                                  file_index)
-                    )  # fmt: skip
-                    continue
-                try:
-                    event = accept(raw, rules, self._now, self._skew_s)
-                except Rejected as error:
-                    on_reject(
-                        Rejection(
-                            str(path), number, error.reason, error.detail, raw_text(raw),
-                            event_id_of(raw), file_index, isinstance(error, AheadOfClock),
-                        )
-                    )  # fmt: skip
-                    continue
-                if self._on_accept is not None:
-                    self._on_accept(event)
-                self._run.append((_sort_key(event), file_index, number, event))
-                self.count += 1
-                if len(self._run) >= chunk:
-                    self._spill()
+        for file_index, number, raw in records:
+            read += 1
+            if on_read is not None and read % 10_000 == 0:
+                on_read(read)
+            if isinstance(raw, UnreadableRow):  # a quote left open: no record to validate
+                detail = f"event: {raw.detail}"
+                on_reject(
+                    Rejection(names[file_index], number, "invalid_event", detail, raw.text, None,
+                              file_index)
+                )  # fmt: skip
+                continue
+            try:
+                event = accept(raw, rules, self._now, self._skew_s)
+            except Rejected as error:
+                on_reject(
+                    Rejection(
+                        names[file_index], number, error.reason, error.detail, raw_text(raw),
+                        event_id_of(raw), file_index, isinstance(error, AheadOfClock),
+                    )
+                )  # fmt: skip
+                continue
+            # A rejection is the same in any process; an event must be in its lead's.
+            if shares > 1 and share_of(raw, shares) != index:
+                self.strays += 1
+            if self._on_accept is not None:
+                self._on_accept(event)
+            self._run.append((_sort_key(event), file_index, number, event))
+            self.count += 1
+            if len(self._run) >= chunk:
+                self._spill()
         if on_read is not None:
             on_read(read)
 
@@ -284,7 +313,7 @@ class SortedEvents:
 
 
 def sorted_events(
-    files: Iterable[Path],
+    files: Sequence[Path],
     rules: Rules,
     on_reject: Callable[[Rejection], None],
     *,

@@ -20,7 +20,7 @@ import orjson
 
 from worker.domain.events import EVENT_FIELDS, REQUIRED_FIELDS, event_from_csv_row
 
-__all__ = ["SourceError", "UnreadableRow", "check_files", "iter_records"]
+__all__ = ["SourceError", "UnreadableRow", "check_files", "iter_records", "json_record"]
 
 _KNOWN_COLUMNS = frozenset(EVENT_FIELDS)
 # A quoted cell may hold line breaks (an agent's note in an extra column), but no real note runs
@@ -63,7 +63,17 @@ def is_csv(path: Path) -> bool:
     return ".csv" in path.suffixes
 
 
-def iter_records(path: Path) -> Generator[tuple[int, object], None, None]:
+def json_record(text: str) -> object:
+    """A JSON Lines record: its JSON decoded, or its text when it is not valid JSON."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text
+
+
+def iter_records(
+    path: Path, *, undecoded: bool = False
+) -> Generator[tuple[int, object], None, None]:
     """Yield (line number, record) for every record of ``path``.
 
     A JSON Lines record that is not valid JSON is yielded as its text, so that it is rejected
@@ -71,12 +81,22 @@ def iter_records(path: Path) -> Generator[tuple[int, object], None, None]:
     yielded as an ``UnreadableRow`` at the line where it starts, and reading goes on with the
     next line. A file that cannot be read, or a CSV header without the contract's required
     columns, raises ``SourceError``.
+
+    ``undecoded``: JSON Lines records are yielded as their text (a ``str``, never what a CSV
+    row is), for ``json_record`` to decode later, elsewhere (replay's reader hands the lines to
+    the processes that use them).
     """
     handle = _open_text(path)
     try:
         with handle:
             if is_csv(path):
                 yield from _csv_records(path, handle)
+                return
+            if undecoded:
+                for number, line in enumerate(handle, start=1):
+                    text = line.strip()
+                    if text:
+                        yield number, text
                 return
             for number, line in enumerate(handle, start=1):
                 text = line.strip()
