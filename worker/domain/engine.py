@@ -296,13 +296,15 @@ def _text_at(table: ZoneTable, at: int) -> str:
 def _cap_allows(cap: AttemptCap, due: int, stamps: Sequence[int], table: ZoneTable) -> int:
     """The earliest instant at or after ``due`` at which the attempts ``stamps`` leave room
     under ``cap``."""
+    count = cap.count
+    if len(stamps) < count:  # fewer attempts than the cap allows in any window or day
+        return due
     within = cap.within
     if within is None:  # per local calendar day
         # Moving to the next midnight may meet a day that is full too (calls booked ahead).
         for _ in range(len(stamps) + 1):
-            ordinal = table.ordinal(due)
-            start, end = table.midnight(ordinal), table.midnight(ordinal + 1)
-            if sum(start <= stamp < end for stamp in stamps) < cap.count:
+            start, end = table.day_bounds(due)
+            if len([stamp for stamp in stamps if start <= stamp < end]) < count:
                 break
             due = end
         return due
@@ -310,13 +312,14 @@ def _cap_allows(cap: AttemptCap, due: int, stamps: Sequence[int], table: ZoneTab
     # zone arithmetic keeps a long history cheap.
     horizon = due - within.longest_us
     recent = [stamp for stamp in stamps if stamp > horizon]
-    if len(recent) < cap.count:
+    if len(recent) < count:
         return due
     # An attempt holds a place in the window until its end; count-1 may stay, so wait for the
     # count-th latest end. Ends, not attempts, are sorted: adding calendar days need not keep
     # the order of times inside a repeated DST hour.
-    ends = sorted((table.add(stamp, within) for stamp in recent), reverse=True)
-    return max(due, ends[cap.count - 1])
+    add = table.add
+    ends = sorted([add(stamp, within) for stamp in recent], reverse=True)
+    return max(due, ends[count - 1])
 
 
 def _open_at(due: int, plan: Plan, table: ZoneTable) -> tuple[int, date | None]:
