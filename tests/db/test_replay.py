@@ -2217,6 +2217,40 @@ def test_many_runs_are_merged_in_passes(
     assert leftovers() == []
 
 
+@pytest.mark.usefixtures("private_tmp")
+def test_a_spilled_run_gives_back_each_event_as_it_was_read(rules: Rules, tmp_path: Path) -> None:
+    """Extra fields, microseconds, callbacks and every UTC offset survive a spill, and an offset
+    with seconds (Python reads one; msgspec writes offsets to the minute) too."""
+    base = {"plan_id": "default", "lead_id": "L1", "sip_code": 486}
+    lines = [
+        {**base, "event_id": "a", "phone_id": "p1", "occurred_at": "2026-03-02T09:00:00Z"},
+        {**base, "event_id": "b", "phone_id": "p2", "occurred_at": "2026-03-02T10:00:00.25-03:30",
+         "crm_ref": "X-1", "tags": ["vip", 2]},
+        {**base, "event_id": "c", "phone_id": "p3", "occurred_at": "2026-03-02T15:45:00+05:45",
+         "outcome_code": "CALLBACK", "callback_at": "2026-03-03T09:00:00+01:00",
+         "callback_agent": "agent-7", "retry_after_s": 30, "timezone": "Asia/Kathmandu"},
+        {**base, "event_id": "d", "phone_id": "p4", "occurred_at": "2026-03-02T11:00:00+00:00"},
+    ]  # fmt: skip
+    odd = {**base, "event_id": "e", "phone_id": "p5", "occurred_at": "2026-03-02T12:00:00+00:01:15"}
+    # With runs of two, the first two runs are spilled and the last event merged from memory.
+    for batch, text_runs in ((lines, 0), ([odd, *lines], 1)):
+        path = write_lines(tmp_path / "spill.jsonl", batch)
+        expected = {raw["event_id"]: parse_event(raw) for raw in batch}
+        with sorted_events([path], rules, lambda _: None, chunk=2, now=WALL, skew_s=SKEW_S) as run:
+            [directory] = leftovers()
+            names = [p.name for p in (Path(tempfile.gettempdir()) / directory).iterdir()]
+            got = {event.event_id: event for event in run}
+        # Runs of whole-minute offsets are msgspec's JSON; the run with the odd offset text rows.
+        assert len(names) == 2
+        assert sum(name.endswith(".rows.jsonl") for name in names) == text_runs
+        assert got == expected
+        for event_id, event in got.items():
+            assert event.to_json() == expected[event_id].to_json()
+            assert event.occurred_at.utcoffset() == expected[event_id].occurred_at.utcoffset()
+            assert type(event.extra) is type(expected[event_id].extra)  # read-only, as read
+        assert dict(got["b"].extra) == {"crm_ref": "X-1", "tags": ["vip", 2]}
+
+
 # --- 12. progress on a terminal ------------------------------------------------------------------
 
 

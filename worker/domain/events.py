@@ -179,11 +179,12 @@ class InvalidEvent(ValueError):
         self.field = field_name
 
 
-class CallResult(msgspec.Struct, frozen=True, gc=False):
+class CallResult(msgspec.Struct, frozen=True, gc=False, omit_defaults=True):
     """One validated call result. ``occurred_at`` is always timezone-aware.
 
     A frozen ``msgspec.Struct`` rather than a frozen dataclass: as immutable, and built ten times
     faster (a replay builds one per event). ``gc=False``: it holds no reference cycle.
+    ``omit_defaults``: msgspec's JSON of it (replay's spilled runs) leaves out unset fields.
     """
 
     event_id: str
