@@ -802,13 +802,21 @@ def test_each_lazy_command_is_listed_with_its_own_help() -> None:
         assert command.get_short_help_str(limit=10**6) == shown, name
 
 
-def test_decide_and_help_load_neither_sqlalchemy_nor_celery(event_file: Path) -> None:
+def test_decide_help_and_dry_replays_load_neither_sqlalchemy_nor_celery(event_file: Path) -> None:
     probe = (
         "import sys; from worker.cli import main; sys.argv = ['recall', *sys.argv[1:]]\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
         "print(sorted(m for m in ('sqlalchemy', 'celery', 'alembic', 'kombu') if m in sys.modules))"
     )
-    for args in (["--help"], ["decide", str(event_file)], ["rules", "check"]):
+    dry_replay = ["replay", str(event_file), "--dry-run", "--now", NOW, "--json"]
+    for args in (
+        ["--help"],
+        ["decide", str(event_file)],
+        ["rules", "check"],
+        ["replay", "--help"],
+        [*dry_replay, "--jobs", "1"],
+        [*dry_replay, "--jobs", "2"],
+    ):
         done = subprocess.run(
             [sys.executable, "-c", probe, *args], capture_output=True, text=True, check=True
         )

@@ -23,7 +23,6 @@ from worker.cli.common import (
 )
 from worker.cli.outputs import writes_files
 from worker.domain.rules import Rules
-from worker.replay.apply import apply, running_replay
 from worker.replay.parallel import ShareFailed, default_shares, replay_in_shares
 from worker.replay.simulation import (
     Comparison,
@@ -259,6 +258,8 @@ def replay(
                     on_decision=keep, on_progress=progress.tick,
                 )  # fmt: skip
             else:
+                from worker.replay.apply import apply  # SQLAlchemy: dry runs never load it
+
                 summary = apply(
                     events.positioned(), rules, until, on_decision=keep, on_progress=progress.tick
                 )
@@ -288,6 +289,8 @@ def _applied_run() -> Iterator[None]:
     Its recalls stay held until its end: running it again (idempotent) takes what was not yet
     written and releases them.
     """
+    from worker.replay.apply import running_replay
+
     try:
         with running_replay():
             yield

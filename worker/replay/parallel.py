@@ -33,7 +33,6 @@ import orjson
 
 from worker.domain.engine import Decision
 from worker.domain.rules import Rules
-from worker.replay.apply import apply
 from worker.replay.reader import Dealer, ShareGone, received
 from worker.replay.simulation import (
     LINES_BUFFER,
@@ -176,7 +175,9 @@ def _run_share(
                 return None
             keep = on_decision if job.with_decisions else None
             if job.applied:
-                from worker.store.database import get_engine  # dry runs never load it
+                # Dry runs never load SQLAlchemy.
+                from worker.replay.apply import apply
+                from worker.store.database import get_engine
 
                 get_engine().dispose(close=False)  # the parent's pooled connections stay its own
                 summary = apply(
