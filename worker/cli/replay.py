@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from config.settings import DEFAULTS, get_settings
+from worker import ending
 from worker.cli.common import (
     CommandError,
     echo_json,
@@ -280,6 +281,11 @@ def replay(
         echo_json(result)
     else:
         click.echo(_text(result, rejects_path is not None))
+    if dry_run:
+        # Its files are closed (and renamed by writes_files, on the way out): the process may
+        # end without its teardown. Not an applied replay: its pooled connections and the
+        # embedded Redis are closed by exit.
+        ending.finished()
 
 
 @contextmanager

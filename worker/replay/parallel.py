@@ -31,6 +31,7 @@ from typing import Any
 
 import orjson
 
+from worker import ending
 from worker.domain.engine import Decision
 from worker.domain.rules import Rules
 from worker.replay.reader import Dealer, ShareGone, received
@@ -206,6 +207,9 @@ def _child(
         os.close(fd)
     # Spilled runs too go under the shared directory, which the parent removes however this ends.
     tempfile.tempdir = job.directory
+    # A forked process ends with os._exit (multiprocessing's fork start method): what it decided
+    # with need not be freed before it hands over its part.
+    ending.ends_at_once()
     try:
         parent.send(_run_share(job, index, shares, done, parent, inlet))
     except BaseException as error:  # the parent reports it; a traceback would be lost
