@@ -3,14 +3,15 @@
 CPython frees an object when its last reference goes, and at exit it frees the modules and
 everything still alive, one object at a time. After a dry replay that is a long wait for nothing:
 the phone states of every lead, freed when the simulation returns, then the interpreter's own
-teardown (0.3 s after the summary of a 200,000-event replay, docs/PERFORMANCE.md).
+teardown (0.2 to 0.3 s after the summary of a 200,000-event replay, docs/PERFORMANCE.md).
 
 A process that has written, flushed and closed all it writes may skip it with ``os._exit``:
 multiprocessing's forked processes always end that way, and ``recall`` (``worker.cli.run``) does
-after a command that called ``finished``. Such a process calls ``ends_at_once`` first; from then
-on ``hold`` keeps what it no longer needs alive to the end, so that it is not freed on the way
-either. In any other process (the tests' in-process commands, the HTTP service's rules preview)
-``hold`` does nothing and ``finished`` changes nothing.
+after a command that called ``finished``. Such a process calls ``ends_at_once`` first; a command
+that will finish so (a dry replay) calls ``start_holding``, and from then on ``hold`` keeps what
+it no longer needs alive to the end, so that it is not freed on the way either. In any other
+process (the tests' in-process commands), or under any other command (``recall serve``, whose
+rules preview simulates too), ``hold`` does nothing and ``finished`` changes nothing.
 """
 
 from __future__ import annotations
@@ -19,23 +20,39 @@ import atexit
 import os
 import sys
 
-__all__ = ["ends_at_once", "exit_at_once", "finished", "hold", "is_finished"]
+__all__ = [
+    "ends_at_once",
+    "exit_at_once",
+    "finished",
+    "hold",
+    "is_finished",
+    "start_holding",
+]
 
-# What `hold` keeps; None while the process is not known to end at once.
+# Whether the process ends with os._exit after a finished command.
+_ends_at_once = False
+# What `hold` keeps; None while the command is not known to finish (`start_holding`).
 _held: list[object] | None = None
 _finished = False
 
 
 def ends_at_once() -> None:
-    """Declare that this process ends with ``os._exit``: ``hold`` keeps what it is given."""
-    global _held, _finished
-    if _held is None:
+    """Declare that this process ends with ``os._exit`` once its command has ``finished``."""
+    global _ends_at_once, _finished
+    _ends_at_once, _finished = True, False
+
+
+def start_holding() -> None:
+    """The command will have ``finished`` if it succeeds: ``hold`` keeps what it is given from
+    now on, when the process ends at once (``ends_at_once``)."""
+    global _held
+    if _ends_at_once and _held is None:
         _held = []
-    _finished = False
 
 
 def hold(*objects: object) -> None:
-    """Keep ``objects`` alive until the process ends, when it ends at once; otherwise nothing.
+    """Keep ``objects`` alive until the process ends, when it ends at once after this command
+    (``start_holding``); otherwise nothing.
 
     For large structures (millions of objects) that are no longer needed: held, they are never
     freed (``os._exit`` returns the memory whole); not held, they are freed as usual when the

@@ -856,8 +856,9 @@ def test_ending_at_once_runs_the_exit_handlers_but_frees_nothing(tmp_path: Path)
         "import atexit; from worker import ending\n"
         "class Noisy:\n    def __del__(self):\n        print('freed')\n"
         "atexit.register(print, 'exit handler')\n"
-        "ending.hold(Noisy())\n"  # not held: the process was not said to end at once
-        "ending.ends_at_once(); ending.hold(Noisy()); ending.finished()\n"
+        "ending.hold(Noisy())\n"  # freed: the process was not said to end at once
+        "ending.ends_at_once(); ending.hold(Noisy())\n"  # freed: no command said it will finish
+        "ending.start_holding(); ending.hold(Noisy()); ending.finished()\n"
         "print('finished', ending.is_finished(), end=' ')\n"
         "ending.exit_at_once(3)"
     )
@@ -865,7 +866,7 @@ def test_ending_at_once_runs_the_exit_handlers_but_frees_nothing(tmp_path: Path)
 
     assert (done.returncode, done.stdout, done.stderr) == (
         3,
-        "freed\nfinished True exit handler\n",
+        "freed\nfreed\nfinished True exit handler\n",
         "",
     )
 

@@ -187,6 +187,8 @@ def replay(
     except SourceError as error:
         raise CommandError(str(error)) from None
     dry_run = dry_run or compare_rules is not None
+    if dry_run:  # run as `recall`, the process ends at once after it (worker.ending)
+        ending.start_holding()
     if not dry_run and until > datetime.now(UTC) + timedelta(minutes=1):
         raise CommandError(
             "--now is in the future: applied, recalls would be marked eligible before their"

@@ -210,6 +210,7 @@ def _child(
     # A forked process ends with os._exit (multiprocessing's fork start method): what it decided
     # with need not be freed before it hands over its part.
     ending.ends_at_once()
+    ending.start_holding()
     try:
         parent.send(_run_share(job, index, shares, done, parent, inlet))
     except BaseException as error:  # the parent reports it; a traceback would be lost
