@@ -1,5 +1,5 @@
 """``python -m worker`` is the ``recall`` command."""
 
-from worker.cli import main
+from worker.cli import run
 
-main(prog_name="recall")
+run()

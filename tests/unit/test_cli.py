@@ -768,6 +768,130 @@ def test_installed_console_script_decides(tmp_path: Path) -> None:
     assert data["due_at"] == "2026-03-30T09:15:00+00:00"
 
 
+# ``main`` as a process: how ``recall`` ran before ``run`` (the reference for ``run``'s ending).
+MAIN_ALONE = "import sys; from worker.cli import main; main(prog_name='recall')"
+
+
+def recall_process(*args: str, cwd: Path, entry: str = "run") -> subprocess.CompletedProcess[str]:
+    """``python -m worker ARGS`` (``run``), ``main`` alone, or Python code given as ``entry``,
+    with ARGS, as its own process."""
+    env = {key: value for key, value in os.environ.items() if key != "RECALL_RULES"}
+    root = str(Path(__file__).resolve().parents[2])  # this checkout's worker, wherever run from
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    command = (
+        ["-m", "worker"] if entry == "run" else ["-c", MAIN_ALONE if entry == "main" else entry]
+    )
+    return subprocess.run(
+        [sys.executable, *command, *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=120,
+        check=False,
+    )
+
+
+def without_timing(summary: dict[str, Any]) -> dict[str, Any]:
+    return {
+        key: value for key, value in summary.items() if key not in {"elapsed_s", "events_per_s"}
+    }
+
+
+@pytest.mark.parametrize("jobs", ["1", "2"])
+def test_a_dry_replay_process_ends_at_once_with_what_main_gives(
+    runner: CliRunner, tmp_path: Path, jobs: str
+) -> None:
+    """A dry replay ends with os._exit (worker.ending): its output and status are main's."""
+    history = tmp_path / "history.jsonl"
+    assert_ok(run(runner, "sample", "-o", str(history), "--leads", "20", "--days", "3"))
+    args = ["replay", str(history), "--dry-run", "--now", "2026-03-27T00:00:00Z", "--json"]
+    args += ["--jobs", jobs]
+
+    alone = recall_process(*args, "--output", str(tmp_path / "main.jsonl"), cwd=tmp_path,
+                           entry="main")  # fmt: skip
+    done = recall_process(*args, "--output", str(tmp_path / "run.jsonl"), cwd=tmp_path)
+
+    assert (done.returncode, done.stderr) == (alone.returncode, alone.stderr) == (0, "")
+    assert without_timing(orjson.loads(done.stdout)) == without_timing(orjson.loads(alone.stdout))
+    assert (tmp_path / "run.jsonl").read_bytes() == (tmp_path / "main.jsonl").read_bytes()
+    # Nothing left behind: the output files were renamed into place before the process ended.
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "history.jsonl",
+        "main.jsonl",
+        "run.jsonl",
+    ]
+
+
+# ``run`` with an object that says when the interpreter's teardown frees it.
+RUN_WITH_NOISY = (
+    "import sys; from worker.cli import run\n"
+    "class Noisy:\n    def __del__(self):\n        print('torn down')\n"
+    "kept = Noisy(); sys.argv = ['recall', *sys.argv[1:]]; run()"
+)
+
+
+@pytest.mark.parametrize(
+    ("args", "torn_down"),
+    [
+        pytest.param(("--dry-run",), False, id="dry"),
+        pytest.param(("--dry-run", "--jobs", "2"), False, id="dry-jobs"),
+        pytest.param(("--dry-run", "--now", "soon"), True, id="failed"),
+        pytest.param(("--help",), True, id="help"),
+    ],
+)
+def test_only_a_finished_dry_replay_skips_the_teardown(
+    event_file: Path, tmp_path: Path, args: tuple[str, ...], torn_down: bool
+) -> None:
+    done = recall_process(
+        "replay", str(event_file), "--now", NOW, *args, cwd=tmp_path, entry=RUN_WITH_NOISY
+    )
+
+    assert ("torn down" in done.stdout.splitlines()) is torn_down, (done.stdout, done.stderr)
+    assert done.returncode == (1 if "soon" in args else 0), done.stderr
+
+
+def test_ending_at_once_runs_the_exit_handlers_but_frees_nothing(tmp_path: Path) -> None:
+    probe = (
+        "import atexit; from worker import ending\n"
+        "class Noisy:\n    def __del__(self):\n        print('freed')\n"
+        "atexit.register(print, 'exit handler')\n"
+        "ending.hold(Noisy())\n"  # freed: the process was not said to end at once
+        "ending.ends_at_once(); ending.hold(Noisy())\n"  # freed: no command said it will finish
+        "ending.start_holding(); ending.hold(Noisy()); ending.finished()\n"
+        "print('finished', ending.is_finished(), end=' ')\n"
+        "ending.exit_at_once(3)"
+    )
+    done = recall_process(cwd=tmp_path, entry=probe)
+
+    assert (done.returncode, done.stdout, done.stderr) == (
+        3,
+        "freed\nfreed\nfinished True exit handler\n",
+        "",
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "status"),
+    [
+        pytest.param(("replay",), 2, id="missing-file"),
+        pytest.param(("replay", "--jobs", "0", "x.jsonl"), 2, id="bad-jobs"),
+        pytest.param(("replay", "missing.jsonl", "--dry-run"), 1, id="command-error"),
+        pytest.param(("replay", "--help"), 0, id="help"),
+        pytest.param(("--version",), 0, id="version"),
+        pytest.param((), 0, id="no-command"),
+    ],
+)
+def test_the_process_exits_as_main_does(tmp_path: Path, args: tuple[str, ...], status: int) -> None:
+    """Usage errors (2), command errors (1), help and version: the same through ``run``."""
+    alone = recall_process(*args, cwd=tmp_path, entry="main")
+
+    done = recall_process(*args, cwd=tmp_path)
+
+    assert (done.returncode, done.stdout, done.stderr) == (status, alone.stdout, alone.stderr)
+    assert alone.returncode == status
+
+
 def test_the_readme_decide_example_prints_what_the_readme_shows() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     block = readme.split("```sh\n$ echo '", 1)[1].split("```", 1)[0]
@@ -802,13 +926,21 @@ def test_each_lazy_command_is_listed_with_its_own_help() -> None:
         assert command.get_short_help_str(limit=10**6) == shown, name
 
 
-def test_decide_and_help_load_neither_sqlalchemy_nor_celery(event_file: Path) -> None:
+def test_decide_help_and_dry_replays_load_neither_sqlalchemy_nor_celery(event_file: Path) -> None:
     probe = (
         "import sys; from worker.cli import main; sys.argv = ['recall', *sys.argv[1:]]\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
         "print(sorted(m for m in ('sqlalchemy', 'celery', 'alembic', 'kombu') if m in sys.modules))"
     )
-    for args in (["--help"], ["decide", str(event_file)], ["rules", "check"]):
+    dry_replay = ["replay", str(event_file), "--dry-run", "--now", NOW, "--json"]
+    for args in (
+        ["--help"],
+        ["decide", str(event_file)],
+        ["rules", "check"],
+        ["replay", "--help"],
+        [*dry_replay, "--jobs", "1"],
+        [*dry_replay, "--jobs", "2"],
+    ):
         done = subprocess.run(
             [sys.executable, "-c", probe, *args], capture_output=True, text=True, check=True
         )

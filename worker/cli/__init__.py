@@ -3,13 +3,34 @@
 A command's module is imported only when that command runs (``recall decide`` loads neither
 SQLAlchemy nor Celery), so the group knows each command by where it lives and its one-line help
 (tests/unit/test_cli.py checks that the two agree).
+
+``run`` is the console script (and ``python -m worker``): ``main``, and a process that ends at
+once after a command that says it has finished (``worker.ending``); ``main`` alone is what tests
+call in-process.
 """
 
 from __future__ import annotations
 
+from worker import ending
 from worker.cli.common import main
 
-__all__ = ["main"]
+__all__ = ["main", "run"]
+
+
+def run() -> None:
+    """The ``recall`` command as a process: ``main``, then, when the command has ``finished``,
+    ``os._exit`` with its exit status rather than the interpreter's teardown.
+
+    Exit statuses, messages and help are ``main``'s: only how the process ends differs.
+    """
+    ending.ends_at_once()
+    try:
+        main(prog_name="recall")
+    except SystemExit as done:
+        if ending.is_finished() and (done.code is None or isinstance(done.code, int)):
+            ending.exit_at_once(done.code or 0)
+        raise
+
 
 main.lazy_commands.update(
     {

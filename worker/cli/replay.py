@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from config.settings import DEFAULTS, get_settings
+from worker import ending
 from worker.cli.common import (
     CommandError,
     echo_json,
@@ -23,7 +24,6 @@ from worker.cli.common import (
 )
 from worker.cli.outputs import writes_files
 from worker.domain.rules import Rules
-from worker.replay.apply import apply, running_replay
 from worker.replay.parallel import ShareFailed, default_shares, replay_in_shares
 from worker.replay.simulation import (
     Comparison,
@@ -187,6 +187,8 @@ def replay(
     except SourceError as error:
         raise CommandError(str(error)) from None
     dry_run = dry_run or compare_rules is not None
+    if dry_run:  # run as `recall`, the process ends at once after it (worker.ending)
+        ending.start_holding()
     if not dry_run and until > datetime.now(UTC) + timedelta(minutes=1):
         raise CommandError(
             "--now is in the future: applied, recalls would be marked eligible before their"
@@ -259,6 +261,8 @@ def replay(
                     on_decision=keep, on_progress=progress.tick,
                 )  # fmt: skip
             else:
+                from worker.replay.apply import apply  # SQLAlchemy: dry runs never load it
+
                 summary = apply(
                     events.positioned(), rules, until, on_decision=keep, on_progress=progress.tick
                 )
@@ -279,6 +283,11 @@ def replay(
         echo_json(result)
     else:
         click.echo(_text(result, rejects_path is not None))
+    if dry_run:
+        # Its files are closed (and renamed by writes_files, on the way out): the process may
+        # end without its teardown. Not an applied replay: its pooled connections and the
+        # embedded Redis are closed by exit.
+        ending.finished()
 
 
 @contextmanager
@@ -288,6 +297,8 @@ def _applied_run() -> Iterator[None]:
     Its recalls stay held until its end: running it again (idempotent) takes what was not yet
     written and releases them.
     """
+    from worker.replay.apply import running_replay
+
     try:
         with running_replay():
             yield

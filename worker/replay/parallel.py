@@ -31,9 +31,9 @@ from typing import Any
 
 import orjson
 
+from worker import ending
 from worker.domain.engine import Decision
 from worker.domain.rules import Rules
-from worker.replay.apply import apply
 from worker.replay.reader import Dealer, ShareGone, received
 from worker.replay.simulation import (
     LINES_BUFFER,
@@ -176,7 +176,9 @@ def _run_share(
                 return None
             keep = on_decision if job.with_decisions else None
             if job.applied:
-                from worker.store.database import get_engine  # dry runs never load it
+                # Dry runs never load SQLAlchemy.
+                from worker.replay.apply import apply
+                from worker.store.database import get_engine
 
                 get_engine().dispose(close=False)  # the parent's pooled connections stay its own
                 summary = apply(
@@ -205,6 +207,10 @@ def _child(
         os.close(fd)
     # Spilled runs too go under the shared directory, which the parent removes however this ends.
     tempfile.tempdir = job.directory
+    # A forked process ends with os._exit (multiprocessing's fork start method): what it decided
+    # with need not be freed before it hands over its part.
+    ending.ends_at_once()
+    ending.start_holding()
     try:
         parent.send(_run_share(job, index, shares, done, parent, inlet))
     except BaseException as error:  # the parent reports it; a traceback would be lost

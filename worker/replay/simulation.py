@@ -17,6 +17,7 @@ from typing import IO, Any
 
 import orjson
 
+from worker import ending
 from worker.domain.engine import Decision, phone_zone, timezone
 from worker.domain.events import CallResult
 from worker.domain.phone import attempt_lookback
@@ -291,6 +292,8 @@ def simulate(
             on_progress(1)
     if comparison is not None:
         comparison.pending = finish(comparison.simulation, until)
+    # Every phone's state: in a process that ends at once, never freed one by one.
+    ending.hold(simulation, comparison)
     return simulation.summary, finish(simulation, until), comparison
 
 
