@@ -125,10 +125,13 @@ class Timeline:
 
     def _others(self, lead_id: str, phone_id: str) -> list[PhoneState]:
         """The lead's phones other than ``phone_id``."""
+        members = self.leads.get(lead_id)
+        if not members or (len(members) == 1 and phone_id in members):  # the phone alone
+            return []
         phones = self.phones
         return [
             phones[other]
-            for other in sorted(self.leads.get(lead_id, ()))
+            for other in sorted(members)
             if other != phone_id and phones[other].lead_id == lead_id
         ]
 

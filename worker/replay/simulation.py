@@ -77,7 +77,9 @@ class Summary:
         delay = (decision.due_at.timestamp() - event.occurred_at.timestamp()) / 60
         minutes = int(delay) if delay < _DAY_MINUTES else int(delay // 60) * 60
         self.delay_minutes[minutes] += 1
-        self.recalls_by_local_hour[decision.due_at.astimezone(timezone(zone)).hour] += 1
+        due, tz = decision.due_at, timezone(zone)
+        # The engine gives the due time in the phone's zone already.
+        self.recalls_by_local_hour[(due if due.tzinfo is tz else due.astimezone(tz)).hour] += 1
 
     def merge(self, other: Summary) -> None:
         """Add ``other``'s counts (another process's share of the phones) to these."""
@@ -146,8 +148,13 @@ class Simulation:
             _, recall_id, phone_id, due_at = heapq.heappop(self.due)
             state = self.phones[phone_id]
             pending = state.pending
-            # Not superseded since, and not moved later by a late call.
-            if state.pending_recall_id == recall_id and pending and pending.due_at == due_at:
+            # Not superseded since, and not moved later by a late call (the very datetime pushed,
+            # unless moved: comparing two in a zone costs far more).
+            if (
+                state.pending_recall_id == recall_id
+                and pending
+                and (pending.due_at is due_at or pending.due_at == due_at)
+            ):
                 state.fire(due_at)
                 self.summary.fired += 1
 
