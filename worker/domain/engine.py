@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from datetime import UTC as UTC_ZONE
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from functools import lru_cache
 from typing import Any, Literal, cast
 
@@ -18,7 +18,7 @@ import pendulum
 
 from worker.domain.events import CallResult
 from worker.domain.rules import AttemptCap, CallingHours, Duration, Outcome, Plan, Rules
-from worker.domain.zones import ZoneTable, epoch_us, zone_table
+from worker.domain.zones import EPOCH, ZoneTable, epoch_us, zone_table
 
 __all__ = [
     "APPLYING_ACTIONS",
@@ -103,6 +103,14 @@ class Decision(msgspec.Struct, frozen=True, gc=False):
     #: The agent who owns the callback this decision books (the event's ``callback_agent``);
     #: kept with the recall, not part of the decision's JSON form.
     agent: str | None = None
+    #: ``due_at`` as epoch microseconds, where the engine worked it out (not part of the JSON
+    #: form): a replay sorts, times and writes the recall from it without asking the zone again.
+    due_us: int | None = None
+
+    def due_timestamp(self) -> float:
+        """``due_at.timestamp()``, exactly (the same division of the same microseconds)."""
+        assert self.due_at is not None
+        return self.due_us / 1_000_000 if self.due_us is not None else self.due_at.timestamp()
 
     @property
     def is_system_recall(self) -> bool:
@@ -125,7 +133,13 @@ class Decision(msgspec.Struct, frozen=True, gc=False):
             "event_id": self.event_id,
             "phone_id": self.phone_id,
             "action": self.action,
-            "due_at": _utc_iso(self.due_at) if self.due_at is not None else None,
+            "due_at": (
+                None
+                if self.due_at is None
+                else _utc_iso(self.due_at)
+                if self.due_us is None
+                else (EPOCH + timedelta(microseconds=self.due_us)).isoformat()
+            ),
             "source": self.source,
             "rule": self.rule,
             "reason": self.reason,
@@ -567,4 +581,5 @@ def decide(event: CallResult, rules: Rules, history: PhoneHistory, now: datetime
         supersedes,
         rules_version=version,
         agent=agent,
+        due_us=due,
     )

@@ -74,7 +74,7 @@ class Summary:
         if decision.adjustments:
             self.adjustments.update(decision.adjustments)
         # Reporting only, no schedule arithmetic: the standard library's C code is much faster.
-        delay = (decision.due_at.timestamp() - event.occurred_at.timestamp()) / 60
+        delay = (decision.due_timestamp() - event.occurred_at.timestamp()) / 60
         minutes = int(delay) if delay < _DAY_MINUTES else int(delay // 60) * 60
         self.delay_minutes[minutes] += 1
         due, tz = decision.due_at, timezone(zone)
@@ -168,18 +168,20 @@ class Simulation:
             heapq.heappush(self.due, (due_at.timestamp(), recall_id, event.phone_id, due_at))
         for phone_id, recall_id, due_at in transition.moved:  # the lead's other phones
             heapq.heappush(self.due, (due_at.timestamp(), recall_id, phone_id, due_at))
+        decision = step.decision
         if transition.scheduled is not None:
             scheduled = transition.scheduled
             heapq.heappush(
                 self.due,
                 (
-                    scheduled.due_at.timestamp(),
+                    decision.due_timestamp()
+                    if scheduled.due_at is decision.due_at
+                    else scheduled.due_at.timestamp(),
                     scheduled.recall_id,
                     scheduled.phone_id,
                     scheduled.due_at,
                 ),
             )
-        decision = step.decision
         self.summary.add(event, decision, phone_zone(self.rules, event))
         self._taken += 1
         # Compaction visits every phone: run it once per phone-count of events (at least 50,000)
