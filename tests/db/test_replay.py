@@ -2157,7 +2157,8 @@ def _write_weeks(path: Path, weeks: int, leads: int) -> int:
 
 
 def test_replay_memory_does_not_grow_with_the_number_of_events(tmp_path: Path) -> None:
-    """Peak RSS of ``recall replay --dry-run`` on ~50,000 and ~200,000 events.
+    """Peak RSS of ``recall replay --dry-run`` on ~50,000 and ~200,000 events, above a replay of
+    one event (the interpreter and the modules a dry replay imports).
 
     The big input is four weeks of calls to the small one's leads and phones: replay keeps state
     per phone (DESIGN.md section 4), so four times the events must not cost four times the memory.
@@ -2180,10 +2181,12 @@ def test_replay_memory_does_not_grow_with_the_number_of_events(tmp_path: Path) -
             stderr=subprocess.PIPE,
         )
 
+    one = write_jsonl(itertools.islice(iter_generate(seed=1, leads=1, start=START, days=1), 1),
+                      tmp_path / "one.jsonl")  # fmt: skip
     started = time.monotonic()
-    runs = [start(small), start(big)]  # side by side: the measurements are per child
+    runs = [start(small), start(big), start(tmp_path / "one.jsonl")]  # the measures are per child
     peaks = []
-    for run, count in zip(runs, (small_count, big_count), strict=True):
+    for run, count in zip(runs, (small_count, big_count, one), strict=True):
         out, err = run.communicate(timeout=120)
         head, _, body = out.decode().partition("\n")
         code, peak = (int(part) for part in head.split())
@@ -2192,9 +2195,13 @@ def test_replay_memory_does_not_grow_with_the_number_of_events(tmp_path: Path) -
         peaks.append(peak)
     elapsed = time.monotonic() - started
 
-    ratio = peaks[1] / peaks[0]
-    # Linear growth would give about 2.5 here (a 65 MB interpreter, then 66 MB per 50,000).
-    assert ratio < 1.6, (peaks, ratio, elapsed)
+    # What the events cost above the interpreter: linear growth would give about 4 here; the
+    # phones' state and one sorted chunk give about 2.3 (27 MB above a 28 MB interpreter at
+    # 50,000 events, 62 MB at 200,000). Three is what the earlier bound, 1.6 times the whole
+    # process, allowed when a dry replay still imported SQLAlchemy (a 67 MB interpreter).
+    base = peaks[2]
+    ratio = (peaks[1] - base) / (peaks[0] - base)
+    assert ratio < 3.0, (peaks, ratio, elapsed)
     assert list(tmp_path.glob("recall-replay-*")) == []
 
 
