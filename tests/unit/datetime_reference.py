@@ -25,18 +25,7 @@ _DAY_REACH = 15 * 3600
 def next_opening(moment: datetime, hours: CallingHours) -> datetime:
     """The first instant at or after ``moment`` inside the calling hours, in moment's zone.
 
-    Calling hours are read on the phone's local clock: an instant is inside them when the local
-    wall-clock time then is inside one of the ranges of its local date (start included, end
-    excluded). Each range's local start and end are mapped to instants, and a DST change decides
-    the rest (README, "The decision"):
-
-    - a range wholly in a spring-forward gap is never read on the clock: closed that day;
-    - a range that starts in a gap opens at the end of the gap (the first instant that exists
-      after its start); one that ends in a gap closes at the start of the gap;
-    - a fall-back overlap reads its hour twice: a range opens at the first occurrence of its
-      start (the earlier offset, fold=0), and is open during both occurrences for the part of
-      the repeated hour inside it; one ending in the overlap closes at the first occurrence of
-      its end and opens again at the second occurrence of the repeated hour, until its end.
+    The semantics, DST gaps and overlaps included, are ``engine.next_opening``'s docstring.
     """
     assert isinstance(moment.tzinfo, pendulum.Timezone), "calling hours need a named zone"
     zone = moment.tzinfo.key

@@ -127,19 +127,21 @@ class Decision(msgspec.Struct, frozen=True, gc=False):
         """Whether the decision changes the phone (recall or suppress); the others do not."""
         return self.action in APPLYING_ACTIONS
 
+    def _due_iso(self) -> str | None:
+        # From the engine's microseconds when it gave them: no question to the zone.
+        if self.due_at is None:
+            return None
+        if self.due_us is None:
+            return _utc_iso(self.due_at)
+        return (EPOCH + timedelta(microseconds=self.due_us)).isoformat()
+
     def to_json(self) -> dict[str, Any]:
         """The contract's JSON shape (DESIGN.md section 7)."""
         return {
             "event_id": self.event_id,
             "phone_id": self.phone_id,
             "action": self.action,
-            "due_at": (
-                None
-                if self.due_at is None
-                else _utc_iso(self.due_at)
-                if self.due_us is None
-                else (EPOCH + timedelta(microseconds=self.due_us)).isoformat()
-            ),
+            "due_at": self._due_iso(),
             "source": self.source,
             "rule": self.rule,
             "reason": self.reason,
@@ -282,6 +284,10 @@ def next_opening(moment: datetime, hours: CallingHours) -> datetime:
     return moment if opening == at else table.to_datetime(opening)
 
 
+#: A local time in explanations: ``Wed 2026-01-14 10:00 GMT``.
+_LOCAL_TEXT = "%a %Y-%m-%d %H:%M %Z"
+
+
 def local_text(moment: datetime) -> str:
     """``moment`` on its zone's wall clock, for explanations (``Wed 2026-01-14 10:00 GMT``)."""
     # Keyed by zone and fold too: equal instants in two zones read differently, and datetimes of
@@ -292,13 +298,13 @@ def local_text(moment: datetime) -> str:
 # Calling-hours openings repeat for every phone of a zone: format each once.
 @lru_cache(maxsize=4096)
 def _local_text(moment: datetime, _zone: object, _fold: int) -> str:
-    return moment.strftime("%a %Y-%m-%d %H:%M %Z")
+    return moment.strftime(_LOCAL_TEXT)
 
 
 @lru_cache(maxsize=4096)
 def _text_at(table: ZoneTable, at: int) -> str:
     """``local_text`` of the instant ``at`` (epoch microseconds) in ``table``'s zone."""
-    return table.to_datetime(at).strftime("%a %Y-%m-%d %H:%M %Z")
+    return table.to_datetime(at).strftime(_LOCAL_TEXT)
 
 
 # The limits below work on epoch microseconds (``worker.domain.zones``): comparing, sorting and
