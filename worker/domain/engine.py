@@ -452,8 +452,23 @@ def adjust_due(
     return due
 
 
-def decide(event: CallResult, rules: Rules, history: PhoneHistory, now: datetime) -> Decision:
-    """Decide what ``event`` means for its phone, given the rules, its history and ``now``."""
+def _occurred_us(event: CallResult, given: int | None) -> int:
+    return epoch_us(event.occurred_at) if given is None else given
+
+
+def decide(
+    event: CallResult,
+    rules: Rules,
+    history: PhoneHistory,
+    now: datetime,
+    *,
+    occurred_us: int | None = None,
+) -> Decision:
+    """Decide what ``event`` means for its phone, given the rules, its history and ``now``.
+
+    ``occurred_us`` is ``epoch_us(event.occurred_at)``, for a caller that has worked it out
+    already (the timeline does, once per event).
+    """
     version = rules.version
 
     def plain(action: Action, reason: str, text: str) -> Decision:
@@ -482,7 +497,7 @@ def decide(event: CallResult, rules: Rules, history: PhoneHistory, now: datetime
         due = epoch_us(pending.due_at)
         notes: list[str] = []
         moved = adjust_due(
-            due, plan, (*_stamps(history.attempts), epoch_us(event.occurred_at)), table, [],
+            due, plan, (*_stamps(history.attempts), _occurred_us(event, occurred_us)), table, [],
             notes, lead_attempts=_stamps(history.lead_attempts),
         )  # fmt: skip
         if moved == due:
@@ -529,7 +544,7 @@ def decide(event: CallResult, rules: Rules, history: PhoneHistory, now: datetime
     # 7. Adjustments, in the contract's order.
     # From here on instants are epoch microseconds, the local calendar the phone zone's table.
     table = zone_table(phone_zone(rules, event))
-    occurred = epoch_us(event.occurred_at)
+    occurred = _occurred_us(event, occurred_us)
     reason, text, agent = verdict.reason, verdict.text, None
     if verdict.callback:
         agent = event.callback_agent
@@ -561,7 +576,7 @@ def decide(event: CallResult, rules: Rules, history: PhoneHistory, now: datetime
         )
         return suppress(verdict.source, plan.rule, "max_recalls", text)
 
-    now_at = epoch_us(now)
+    now_at = occurred if now is event.occurred_at else epoch_us(now)
     if due < now_at:
         due = now_at
         notes.append("already due when decided, so due now")

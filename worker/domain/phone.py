@@ -104,12 +104,15 @@ class PhoneState:
             lead_attempts=lead_attempts,
         )
 
-    def take(self, event: CallResult, decision: Decision) -> Transition:
-        """Apply ``decision`` (made for ``event`` from ``history()``) to the phone."""
+    def take(self, event: CallResult, decision: Decision, at: int | None = None) -> Transition:
+        """Apply ``decision`` (made for ``event`` from ``history()``) to the phone.
+
+        ``at`` is ``epoch_us(event.occurred_at)``, where the caller has it already.
+        """
         if decision.action in ("duplicate", "reject"):
             return Transition()
         self.seen[event.event_id] = event.occurred_at
-        self.attempts.append(epoch_us(event.occurred_at))
+        self.attempts.append(epoch_us(event.occurred_at) if at is None else at)
         if not decision.applies:  # stale: an attempt, and maybe a pending recall moved later
             if decision.reschedules is None or self.pending is None:
                 return Transition()

@@ -135,14 +135,16 @@ class Timeline:
             if other != phone_id and phones[other].lead_id == lead_id
         ]
 
-    def take(self, event: CallResult, now: datetime | None) -> Step:
+    def take(self, event: CallResult, now: datetime | None, *, at: int | None = None) -> Step:
         """Decide ``event`` against its phone's history and move the phone on.
 
         Events come one at a time in event-time order (replay): the first copy of an event id
-        is taken, the later ones are duplicates.
+        is taken, the later ones are duplicates. ``at`` is ``epoch_us(event.occurred_at)``,
+        where the caller has it already.
         """
         first = self.known_ids.setdefault(event.event_id, event.occurred_at)
-        return self._take(event, now, 0, None if first is event.occurred_at else first)
+        copy_of = None if first is event.occurred_at else first
+        return self._take(event, now, 0, copy_of, epoch_us(event.occurred_at) if at is None else at)
 
     def take_all(self, events: Sequence[CallResult], now: datetime | None) -> list[Step]:
         """Take a batch in event-time order (ties in the order given).
@@ -163,15 +165,16 @@ class Timeline:
             copy_of = self.known_ids.get(event.event_id)
             if copy_of is None and first != index:
                 copy_of = events[first].occurred_at
-            steps.append(self._take(event, now, index, copy_of))
+            steps.append(self._take(event, now, index, copy_of, epoch_us(event.occurred_at)))
         for event_id, first in first_copy.items():
             self.known_ids.setdefault(event_id, events[first].occurred_at)
         return steps
 
     def _take(
-        self, event: CallResult, now: datetime | None, index: int, copy_of: datetime | None
+        self, event: CallResult, now: datetime | None, index: int, copy_of: datetime | None, at: int
     ) -> Step:
-        # copy_of: the time of the copy of this event id already taken, if any.
+        # copy_of: the time of the copy of this event id already taken, if any; at: the event's
+        # time in epoch microseconds.
         state = self.phone(event)
         fired = None
         pending = state.pending
@@ -193,8 +196,9 @@ class Timeline:
             if plan is not None and plan.lead_max_attempts:
                 others = self._others(event.lead_id, event.phone_id)
                 lead = tuple(when for other in others for when in other.attempts)
-        decision = decide(event, self.rules, state.history(lead), now or event.occurred_at)
-        transition = state.take(event, decision)
+        history = state.history(lead)
+        decision = decide(event, self.rules, history, now or event.occurred_at, occurred_us=at)
+        transition = state.take(event, decision, at)
         if self.lead_caps and decision.action not in ("duplicate", "reject"):
             if transition.scheduled is not None:
                 state.zone = phone_zone(self.rules, event)

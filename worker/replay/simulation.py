@@ -23,6 +23,7 @@ from worker.domain.events import CallResult
 from worker.domain.phone import attempt_lookback
 from worker.domain.rules import Rules
 from worker.domain.timeline import Timeline
+from worker.domain.zones import epoch_us
 from worker.replay.sorting import Position
 
 __all__ = [
@@ -62,7 +63,8 @@ class Summary:
     #: Of the dead letters, events that lay after the replay's --now (beyond the clock skew).
     after_now: int = 0
 
-    def add(self, event: CallResult, decision: Decision, zone: str) -> None:
+    def add(self, event: CallResult, decision: Decision, zone: str, at: int | None = None) -> None:
+        """Count ``decision`` for ``event`` (``at``: its time in epoch microseconds, if known)."""
         self.events += 1
         self.actions[decision.action] += 1
         self.reasons[decision.reason] += 1
@@ -74,7 +76,9 @@ class Summary:
         if decision.adjustments:
             self.adjustments.update(decision.adjustments)
         # Reporting only, no schedule arithmetic: the standard library's C code is much faster.
-        delay = (decision.due_timestamp() - event.occurred_at.timestamp()) / 60
+        # An aware datetime's timestamp() is its epoch microseconds divided by a million.
+        occurred = event.occurred_at.timestamp() if at is None else at / 1_000_000
+        delay = (decision.due_timestamp() - occurred) / 60
         minutes = int(delay) if delay < _DAY_MINUTES else int(delay // 60) * 60
         self.delay_minutes[minutes] += 1
         due, tz = decision.due_at, timezone(zone)
@@ -132,6 +136,7 @@ class Simulation:
         # The end of the simulation: the clock never passes it, even for an event within the
         # clock skew after it, so that no recall fires after --now.
         self.until = until
+        self._until_us = None if until is None else epoch_us(until)
         self.timeline = Timeline(rules, until=until)
         self.phones = self.timeline.phones
         # (due timestamp, recall_id, phone_id, due_at): floats compare far faster than datetimes.
@@ -143,7 +148,10 @@ class Simulation:
 
     def advance(self, until: datetime) -> None:
         """Fire every recall due at or before ``until``, at its due time."""
-        limit = until.timestamp()
+        self._advance(until.timestamp())
+
+    def _advance(self, limit: float) -> None:
+        # limit: a timestamp, as the heap's (an aware datetime's epoch microseconds / 10**6).
         while self.due and self.due[0][0] <= limit:
             _, recall_id, phone_id, due_at = heapq.heappop(self.due)
             state = self.phones[phone_id]
@@ -159,9 +167,12 @@ class Simulation:
                 self.summary.fired += 1
 
     def take(self, event: CallResult) -> Decision:
-        end = self.until
-        self.advance(event.occurred_at if end is None or event.occurred_at <= end else end)
-        step = self.timeline.take(event, None)
+        # The event's time as an integer, worked out once: the clock, the engine, the phone's
+        # attempts and the summary all take it.
+        at = epoch_us(event.occurred_at)
+        end = self._until_us
+        self._advance((at if end is None or at <= end else end) / 1_000_000)
+        step = self.timeline.take(event, None, at=at)
         transition = step.transition
         if transition.rescheduled is not None:
             recall_id, due_at = transition.rescheduled
@@ -182,7 +193,7 @@ class Simulation:
                     scheduled.due_at,
                 ),
             )
-        self.summary.add(event, decision, phone_zone(self.rules, event))
+        self.summary.add(event, decision, phone_zone(self.rules, event), at)
         self._taken += 1
         # Compaction visits every phone: run it once per phone-count of events (at least 50,000)
         # so that its cost per event stays constant however many phones there are.
