@@ -7,6 +7,7 @@ field-by-field checks; the property tests hold the two to the same answer on any
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from worker.domain import events
 from worker.domain.events import (
     EVENT_FIELDS,
     MAX_RETRY_AFTER_S,
+    NO_EXTRA,
     REQUIRED_FIELDS,
     CallResult,
     EventSchema,
@@ -33,6 +35,9 @@ from worker.domain.events import (
     parse_event,
     parse_event_json,
 )
+from worker.domain.intake import Rejected, accept, accept_line
+from worker.domain.rules import load_rules
+from worker.replay.sources import json_record
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMITTED = ROOT / "docs" / "event.schema.json"
@@ -256,6 +261,65 @@ def test_json_fast_path_agrees_with_the_precise_checks(event: dict[Any, Any]) ->
         expected = str(error)
     assert _outcome(parse_event_json, text) == expected
     assert _outcome(parse_event_json, text.encode("utf-8", "surrogatepass")) == expected
+
+
+_RULES = load_rules()
+_CLOCK = datetime.fromisoformat("2026-06-01T00:00:00+00:00")
+
+
+def _accepted(raw: object) -> CallResult | str:
+    try:
+        return accept(raw, _RULES, _CLOCK, 300)
+    except Rejected as error:
+        return str(error)
+
+
+@settings(max_examples=600, deadline=None, derandomize=True)
+@given(_events())
+def test_a_replay_line_taken_as_it_is_is_what_accept_takes(event: dict[Any, Any]) -> None:
+    # A replay takes a JSON line's event straight from its text when it is plainly valid; any
+    # other line is decoded and goes to accept. The shortcut must take nothing accept refuses,
+    # and give exactly the event accept gives.
+    try:
+        text = json.dumps(event)
+    except (TypeError, ValueError):
+        return
+    if any(not isinstance(key, str) for key in event):
+        return
+    taken = accept_line(text, _RULES, _CLOCK, 300)
+    expected = _accepted(json_record(text))
+    if taken is None:
+        return
+    assert taken == expected
+    assert isinstance(expected, CallResult)
+    assert taken.extra is NO_EXTRA
+    assert expected.extra is NO_EXTRA
+    assert taken.occurred_at.utcoffset() == expected.occurred_at.utcoffset()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param(orjson.dumps(valid(note="hi")).decode(), id="extra-field"),
+        pytest.param(orjson.dumps(valid(plan_id="gone")).decode(), id="unknown-plan"),
+        pytest.param(
+            orjson.dumps(valid(occurred_at="2026-06-01T01:00:00+00:00")).decode(), id="ahead"
+        ),
+        pytest.param(
+            orjson.dumps(valid(occurred_at="2026-03-30T10:00:00." + "0" * 60 + "+01:00")).decode(),
+            id="long-timestamp",
+        ),
+        pytest.param(orjson.dumps(orjson.dumps(valid()).decode()).decode(), id="json-in-a-string"),
+        pytest.param('{"event_id": "e1"', id="not-json"),
+    ],
+)
+def test_a_replay_line_not_plainly_valid_goes_to_accept(text: str) -> None:
+    assert accept_line(text, _RULES, _CLOCK, 300) is None
+
+
+def test_a_plain_replay_line_is_taken_as_it_is() -> None:
+    text = orjson.dumps(valid()).decode()
+    assert accept_line(text, _RULES, _CLOCK, 300) == accept(orjson.loads(text), _RULES, _CLOCK, 300)
 
 
 @pytest.mark.parametrize(

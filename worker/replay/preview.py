@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from worker.domain.events import CallResult
 from worker.domain.intake import Rejected, accept
 from worker.domain.rules import Rules
+from worker.domain.zones import epoch_us
 from worker.replay.simulation import simulate, what_if_json
 from worker.replay.sorting import Position
 from worker.store.models import ProcessedEvent
@@ -64,7 +65,7 @@ def preview_rules(
             except Rejected:
                 refused += 1
                 continue
-            yield (round(event.occurred_at.timestamp() * 1_000_000), 0, number), event
+            yield (epoch_us(event.occurred_at), 0, number), event
 
     summary, pending, comparison = simulate(events(), in_force, proposed, now)
     assert comparison is not None, "two rule sets compared"

@@ -3,12 +3,12 @@
 With ``--jobs N`` the parent reads every file once (``iter_records``) and sends each record to
 the process that replays its lead (``share_of``), in frames over one pipe per process, in the
 order read. A JSON line travels as its text, undecoded, and the process it goes to decodes it
-(``json_record``), so that each line is decoded once in all: the reader routes it by its text
+(``SortedEvents``), so that each line is decoded once in all: the reader routes it by its text
 when that says its lead id plainly (one ``"lead_id"``, its value a string with no escape), and
 else decodes it to route it and sends it decoded. A CSV row travels as read.
 
 A text can still mislead (the key itself written with an escape), so each process checks every
-event it accepts against ``share_of`` of its decoded record (``SortedEvents.strays``), and a
+event it accepts against the share of its lead id (``SortedEvents.strays``), and a
 stray makes the caller replay in one process: a wrong route costs time, never a different
 result. A rejected record may go to any process: its rejection is the same in each.
 """
@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from worker.replay.sorting import Record, share_of, share_of_lead
-from worker.replay.sources import iter_records, json_record
+from worker.replay.sources import DecodedText, iter_records, json_record
 
 __all__ = ["Dealer", "ShareGone", "plain_share", "received"]
 
@@ -132,7 +132,8 @@ class Dealer:
         read = 0
         for file_index, path in enumerate(files):
             # Per share, the line numbers and records of the frame being filled. A record is sent
-            # as a str when it is a JSON line to decode, else in a 1-tuple, decoded.
+            # as a str when it is a JSON line to decode, else in a 1-tuple: what the reader
+            # decoded, or a CSV row.
             frames: list[tuple[list[int], list[object]]] = [([], []) for _ in range(shares)]
             for number, record in iter_records(path, undecoded=True):
                 read += 1
@@ -197,7 +198,8 @@ class Dealer:
 
 
 def received(fd: int) -> Iterator[Record]:
-    """A process's end: the records the reader dealt it, in the order read, JSON decoded.
+    """A process's end: the records the reader dealt it, in the order read, as ``read_records``
+    gives them (a JSON line as its text).
 
     Raises EOFError if the reader stopped before the end of the input.
     """
@@ -214,8 +216,8 @@ def received(fd: int) -> Iterator[Record]:
                 raise EOFError("the reader stopped before the end of the input")
             file_index, numbers, records = pickle.loads(data)
             for number, record in zip(numbers, records, strict=True):
-                yield (
-                    file_index,
-                    number,
-                    json_record(record) if isinstance(record, str) else record[0],
-                )
+                if isinstance(record, str):
+                    yield file_index, number, record
+                else:  # decoded: a string in it is no line's text to decode again
+                    value = record[0]
+                    yield file_index, number, DecodedText(value) if type(value) is str else value

@@ -166,10 +166,13 @@ class Simulation:
                 state.fire(due_at)
                 self.summary.fired += 1
 
-    def take(self, event: CallResult) -> Decision:
+    def take(self, event: CallResult, at: int | None = None) -> Decision:
+        """Take the next event (in replay order); ``at`` is ``epoch_us(event.occurred_at)``, where
+        the caller has it already (its ``Position``)."""
         # The event's time as an integer, worked out once: the clock, the engine, the phone's
         # attempts and the summary all take it.
-        at = epoch_us(event.occurred_at)
+        if at is None:
+            at = epoch_us(event.occurred_at)
         end = self._until_us
         self._advance((at if end is None or at <= end else end) / 1_000_000)
         step = self.timeline.take(event, None, at=at)
@@ -267,8 +270,8 @@ class Comparison:
     sample: list[Difference] = field(default_factory=list)
     sample_size: int = 20
 
-    def add(self, event: CallResult, base: Decision, position: Position = (0, 0, 0)) -> None:
-        other = self.simulation.take(event)
+    def add(self, event: CallResult, base: Decision, position: Position) -> None:
+        other = self.simulation.take(event, position[0])
         first, second = base.to_json(), other.to_json()
         if all(first[key] == second[key] for key in ("action", "due_at", "reason", "rule")):
             return
@@ -303,7 +306,7 @@ def simulate(
     simulation = Simulation(rules, until)
     comparison = Comparison(Simulation(compare_rules, until)) if compare_rules is not None else None
     for position, event in events:
-        decision = simulation.take(event)
+        decision = simulation.take(event, position[0])
         if on_decision is not None:
             on_decision(position, decision)
         if comparison is not None:

@@ -26,9 +26,17 @@ import msgspec
 import orjson
 
 from worker.domain.events import NO_EXTRA, CallResult
-from worker.domain.intake import AheadOfClock, Rejected, accept, event_id_of, raw_text
+from worker.domain.intake import (
+    AheadOfClock,
+    Rejected,
+    accept,
+    accept_line,
+    event_id_of,
+    raw_text,
+)
 from worker.domain.rules import Rules
-from worker.replay.sources import UnreadableRow, iter_records
+from worker.domain.zones import epoch_us
+from worker.replay.sources import DecodedText, UnreadableRow, iter_records, json_record
 
 __all__ = [
     "CHUNK_EVENTS",
@@ -83,17 +91,21 @@ class Rejection:
         }
 
 
-#: Where an event stands in the replay order: (microseconds since the epoch, file index, line).
+#: Where an event stands in the replay order: (its time in microseconds since the epoch, exactly
+#: as ``worker.domain.zones.epoch_us`` gives it, file index, line).
 Position = tuple[int, int, int]
 
-#: A record where it was read: (file index, line number, the record as ``iter_records`` gives it).
+#: A record where it was read: (file index, line number, the record as ``iter_records`` gives
+#: it with ``undecoded``): a ``str`` is a JSON line's text, to decode; anything else is decoded
+#: already (a CSV row in an event's JSON form, a ``DecodedText``, what the replay's reader
+#: decoded to route it) or an ``UnreadableRow``.
 Record = tuple[int, int, object]
 
 
 def read_records(files: Iterable[Path]) -> Iterator[Record]:
-    """Every record of ``files``, file after file, with where it was."""
+    """Every record of ``files``, file after file, with where it was (JSON lines undecoded)."""
     for file_index, path in enumerate(files):
-        for number, raw in iter_records(path):
+        for number, raw in iter_records(path, undecoded=True):
             yield file_index, number, raw
 
 
@@ -112,11 +124,6 @@ def share_of(raw: object, shares: int) -> int:
 def share_of_lead(lead_id: str, shares: int) -> int:
     """Which of ``shares`` processes replays the lead ``lead_id`` (see ``share_of``)."""
     return zlib.crc32(lead_id.encode("utf-8", "surrogatepass")) % shares
-
-
-def _sort_key(event: CallResult) -> int:
-    # Microseconds since the epoch: exact, and cheap to compare and to store.
-    return round(event.occurred_at.timestamp() * 1_000_000)
 
 
 @contextmanager
@@ -297,11 +304,28 @@ class SortedEvents:
         on_read: Callable[[int], None] | None,
     ) -> None:
         index, shares = self._share
+        now, skew_s, on_accept, run = self._now, self._skew_s, self._on_accept, self._run
         read = 0
         for file_index, number, raw in records:
             read += 1
             if on_read is not None and read % 10_000 == 0:
                 on_read(read)
+            if type(raw) is str:  # a JSON line's text
+                event = accept_line(raw, rules, now, skew_s)
+                if event is not None:  # a plainly valid event, nearly every line
+                    if shares > 1 and share_of_lead(event.lead_id, shares) != index:
+                        self.strays += 1
+                    if on_accept is not None:
+                        on_accept(event)
+                    run.append((epoch_us(event.occurred_at), file_index, number, event))
+                    self.count += 1
+                    if len(run) >= chunk:
+                        self._spill()
+                    continue
+                # Anything else is decoded, and accepted or refused with its reason, below.
+                raw = json_record(raw)
+            elif type(raw) is DecodedText:  # a JSON string, decoded by the reader
+                raw = str(raw)
             if isinstance(raw, UnreadableRow):  # a quote left open: no record to validate
                 detail = f"event: {raw.detail}"
                 on_reject(
@@ -310,7 +334,7 @@ class SortedEvents:
                 )  # fmt: skip
                 continue
             try:
-                event = accept(raw, rules, self._now, self._skew_s)
+                event = accept(raw, rules, now, skew_s)
             except Rejected as error:
                 on_reject(
                     Rejection(
@@ -322,11 +346,11 @@ class SortedEvents:
             # A rejection is the same in any process; an event must be in its lead's.
             if shares > 1 and share_of(raw, shares) != index:
                 self.strays += 1
-            if self._on_accept is not None:
-                self._on_accept(event)
-            self._run.append((_sort_key(event), file_index, number, event))
+            if on_accept is not None:
+                on_accept(event)
+            run.append((epoch_us(event.occurred_at), file_index, number, event))
             self.count += 1
-            if len(self._run) >= chunk:
+            if len(run) >= chunk:
                 self._spill()
         if on_read is not None:
             on_read(read)

@@ -20,7 +20,14 @@ import orjson
 
 from worker.domain.events import EVENT_FIELDS, REQUIRED_FIELDS, event_from_csv_row
 
-__all__ = ["SourceError", "UnreadableRow", "check_files", "iter_records", "json_record"]
+__all__ = [
+    "DecodedText",
+    "SourceError",
+    "UnreadableRow",
+    "check_files",
+    "iter_records",
+    "json_record",
+]
 
 _KNOWN_COLUMNS = frozenset(EVENT_FIELDS)
 # A quoted cell may hold line breaks (an agent's note in an extra column), but no real note runs
@@ -61,6 +68,13 @@ def _open_text(path: Path) -> IO[str]:
 
 def is_csv(path: Path) -> bool:
     return ".csv" in path.suffixes
+
+
+class DecodedText(str):
+    """A JSON string decoded already (a record whose JSON is a string, or a line that is not
+    JSON at all), where a plain ``str`` would be a JSON line's text still to decode."""
+
+    __slots__ = ()
 
 
 def json_record(text: str) -> object:
