@@ -13,9 +13,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.helpers import at, make_event
+from worker.domain import engine
 from worker.domain.engine import Decision, PendingRecall, PhoneHistory, decide, next_opening
 from worker.domain.events import CallResult
 from worker.domain.rules import CallingHours, Duration, Plan, Rules, load_rules
+from worker.domain.zones import ZoneTable, epoch_us, zone_table
 
 ZONES = (
     "Europe/London",
@@ -653,3 +655,87 @@ def test_the_v2_limits_move_a_recall_no_later_than_needed(
     assert decision.due_at is not None
     earlier = decision.due_at - timedelta(seconds=1)
     assert _broken(v2_rules, scenario, earlier), decision.explanation
+
+
+def _every_limit_every_pass(
+    due: int,
+    plan: Plan,
+    attempts: tuple[int, ...],
+    table: ZoneTable,
+    lead: tuple[int, ...],
+    not_on: int | None,
+) -> tuple[int, list[str], list[str]]:
+    """adjust_due's loop as first written: every limit asked on every pass until none moves."""
+    adjustments: list[str] = []
+    notes: list[str] = []
+    caps = (
+        ("max_attempts", "the cap", plan.max_attempts, attempts),
+        ("lead_max_attempts", "the lead's cap", plan.lead_max_attempts, (*attempts, *lead)),
+    )
+    for _ in range(64):
+        start = due
+        for name, whose, limits, counted in caps:
+            for cap in limits:
+                allowed = engine._cap_allows(cap, due, counted, table)
+                if allowed > due:
+                    due = allowed
+                    if name not in adjustments:
+                        adjustments.append(name)
+                    notes.append(f"moved to {engine._text_at(table, due)} by {whose} of {cap}")
+        if not_on is not None:
+            after = table.midnight(not_on + 1)
+            if due < after:
+                due = after
+                if "not_same_day" not in adjustments:
+                    adjustments.append("not_same_day")
+                notes.append(f"moved to {engine._text_at(table, due)}: not on the day of the call")
+        opening, closed = engine._open_at(due, plan, table)
+        if opening != due:
+            due = opening
+            if "calling_hours" not in adjustments:
+                adjustments.append("calling_hours")
+            if closed is not None:
+                text = f"moved to {engine._text_at(table, due)}, past the closed date {closed}"
+            else:
+                text = f"moved to the next calling hours, {engine._text_at(table, due)}"
+            notes.append(text)
+        if due == start:
+            break
+    return due, adjustments, notes
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.sampled_from(("v2_hours", "v2_open", "v2_closed")),
+    st.sampled_from(ZONES),
+    instants(),
+    # Calls in the three days before the due time, and some in the two after it (a lead's other
+    # phones, booked ahead), in whole hours and minutes so that days fill up.
+    st.lists(st.integers(-72 * 60, 48 * 60), min_size=1, max_size=8),
+    st.lists(st.integers(-72 * 60, 48 * 60), max_size=8),
+    st.booleans(),
+)
+def test_adjust_due_settles_as_asking_every_limit_every_pass(
+    v2_rules: Rules,
+    plan_id: str,
+    zone: str,
+    instant: datetime,
+    phone: list[int],
+    lead: list[int],
+    not_same_day: bool,
+) -> None:
+    """Passes after the first ask the per-day caps alone: the same instant, adjustments and notes
+    as asking every limit again."""
+    plan, table = v2_rules.plans[plan_id], zone_table(zone)
+    due = epoch_us(instant)
+    attempts = tuple(due + minutes * 60_000_000 for minutes in phone)
+    others = tuple(due + minutes * 60_000_000 for minutes in lead)
+    not_on = table.ordinal(due - 3600 * 1_000_000) if not_same_day else None
+    adjustments: list[str] = []
+    notes: list[str] = []
+    got = engine.adjust_due(
+        due, plan, attempts, table, adjustments, notes, lead_attempts=others, not_on=not_on
+    )
+    assert (got, adjustments, notes) == _every_limit_every_pass(
+        due, plan, attempts, table, others, not_on
+    )

@@ -421,16 +421,24 @@ def adjust_due(
         ("lead_max_attempts", "the lead's cap", plan.lead_max_attempts, lead),
     )
     # Each pass can only move `due` later, until one moves it no more; the bound keeps a
-    # contradictory plan from looping.
-    for _ in range(64):
+    # contradictory plan from looping. Only the first pass asks every limit. After it, a rolling
+    # cap allows every later instant (as above) and `due` stays past the call's date; the last
+    # step left it open, where the calling hours and closed dates would leave it as it is. So a
+    # later pass asks the per-day caps alone (a later day may be full), and the calling hours
+    # again only once one of those has moved it.
+    for first in (True, *(False,) * 63):
         start = due
         for name, whose, limits, counted in caps:
             for cap in limits:
+                if not first and cap.within is not None:
+                    continue
                 allowed = _cap_allows(cap, due, counted, table)
                 if allowed > due:
                     due = allowed
                     _moved(adjustments, name)
                     notes.append(f"moved to {_text_at(table, due)} by {whose} of {cap}")
+        if not first and due == start:
+            break
         if not_on is not None:
             after = table.midnight(not_on + 1)
             if due < after:
