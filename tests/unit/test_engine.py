@@ -12,6 +12,8 @@ from datetime import UTC
 from pathlib import Path
 from typing import Any
 
+import msgspec
+import orjson
 import pendulum
 import pytest
 
@@ -1401,6 +1403,7 @@ def _check(
     call = make_event(**event)
     decision = decide(call, rules, history, at(now) if now else call.occurred_at)
     got = decision.to_json()
+    assert decision.json_line() == orjson.dumps(got) + b"\n"
     explanation = got.pop("explanation")
     assert got == {
         "event_id": "e1", "phone_id": "P1", **expected, "rules_version": rules.version
@@ -1773,6 +1776,26 @@ def test_json_shape(rules: Rules) -> None:
     suppressed = decide(make_event(sip_code=404), rules, PhoneHistory(), call.occurred_at)
     assert suppressed.to_json()["due_at"] is None
     assert set(suppressed.to_json()) == set(data)
+
+
+@pytest.mark.parametrize(
+    "occurred_at",
+    [
+        "2026-01-14T10:00:00.000001+00:00",
+        "2026-01-14T10:00:00.5-05:00",
+        "2026-07-01T23:59:59+14:00",
+    ],
+)
+def test_json_line_is_the_json_form_encoded(rules: Rules, occurred_at: str) -> None:
+    """Replay writes ``json_line``: byte for byte the JSON form, microseconds of the due time
+    included, whether the due time came as the engine's microseconds or as a datetime."""
+    call = make_event(plan_id="open", occurred_at=occurred_at)
+    decision = decide(call, rules, PhoneHistory(), call.occurred_at)
+    assert decision.due_us is not None
+    as_datetime = msgspec.structs.replace(decision, due_us=None)
+    for each in (decision, as_datetime):
+        assert each.json_line() == orjson.dumps(each.to_json()) + b"\n"
+    assert decision.json_line() == as_datetime.json_line()
 
 
 def test_duplicate_and_stale_ignore_pending(rules: Rules) -> None:

@@ -253,7 +253,11 @@ def replay(
             except SourceError as error:
                 raise CommandError(str(error)) from None
             progress.replaying(events.count)
-            keep = (lambda _, decision: decisions_out.write(decision.to_json())) if output else None
+            keep = (
+                (lambda _, decision: decisions_out.write_line(decision.json_line()))
+                if output
+                else None
+            )
             comparison = None
             if dry_run:
                 summary, pending, comparison = simulate(

@@ -14,11 +14,12 @@ from functools import lru_cache
 from typing import Any, Literal, cast
 
 import msgspec
+import orjson
 import pendulum
 
 from worker.domain.events import CallResult
 from worker.domain.rules import AttemptCap, CallingHours, Duration, Outcome, Plan, Rules
-from worker.domain.zones import EPOCH, ZoneTable, epoch_us, zone_table
+from worker.domain.zones import ZoneTable, epoch_us, zone_table
 
 __all__ = [
     "APPLYING_ACTIONS",
@@ -128,12 +129,14 @@ class Decision(msgspec.Struct, frozen=True, gc=False):
         return self.action in APPLYING_ACTIONS
 
     def _due_iso(self) -> str | None:
-        # From the engine's microseconds when it gave them: no question to the zone.
+        # From the engine's microseconds when it gave them: no question to the zone. A naive
+        # datetime's isoformat, labelled UTC, is the aware one's, without asking UTC its offset.
         if self.due_at is None:
             return None
         if self.due_us is None:
             return _utc_iso(self.due_at)
-        return (EPOCH + timedelta(microseconds=self.due_us)).isoformat()
+        seconds, micro = divmod(self.due_us, 1_000_000)
+        return f"{(_NAIVE_EPOCH + timedelta(0, seconds, micro)).isoformat()}+00:00"
 
     def to_json(self) -> dict[str, Any]:
         """The contract's JSON shape (DESIGN.md section 7)."""
@@ -151,8 +154,30 @@ class Decision(msgspec.Struct, frozen=True, gc=False):
             "rules_version": self.rules_version,
         }
 
+    def json_line(self) -> bytes:
+        """``to_json`` as one line of JSON Lines, its newline included (what replay writes)."""
+        # The same object, with the tuples as they are: orjson writes a tuple as a list.
+        return orjson.dumps(
+            {
+                "event_id": self.event_id,
+                "phone_id": self.phone_id,
+                "action": self.action,
+                "due_at": self._due_iso(),
+                "source": self.source,
+                "rule": self.rule,
+                "reason": self.reason,
+                "adjustments": self.adjustments,
+                "warnings": self.warnings,
+                "explanation": self.explanation,
+                "rules_version": self.rules_version,
+            },
+            option=orjson.OPT_APPEND_NEWLINE,
+        )
+
 
 UTC = pendulum.UTC
+# Naive on purpose: formatting a naive datetime skips asking UTC its offset (Decision._due_iso).
+_NAIVE_EPOCH = datetime(1970, 1, 1)  # noqa: DTZ001
 
 
 def phone_zone(rules: Rules, event: CallResult) -> str:

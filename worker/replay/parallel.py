@@ -160,7 +160,7 @@ def _run_share(
         def on_decision(position: Position, decision: Decision) -> None:
             positions.write(_POSITION.pack(*position, index))
             # What JsonLinesWriter writes.
-            decisions.write(orjson.dumps(decision.to_json(), option=orjson.OPT_APPEND_NEWLINE))
+            decisions.write(decision.json_line())
 
         def on_progress(count: int) -> None:
             done.value += count

@@ -231,10 +231,11 @@ class JsonLinesWriter:
 
     def write(self, data: dict[str, Any]) -> None:
         if self.handle is not None:
-            self.handle.write(orjson.dumps(data) + b"\n")
+            self.handle.write(orjson.dumps(data, option=orjson.OPT_APPEND_NEWLINE))
 
     def write_line(self, line: bytes) -> None:
-        """A line ``write`` wrote elsewhere (by a replay process), as it is."""
+        """A line as ``write`` would write it, encoded elsewhere (``Decision.json_line``, a
+        replay process's output), as it is."""
         if self.handle is not None:
             self.handle.write(line)
 
