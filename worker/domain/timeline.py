@@ -16,8 +16,10 @@ lead's other phones that it pushes over a cap move later).
 
 from __future__ import annotations
 
+from bisect import insort
 from collections.abc import Iterable, MutableMapping, Sequence
 from datetime import datetime
+from itertools import chain
 from typing import Any, NamedTuple
 
 import msgspec
@@ -105,12 +107,20 @@ class Timeline:
         #: Only plans with lead caps look at a lead's other phones: without any, nothing below
         #: is kept or looked up (the replay's hot path).
         self.lead_caps = any(plan.lead_max_attempts for plan in rules.plans.values())
-        #: lead id -> the ids of the phones that have belonged to it (a phone's lead may change:
-        #: members are checked against the phone's lead when read).
-        self.leads: dict[str, set[str]] = {}
+        #: lead id -> the ids of the phones that have belonged to it, sorted (a phone's lead may
+        #: change: members are checked against the phone's lead when read).
+        self.leads: dict[str, list[str]] = {}
         if self.lead_caps:
             for state in self.phones.values():
-                self.leads.setdefault(state.lead_id, set()).add(state.phone_id)
+                self._join(state.lead_id, state.phone_id)
+
+    def _join(self, lead_id: str, phone_id: str) -> None:
+        """Count ``phone_id`` among the phones of ``lead_id`` (kept sorted: read far more often)."""
+        members = self.leads.get(lead_id)
+        if members is None:
+            self.leads[lead_id] = [phone_id]
+        elif phone_id not in members:
+            insort(members, phone_id)
 
     def phone(self, event: CallResult) -> PhoneState:
         """The state of ``event``'s phone, new if the timeline has not seen the phone yet."""
@@ -120,7 +130,7 @@ class Timeline:
                 event.phone_id, event.lead_id, event.plan_id
             )
             if self.lead_caps:
-                self.leads.setdefault(event.lead_id, set()).add(event.phone_id)
+                self._join(event.lead_id, event.phone_id)
         return state
 
     def _others(self, lead_id: str, phone_id: str) -> list[PhoneState]:
@@ -131,7 +141,7 @@ class Timeline:
         phones = self.phones
         return [
             phones[other]
-            for other in sorted(members)
+            for other in members
             if other != phone_id and phones[other].lead_id == lead_id
         ]
 
@@ -175,7 +185,7 @@ class Timeline:
     ) -> Step:
         # copy_of: the time of the copy of this event id already taken, if any; at: the event's
         # time in epoch microseconds.
-        state = self.phone(event)
+        state = self.phones.get(event.phone_id) or self.phone(event)
         fired = None
         pending = state.pending
         if (
@@ -195,14 +205,15 @@ class Timeline:
             plan = self.rules.plans.get(event.plan_id)
             if plan is not None and plan.lead_max_attempts:
                 others = self._others(event.lead_id, event.phone_id)
-                lead = tuple(when for other in others for when in other.attempts)
+                if others:
+                    lead = tuple(chain.from_iterable([other.attempts for other in others]))
         history = state.history(lead)
         decision = decide(event, self.rules, history, now or event.occurred_at, occurred_us=at)
         transition = state.take(event, decision, at)
         if self.lead_caps and decision.action not in ("duplicate", "reject"):
             if transition.scheduled is not None:
                 state.zone = phone_zone(self.rules, event)
-            self.leads.setdefault(state.lead_id, set()).add(state.phone_id)
+            self._join(state.lead_id, state.phone_id)
             if others is None:
                 others = self._others(event.lead_id, event.phone_id)
             moved = self._move_siblings(event, others)
@@ -239,7 +250,9 @@ class Timeline:
             if pending.due_at <= event.occurred_at:
                 continue
             table = zone_table(other.zone or plan.timezone)
-            counted = tuple(when for phone in lead if phone is not other for when in phone.attempts)
+            counted = tuple(
+                chain.from_iterable([phone.attempts for phone in lead if phone is not other])
+            )
             due = epoch_us(pending.due_at)
             later = adjust_due(due, plan, other.attempts, table, [], [], lead_attempts=counted)
             if later != due:
@@ -315,7 +328,7 @@ class Timeline:
             state.last_result_at, state.last_event_id = before.occurred_at, before.event_id
             state.lead_id, state.plan_id = before.lead_id, before.plan_id
             if self.lead_caps:
-                self.leads.setdefault(state.lead_id, set()).add(phone_id)
+                self._join(state.lead_id, phone_id)
             state.last_decision = before.decision
             if before.recall_state == "fired":  # before the late call
                 state.eligible, state.eligible_at = True, before.fired_at
