@@ -47,15 +47,19 @@ _DAY_MINUTES = 24 * 60
 
 @dataclass
 class Summary:
-    """Running counts over a replay, kept in bounded memory."""
+    """Running counts over a replay, kept in bounded memory.
+
+    Each decision is counted once, by the tuple of what the summary reports of it, and the
+    sections (``actions``, ``reasons``...) are read from those counts: one count per event
+    rather than one per section. Sections list their keys in the order first met, as counting
+    each section as it went would.
+    """
 
     events: int = 0
-    actions: Counter[str] = field(default_factory=Counter)
-    reasons: Counter[str] = field(default_factory=Counter)
-    sources: Counter[str] = field(default_factory=Counter)
-    recalls_by_sip_class: Counter[str] = field(default_factory=Counter)
-    #: Recalls moved by each adjustment (a recall moved by two counts under both).
-    adjustments: Counter[str] = field(default_factory=Counter)
+    #: (action, reason, source) -> decisions.
+    decided: Counter[tuple[str, str, str | None]] = field(default_factory=Counter)
+    #: (SIP class, adjustments) -> recalls.
+    recalled: Counter[tuple[int, tuple[str, ...]]] = field(default_factory=Counter)
     recalls_by_local_hour: Counter[int] = field(default_factory=Counter)
     delay_minutes: Counter[int] = field(default_factory=Counter)
     fired: int = 0
@@ -66,15 +70,10 @@ class Summary:
     def add(self, event: CallResult, decision: Decision, zone: str, at: int | None = None) -> None:
         """Count ``decision`` for ``event`` (``at``: its time in epoch microseconds, if known)."""
         self.events += 1
-        self.actions[decision.action] += 1
-        self.reasons[decision.reason] += 1
-        if decision.source is not None:
-            self.sources[decision.source] += 1
+        self.decided[decision.action, decision.reason, decision.source] += 1
         if decision.action != "recall" or decision.due_at is None:
             return
-        self.recalls_by_sip_class[f"{event.sip_code // 100}xx"] += 1
-        if decision.adjustments:
-            self.adjustments.update(decision.adjustments)
+        self.recalled[event.sip_code // 100, decision.adjustments] += 1
         # Reporting only, no schedule arithmetic: the standard library's C code is much faster.
         # An aware datetime's timestamp() is its epoch microseconds divided by a million.
         occurred = event.occurred_at.timestamp() if at is None else at / 1_000_000
@@ -85,14 +84,32 @@ class Summary:
         # The engine gives the due time in the phone's zone already.
         self.recalls_by_local_hour[(due if due.tzinfo is tz else due.astimezone(tz)).hour] += 1
 
+    @property
+    def actions(self) -> Counter[str]:
+        return _section(self.decided, lambda key: (key[0],))
+
+    @property
+    def reasons(self) -> Counter[str]:
+        return _section(self.decided, lambda key: (key[1],))
+
+    @property
+    def sources(self) -> Counter[str]:
+        return _section(self.decided, lambda key: () if key[2] is None else (key[2],))
+
+    @property
+    def recalls_by_sip_class(self) -> Counter[str]:
+        return _section(self.recalled, lambda key: (f"{key[0]}xx",))
+
+    @property
+    def adjustments(self) -> Counter[str]:
+        """Recalls moved by each adjustment (a recall moved by two counts under both)."""
+        return _section(self.recalled, lambda key: key[1])
+
     def merge(self, other: Summary) -> None:
         """Add ``other``'s counts (another process's share of the phones) to these."""
         self.events += other.events
-        self.actions.update(other.actions)
-        self.reasons.update(other.reasons)
-        self.sources.update(other.sources)
-        self.recalls_by_sip_class.update(other.recalls_by_sip_class)
-        self.adjustments.update(other.adjustments)
+        self.decided.update(other.decided)
+        self.recalled.update(other.recalled)
         self.recalls_by_local_hour.update(other.recalls_by_local_hour)
         self.delay_minutes.update(other.delay_minutes)
         self.fired += other.fired
@@ -126,6 +143,15 @@ class Summary:
             "dead_letters": self.dead_letters,
             "events_after_now": self.after_now,
         }
+
+
+def _section(counts: Counter[Any], names: Callable[[Any], tuple[str, ...]]) -> Counter[str]:
+    """The counts under each of the ``names`` of their keys, in the order first met."""
+    section: Counter[str] = Counter()
+    for key, count in counts.items():
+        for name in names(key):
+            section[name] += count
+    return section
 
 
 class Simulation:
