@@ -165,13 +165,15 @@ class PhoneState:
         self.pending_recall_id, self.pending = None, None
         return recall_id
 
-    def forget_before(self, moment: datetime) -> None:
+    def forget_before(self, moment: datetime, since: int | None = None) -> None:
         """Drop attempts and event ids from before ``moment`` (keeps a long replay's memory flat).
 
         Only safe for input in event-time order, where a redelivered event stands next to its
-        first copy: ``moment`` must be at least the longest attempt window in the past.
+        first copy: ``moment`` must be at least the longest attempt window in the past. ``since``
+        is ``epoch_us(moment)``, where the caller has it (a timeline asks every phone).
         """
-        since = epoch_us(moment)
+        if since is None:
+            since = epoch_us(moment)
         if self.attempts and min(self.attempts) < since:
             self.attempts = [attempt for attempt in self.attempts if attempt >= since]
         if len(self.seen) > 8:

@@ -267,8 +267,9 @@ class Timeline:
         Only for input in event-time order: ``moment`` must lie at least the longest attempt
         window in the past (see ``state.attempt_lookback``).
         """
+        since = epoch_us(moment)
         for state in self.phones.values():
-            state.forget_before(moment)
+            state.forget_before(moment, since)
         self.known_ids = {key: when for key, when in self.known_ids.items() if when >= moment}
 
     # Late calls -------------------------------------------------------------------------------

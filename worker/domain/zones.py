@@ -134,7 +134,11 @@ class ZoneTable:
         The wall clock, offset and fold are zoneinfo's own (the second reading of a repeated hour
         has fold 1), so the datetime is the one the datetime-based engine would hold.
         """
-        return (EPOCH + timedelta(microseconds=at)).astimezone(self.tz)
+        # fromtimestamp asks the zone's fromutc as astimezone does, from a whole second: a third
+        # of the cost of building the UTC datetime first.
+        seconds, micro = divmod(at, SECOND)
+        moment = datetime.fromtimestamp(seconds, self.tz)
+        return moment.replace(microsecond=micro) if micro else moment
 
     # --- wall-clock arithmetic ----------------------------------------------------------------
 
