@@ -200,7 +200,9 @@ class Simulation:
         if at is None:
             at = epoch_us(event.occurred_at)
         end = self._until_us
-        self._advance((at if end is None or at <= end else end) / 1_000_000)
+        limit = (at if end is None or at <= end else end) / 1_000_000
+        if self.due and self.due[0][0] <= limit:  # a recall falls due first
+            self._advance(limit)
         step = self.timeline.take(event, None, at=at)
         transition = step.transition
         if transition.rescheduled is not None:

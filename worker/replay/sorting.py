@@ -17,7 +17,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -166,9 +166,12 @@ _decode_item = msgspec.json.Decoder(Item).decode
 _ROWS_SUFFIX = ".rows.jsonl"
 
 
-def _to_the_minute(moment: datetime | None) -> bool:
-    offset = moment.utcoffset() if moment is not None else None
+def _to_the_minute(offset: timedelta | None) -> bool:
     return offset is None or not (offset.seconds % 60 or offset.microseconds)
+
+
+def _moment_to_the_minute(moment: datetime | None) -> bool:
+    return _to_the_minute(moment.utcoffset() if moment is not None else None)
 
 
 def _row(key: int, file_index: int, number: int, event: CallResult) -> tuple[Any, ...]:
@@ -216,9 +219,17 @@ def _write_run(items: Iterable[Item], directory: str, as_rows: bool) -> str:
 def _spill(run: list[Item], directory: str) -> str:
     # (key, file, line) is unique, so tuples sort by it without a key function, at C speed.
     run.sort()
-    as_rows = not all(
-        _to_the_minute(item[3].occurred_at) and _to_the_minute(item[3].callback_at) for item in run
-    )
+    # Events read from text carry fixed offsets (datetime.timezone), few of them: each asked once.
+    zones = {item[3].occurred_at.tzinfo for item in run}
+    zones.update(item[3].callback_at.tzinfo for item in run if item[3].callback_at is not None)
+    if all(type(zone) is timezone for zone in zones):
+        as_rows = not all(_to_the_minute(zone.utcoffset(None)) for zone in zones)  # type: ignore[union-attr]
+    else:
+        as_rows = not all(
+            _moment_to_the_minute(item[3].occurred_at)
+            and _moment_to_the_minute(item[3].callback_at)
+            for item in run
+        )
     path = _write_run(run, directory, as_rows)
     run.clear()
     return path
