@@ -739,3 +739,11 @@ def test_adjust_due_settles_as_asking_every_limit_every_pass(
     assert (got, adjustments, notes) == _every_limit_every_pass(
         due, plan, attempts, table, others, not_on
     )
+
+
+@settings(max_examples=300, deadline=None)
+@given(instants(), st.sampled_from(ZONES))
+def test_local_times_in_explanations_read_as_strftime(instant: datetime, zone: str) -> None:
+    """Explanations write local times by hand, as strftime writes them in the C locale."""
+    moment = instant.astimezone(pendulum.timezone(zone))
+    assert engine._format(moment) == moment.strftime("%a %Y-%m-%d %H:%M %Z")

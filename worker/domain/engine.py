@@ -309,8 +309,16 @@ def next_opening(moment: datetime, hours: CallingHours) -> datetime:
     return moment if opening == at else table.to_datetime(opening)
 
 
-#: A local time in explanations: ``Wed 2026-01-14 10:00 GMT``.
-_LOCAL_TEXT = "%a %Y-%m-%d %H:%M %Z"
+#: A local time in explanations: ``Wed 2026-01-14 10:00 GMT`` (``strftime``'s ``%a %Y-%m-%d
+#: %H:%M %Z`` in the C locale, which _format writes in half the time).
+_WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+
+
+def _format(moment: datetime) -> str:
+    return (
+        f"{_WEEKDAYS[moment.weekday()]} {moment.year:04d}-{moment.month:02d}-{moment.day:02d}"
+        f" {moment.hour:02d}:{moment.minute:02d} {moment.tzname() or ''}"
+    )
 
 
 def local_text(moment: datetime) -> str:
@@ -323,13 +331,13 @@ def local_text(moment: datetime) -> str:
 # Calling-hours openings repeat for every phone of a zone: format each once.
 @lru_cache(maxsize=4096)
 def _local_text(moment: datetime, _zone: object, _fold: int) -> str:
-    return moment.strftime(_LOCAL_TEXT)
+    return _format(moment)
 
 
 @lru_cache(maxsize=4096)
 def _text_at(table: ZoneTable, at: int) -> str:
     """``local_text`` of the instant ``at`` (epoch microseconds) in ``table``'s zone."""
-    return table.to_datetime(at).strftime(_LOCAL_TEXT)
+    return _format(table.to_datetime(at))
 
 
 # The limits below work on epoch microseconds (``worker.domain.zones``): comparing, sorting and

@@ -163,6 +163,15 @@ class AttemptCap:
     count: int
     within: Duration | None = None
     per: Literal["day"] | None = None
+    #: How explanations name it (``str()``), written once: every cap that moves a recall says it.
+    _text: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.within is not None:
+            text = f"{self.count} attempts in {self.within}"
+        else:
+            text = f"{self.count} attempts per {self.per}"
+        object.__setattr__(self, "_text", text)
 
     def to_table(self) -> dict[str, Any]:
         if self.within is not None:
@@ -170,9 +179,7 @@ class AttemptCap:
         return {"count": self.count, "per": self.per}
 
     def __str__(self) -> str:
-        if self.within is not None:
-            return f"{self.count} attempts in {self.within}"
-        return f"{self.count} attempts per {self.per}"
+        return self._text
 
 
 @dataclass(frozen=True, slots=True)
