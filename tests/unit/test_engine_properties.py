@@ -747,3 +747,10 @@ def test_local_times_in_explanations_read_as_strftime(instant: datetime, zone: s
     """Explanations write local times by hand, as strftime writes them in the C locale."""
     moment = instant.astimezone(pendulum.timezone(zone))
     assert engine._format(moment) == moment.strftime("%a %Y-%m-%d %H:%M %Z")
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.integers(0, 7000 * 365 * 86400 * 10**6))
+def test_utc_text_of_microseconds_is_isoformat(at: int) -> None:
+    moment = datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=at)
+    assert engine.utc_iso_us(at) == moment.isoformat()
