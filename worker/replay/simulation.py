@@ -165,8 +165,14 @@ class Simulation:
         self._until_us = None if until is None else epoch_us(until)
         self.timeline = Timeline(rules, until=until)
         self.phones = self.timeline.phones
-        # (due timestamp, recall_id, phone_id, due_at): floats compare far faster than datetimes.
-        self.due: list[tuple[float, str, str, datetime]] = []
+        # The recalls waiting to fire, by due instant (epoch microseconds): a heap of the instants
+        # (plain ints, which compare fastest; recalls often share one, an opening of the calling
+        # hours) and, for each, its (recall_id, phone_id, due_at) in the order scheduled. Which
+        # of the recalls due by an instant fires first does not matter: each is its own phone's.
+        self._instants: list[int] = []
+        self._due: dict[int, list[tuple[str, str, datetime]]] = {}
+        #: Recalls in the queue, superseded ones included until compaction drops them.
+        self.waiting = 0
         self.summary = Summary()
         self.lookback = attempt_lookback(rules) or timedelta(days=1)
         self._taken = 0
@@ -174,23 +180,36 @@ class Simulation:
 
     def advance(self, until: datetime) -> None:
         """Fire every recall due at or before ``until``, at its due time."""
-        self._advance(until.timestamp())
+        self._advance(epoch_us(until))
 
-    def _advance(self, limit: float) -> None:
-        # limit: a timestamp, as the heap's (an aware datetime's epoch microseconds / 10**6).
-        while self.due and self.due[0][0] <= limit:
-            _, recall_id, phone_id, due_at = heapq.heappop(self.due)
-            state = self.phones[phone_id]
-            pending = state.pending
-            # Not superseded since, and not moved later by a late call (the very datetime pushed,
-            # unless moved: comparing two in a zone costs far more).
-            if (
-                state.pending_recall_id == recall_id
-                and pending
-                and (pending.due_at is due_at or pending.due_at == due_at)
-            ):
-                state.fire(due_at)
-                self.summary.fired += 1
+    def _advance(self, limit: int) -> None:
+        # limit: an instant in epoch microseconds, as the queue's.
+        instants, due, phones = self._instants, self._due, self.phones
+        while instants and instants[0] <= limit:
+            recalls = due.pop(heapq.heappop(instants))
+            self.waiting -= len(recalls)
+            for recall_id, phone_id, due_at in recalls:
+                state = phones[phone_id]
+                pending = state.pending
+                # Not superseded since, and not moved later by a late call (the very datetime
+                # pushed, unless moved: comparing two in a zone costs far more).
+                if (
+                    state.pending_recall_id == recall_id
+                    and pending
+                    and (pending.due_at is due_at or pending.due_at == due_at)
+                ):
+                    state.fire(due_at)
+                    self.summary.fired += 1
+
+    def _schedule(self, at: int, recall_id: str, phone_id: str, due_at: datetime) -> None:
+        """Queue a recall to fire at instant ``at`` (epoch microseconds, ``due_at``'s)."""
+        recalls = self._due.get(at)
+        if recalls is None:
+            self._due[at] = [(recall_id, phone_id, due_at)]
+            heapq.heappush(self._instants, at)
+        else:
+            recalls.append((recall_id, phone_id, due_at))
+        self.waiting += 1
 
     def take(self, event: CallResult, at: int | None = None) -> Decision:
         """Take the next event (in replay order); ``at`` is ``epoch_us(event.occurred_at)``, where
@@ -200,30 +219,23 @@ class Simulation:
         if at is None:
             at = epoch_us(event.occurred_at)
         end = self._until_us
-        limit = (at if end is None or at <= end else end) / 1_000_000
-        if self.due and self.due[0][0] <= limit:  # a recall falls due first
+        limit = at if end is None or at <= end else end
+        if self._instants and self._instants[0] <= limit:  # a recall falls due first
             self._advance(limit)
         step = self.timeline.take(event, None, at=at)
         transition = step.transition
         if transition.rescheduled is not None:
             recall_id, due_at = transition.rescheduled
-            heapq.heappush(self.due, (due_at.timestamp(), recall_id, event.phone_id, due_at))
+            self._schedule(epoch_us(due_at), recall_id, event.phone_id, due_at)
         for phone_id, recall_id, due_at in transition.moved:  # the lead's other phones
-            heapq.heappush(self.due, (due_at.timestamp(), recall_id, phone_id, due_at))
+            self._schedule(epoch_us(due_at), recall_id, phone_id, due_at)
         decision = step.decision
         if transition.scheduled is not None:
             scheduled = transition.scheduled
-            heapq.heappush(
-                self.due,
-                (
-                    decision.due_timestamp()
-                    if scheduled.due_at is decision.due_at
-                    else scheduled.due_at.timestamp(),
-                    scheduled.recall_id,
-                    scheduled.phone_id,
-                    scheduled.due_at,
-                ),
-            )
+            due_us = decision.due_us
+            if due_us is None or scheduled.due_at is not decision.due_at:
+                due_us = epoch_us(scheduled.due_at)
+            self._schedule(due_us, scheduled.recall_id, scheduled.phone_id, scheduled.due_at)
         self.summary.add(event, decision, phone_zone(self.rules, event), at)
         self._taken += 1
         # Compaction visits every phone: run it once per phone-count of events (at least 50,000)
@@ -237,11 +249,15 @@ class Simulation:
         # Keep memory proportional to phones: forget what no rule can look at any more, and drop
         # heap entries of superseded recalls.
         self.timeline.forget_before(now - self.lookback)
-        if len(self.due) > 2 * len(self.phones):
-            self.due = [
-                item for item in self.due if self.phones[item[2]].pending_recall_id == item[1]
-            ]
-            heapq.heapify(self.due)
+        if self.waiting > 2 * len(self.phones):
+            phones, kept = self.phones, {}
+            for at, recalls in self._due.items():
+                current = [item for item in recalls if phones[item[1]].pending_recall_id == item[0]]
+                if current:
+                    kept[at] = current
+            self._due, self._instants = kept, list(kept)
+            heapq.heapify(self._instants)
+            self.waiting = sum(map(len, kept.values()))
 
 
 # Bytes buffered per file of decisions written or read back: a decision line is ~400 bytes, and
