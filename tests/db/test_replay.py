@@ -38,6 +38,7 @@ from worker.cli import main
 from worker.cli.outputs import Outputs
 from worker.cli.replay import reading_line, replay_line
 from worker.domain import events as event_module
+from worker.domain.engine import Decision
 from worker.domain.events import parse_event
 from worker.domain.rules import Rules, load_rules
 from worker.replay import parallel as shares
@@ -793,6 +794,48 @@ def test_lead_caps_decide_alike_in_the_worker_and_in_replay(
     assert replayed["a3"]["adjustments"] == ["calling_hours"]
 
     assert worker == replayed
+
+
+# A lead cap in New York, around the end of summer time (2026-11-01, 06:00 UTC: 01:00-02:00 is
+# read twice, EDT then EST).
+FALL_BACK_RULES = """
+[[plans]]
+id = "ny"
+timezone = "America/New_York"
+lead_max_attempts = [ { count = 2, within = { hours = 1, minutes = 15 } } ]
+"""
+
+
+def test_a_recall_moved_an_hour_on_across_the_fall_back_fires_at_its_new_time(
+    tmp_path: Path,
+) -> None:
+    rules_path = tmp_path / "ny.toml"
+    rules_path.write_text(FALL_BACK_RULES, encoding="utf-8")
+    simulation = Simulation(load_rules(rules_path))
+
+    def call(event_id: str, phone_id: str, clock: str) -> Decision:
+        event = {**ev(event_id, phone_id, f"2026-11-01T{clock}:00+00:00"), "plan_id": "ny"}
+        return simulation.take(parse_event({**event, "lead_id": "L"}))
+
+    # A's recall is due at 05:15 UTC, 01:15 EDT. B's call at 05:10 puts the lead at its cap
+    # until A's call's window ends, 06:15 UTC: 01:15 EST, the same wall-clock time an hour on.
+    call("a", "A", "05:00")
+    b = call("b", "B", "05:10")
+    assert "moved the pending recall of phone A to" in b.explanation
+    moved = simulation.phones["A"].pending
+    assert moved is not None
+    assert moved.due_at.astimezone(UTC) == datetime(2026, 11, 1, 6, 15, tzinfo=UTC)
+
+    # At 05:15 UTC nothing fires: A's recall was moved (the queue still holds its old time).
+    simulation.advance(datetime(2026, 11, 1, 6, 0, tzinfo=UTC))
+    assert simulation.summary.fired == 0
+    assert not simulation.phones["A"].eligible
+
+    simulation.advance(datetime(2026, 11, 1, 6, 20, tzinfo=UTC))
+    assert simulation.summary.fired == 2
+    fired_at = simulation.phones["A"].eligible_at
+    assert fired_at is not None
+    assert fired_at.astimezone(UTC) == datetime(2026, 11, 1, 6, 15, tzinfo=UTC)
 
 
 def test_the_summary_and_the_report_count_the_recalls_each_adjustment_moved(

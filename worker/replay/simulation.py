@@ -186,17 +186,20 @@ class Simulation:
         # limit: an instant in epoch microseconds, as the queue's.
         instants, due, phones = self._instants, self._due, self.phones
         while instants and instants[0] <= limit:
-            recalls = due.pop(heapq.heappop(instants))
+            instant = heapq.heappop(instants)
+            recalls = due.pop(instant)
             self.waiting -= len(recalls)
             for recall_id, phone_id, due_at in recalls:
                 state = phones[phone_id]
                 pending = state.pending
-                # Not superseded since, and not moved later by a late call (the very datetime
-                # pushed, unless moved: comparing two in a zone costs far more).
+                # Not superseded since, and not moved later by a late call: the very datetime
+                # pushed or, once moved, one at this instant. (Two datetimes in one zone compare
+                # by wall clock, fold ignored: a recall moved an hour on across the autumn
+                # change would look unmoved.)
                 if (
                     state.pending_recall_id == recall_id
                     and pending
-                    and (pending.due_at is due_at or pending.due_at == due_at)
+                    and (pending.due_at is due_at or epoch_us(pending.due_at) == instant)
                 ):
                     state.fire(due_at)
                     self.summary.fired += 1
@@ -346,7 +349,10 @@ def simulate(
 ) -> tuple[Summary, int, Comparison | None]:
     """Simulate ``events`` (in replay order) to ``until``, under ``compare_rules`` too if given.
 
-    Returns the summary, the recalls still pending at the end, and the what-if beside it.
+    Each position's first item must be its event's ``epoch_us(occurred_at)``, as
+    ``sorting.Position`` defines it: the simulation takes it as the event's time (the clock, the
+    caps and the delays) rather than converting again. Returns the summary, the recalls still
+    pending at the end, and the what-if beside it.
     """
     simulation = Simulation(rules, until)
     comparison = Comparison(Simulation(compare_rules, until)) if compare_rules is not None else None
