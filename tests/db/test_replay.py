@@ -814,8 +814,8 @@ def test_a_recall_moved_an_hour_on_across_the_fall_back_fires_at_its_new_time(
     simulation = Simulation(load_rules(rules_path))
 
     def call(event_id: str, phone_id: str, clock: str) -> Decision:
-        event = {**ev(event_id, phone_id, f"2026-11-01T{clock}:00+00:00"), "plan_id": "ny"}
-        return simulation.take(parse_event({**event, "lead_id": "L"}))
+        at = f"2026-11-01T{clock}:00+00:00"
+        return simulation.take(parse_event(ev(event_id, phone_id, at, plan_id="ny", lead_id="L")))
 
     # A's recall is due at 05:15 UTC, 01:15 EDT. B's call at 05:10 puts the lead at its cap
     # until A's call's window ends, 06:15 UTC: 01:15 EST, the same wall-clock time an hour on.
